@@ -1,0 +1,298 @@
+"""Typed configuration: params.yaml sections load into frozen dataclasses.
+
+An unknown key, a wrong type or an impossible value fails at load time with the file, the key,
+what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params file that does not match the typed configuration."""
+
+
+@dataclass(frozen=True)
+class CommonConfig:
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class ShapesConfig:
+    """The embedded synthetic dataset: 1-3 coloured shapes on a textured background."""
+
+    n_train: int = 6000
+    n_val: int = 500
+    n_test: int = 500
+    image_size: int = 224
+    captions_per_image: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(min(self.n_train, self.n_val, self.n_test) >= 1, "n_train/n_val/n_test", ">= 1")
+        _require(self.image_size >= 64, "image_size", ">= 64")
+        _require(self.captions_per_image >= 1, "captions_per_image", ">= 1")
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    source: str = "shapes"
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    max_count: int = 1000
+    max_size_mb: float = 512.0
+
+    def __post_init__(self) -> None:
+        _require(self.max_count >= 1, "max_count", ">= 1")
+        _require(self.max_size_mb > 0, "max_size_mb", "> 0")
+
+
+@dataclass(frozen=True)
+class VocabConfig:
+    min_freq: int = 1
+    max_length: int = 24
+
+    def __post_init__(self) -> None:
+        _require(self.min_freq >= 1, "min_freq", ">= 1")
+        _require(self.max_length >= 2, "max_length", ">= 2")
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    encoder: str = "efficientnet_lite0"
+    pretrained: bool = True
+    batch_size: int = 32
+    num_workers: int = 1
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "batch_size", ">= 1")
+        _require(self.num_workers >= 0, "num_workers", ">= 0")
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Sizes shared by the decoders; each decoder reads the fields it needs."""
+
+    embed_dim: int = 256
+    hidden_dim: int = 256
+    attention_dim: int = 256
+    feature_proj_dim: int = 256
+    dropout: float = 0.3
+    feature_dropout: float = 0.3
+    alpha_c: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("embed_dim", "hidden_dim", "attention_dim", "feature_proj_dim"):
+            _require(getattr(self, name) >= 1, name, ">= 1")
+        for name in ("dropout", "feature_dropout"):
+            _require(0.0 <= getattr(self, name) < 1.0, name, "in [0, 1)")
+        _require(self.alpha_c >= 0, "alpha_c", ">= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    decoder: str = "soft_attention"
+    model: DecoderConfig = field(default_factory=DecoderConfig)
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: float = 5.0
+    # Scenes with this many objects or more are repeated in each epoch: they are the hard ones.
+    hard_min_objects: int = 3
+    hard_repeat: int = 2
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "epochs", ">= 1")
+        _require(self.batch_size >= 1, "batch_size", ">= 1")
+        _require(self.lr > 0, "lr", "> 0")
+        _require(self.weight_decay >= 0, "weight_decay", ">= 0")
+        _require(self.warmup_steps >= 0, "warmup_steps", ">= 0")
+        _require(self.grad_clip > 0, "grad_clip", "> 0")
+        _require(self.hard_repeat >= 1, "hard_repeat", ">= 1")
+        _require(self.num_threads >= 0, "num_threads", ">= 0 (0 = torch default)")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    beam_size: int = 3
+    max_length: int = 24
+    batch_size: int = 100
+    n_attention_figures: int = 4
+
+    def __post_init__(self) -> None:
+        _require(self.beam_size >= 1, "beam_size", ">= 1")
+        _require(self.max_length >= 1, "max_length", ">= 1")
+        _require(self.batch_size >= 1, "batch_size", ">= 1")
+        _require(self.n_attention_figures >= 0, "n_attention_figures", ">= 0")
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    model_name: str = "captioner"
+    experiment: str = "captioning"
+    # The test metric a challenger must beat the champion on to be promoted.
+    promote_metric: str = "CIDEr"
+    beam_size: int = 3
+
+
+@dataclass(frozen=True)
+class Params:
+    common: CommonConfig = field(default_factory=CommonConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    register: RegisterConfig = field(default_factory=RegisterConfig)
+
+
+class _Impossible(ValueError):
+    def __init__(self, key: str, expected: str) -> None:
+        super().__init__(key, expected)
+        self.key = key
+        self.expected = expected
+
+
+def _require(ok: bool, key: str, expected: str) -> None:
+    if not ok:
+        raise _Impossible(key, expected)
+
+
+T = TypeVar("T")
+
+
+def load_params(path: str | Path) -> Params:
+    """Load and validate a whole params.yaml."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    return from_dict(Params, raw, path=path, prefix="")
+
+
+def load_section(path: str | Path, section: str, cls: type[T]) -> T:
+    """Load one section (e.g. ``train``) of params.yaml into its dataclass.
+
+    The whole file is validated so that a typo in any section is caught by any stage.
+    """
+    params = load_params(path)
+    value = getattr(params, section)
+    if not isinstance(value, cls):
+        raise TypeError(f"section {section!r} is a {type(value).__name__}, not {cls.__name__}")
+    return value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, found {type(raw).__name__}")
+    return raw
+
+
+def from_dict(cls: type[T], raw: Any, *, path: Path | str, prefix: str) -> T:
+    """Build dataclass ``cls`` from a mapping, checking keys and types recursively."""
+    where = prefix.rstrip(".") or "<top level>"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: key {where!r}: expected a mapping, found {_describe(raw)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key {prefix + str(unknown[0])!r}; expected one of {sorted(fields)}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        kwargs[name] = _coerce(hints[name], value, path=path, key=prefix + name)
+    try:
+        return cls(**kwargs)
+    except _Impossible as exc:
+        found = kwargs.get(exc.key.split("/")[0], "see file")
+        raise ConfigError(
+            f"{path}: key {prefix + exc.key!r}: expected {exc.expected}, found {found!r}"
+        ) from None
+
+
+def _coerce(hint: Any, value: Any, *, path: Path | str, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, path=path, prefix=key + ".")  # type: ignore[arg-type]
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint)]
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, path=path, key=key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{path}: key {key!r}: expected {hint}, found {_describe(value)}")
+    if origin in (list, tuple):
+        (item,) = typing.get_args(hint)[:1] or (Any,)
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: key {key!r}: expected a list, found {_describe(value)}")
+        items = [_coerce(item, v, path=path, key=f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"unsupported config type {hint!r} for {key}")
+    raise ConfigError(f"{path}: key {key!r}: expected {hint.__name__}, found {_describe(value)}")
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain-dict view (for saving the resolved config next to outputs, and for MLflow)."""
+    return dataclasses.asdict(config)
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys, e.g. ``{"model.hidden_dim": 256}``, for MLflow params."""
+    return _flatten_dict(to_dict(config), prefix)
+
+
+def _flatten_dict(d: dict[str, Any], prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten_dict(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out

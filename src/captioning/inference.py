@@ -1,0 +1,72 @@
+"""Images in, captions out: the encoder and a trained decoder behind one object.
+
+Used by ``captioning predict``, the MLflow pyfunc model and the attention figures, so that the
+pipeline's evaluation and the served model decode the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from captioning.decoding.search import decode_batch
+from captioning.devices import choose_device
+from captioning.features.encoders import get_encoder_spec
+from captioning.training.loop import load_decoder
+
+
+@dataclass
+class CaptionResult:
+    caption: str
+    score: float  # sum of token log-probabilities
+    words: list[str]
+    attention: np.ndarray | None  # (len(words), grid, grid), if the decoder attends
+
+
+class Captioner:
+    def __init__(self, encoder, spec, decoder, vocab, config: dict, device: torch.device) -> None:
+        self.encoder, self.spec, self.decoder = encoder, spec, decoder
+        self.vocab, self.config, self.device = vocab, config, device
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: torch.device | None = None) -> Captioner:
+        device = device or choose_device()
+        decoder, vocab, config = load_decoder(model_dir, device)
+        encoder_info = config["encoder"]
+        spec = get_encoder_spec(encoder_info["encoder"])
+        encoder = spec.build(True).to(device).eval()
+        return cls(encoder, spec, decoder, vocab, config, device)
+
+    @torch.no_grad()
+    def encode(self, images: list[Image.Image]) -> torch.Tensor:
+        """(B, L, C) features, computed as the features stage computes them."""
+        batch = torch.stack([self.spec.preprocess(image) for image in images]).to(self.device)
+        maps = self.encoder(batch)  # (B, C, H, W)
+        # Round through float16 like the cache, so predictions match the evaluated model.
+        return maps.flatten(2).transpose(1, 2).half().float()
+
+    def caption(
+        self, images: list[Image.Image], beam_size: int = 3, max_length: int = 24
+    ) -> list[CaptionResult]:
+        features = self.encode(images)
+        hypotheses = decode_batch(
+            self.decoder,
+            features,
+            start_id=self.vocab.start_id,
+            end_id=self.vocab.end_id,
+            max_length=max_length,
+            beam_size=beam_size,
+        )
+        grid = self.config["encoder"]["grid"]
+        results = []
+        for hyp in hypotheses:
+            words = [self.vocab.itos[t] for t in hyp.tokens]
+            attention = None
+            if hyp.alphas is not None:
+                attention = hyp.alphas.numpy().reshape(len(words), grid, grid)
+            results.append(CaptionResult(" ".join(words), hyp.score, words, attention))
+        return results

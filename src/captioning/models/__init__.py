@@ -1,0 +1,26 @@
+"""Decoders by name: ``train.decoder`` in params.yaml resolves through DECODERS."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from captioning.config import DecoderConfig
+from captioning.models.base import Decoder, DecoderOutput, State
+from captioning.models.soft_attention import SoftAttentionDecoder
+
+DecoderFactory = Callable[[DecoderConfig, int, int, int], Decoder]
+
+DECODERS: dict[str, DecoderFactory] = {
+    "soft_attention": SoftAttentionDecoder,
+}
+
+
+def build_decoder(
+    name: str, cfg: DecoderConfig, *, vocab_size: int, feature_dim: int, num_locations: int
+) -> Decoder:
+    if name not in DECODERS:
+        raise ValueError(f"unknown decoder {name!r}; choose one of {sorted(DECODERS)}")
+    return DECODERS[name](cfg, vocab_size, feature_dim, num_locations)
+
+
+__all__ = ["DECODERS", "Decoder", "DecoderOutput", "State", "build_decoder"]

@@ -1,0 +1,40 @@
+"""The interface every decoder shares: teacher-forced forward, and a step function for decoding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass
+class DecoderOutput:
+    logits: torch.Tensor  # (B, T, V): predictions for tokens 1..T of the caption
+    alphas: torch.Tensor | None  # (B, T, L) attention weights, if the decoder attends
+    aux_loss: torch.Tensor  # scalar regulariser added to the cross-entropy (0 if none)
+
+
+class Decoder(nn.Module):
+    """A caption decoder over cached encoder features of shape (B, L, C)."""
+
+    def init_state(self, features: torch.Tensor) -> State:
+        """Everything a step needs that depends only on the image (computed once per batch)."""
+        raise NotImplementedError
+
+    def step(
+        self, tokens: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State, torch.Tensor | None]:
+        """One time step: tokens (B,) -> logits (B, V), the new state, attention (B, L) or None."""
+        raise NotImplementedError
+
+    def forward(self, features: torch.Tensor, captions: torch.Tensor) -> DecoderOutput:
+        """Teacher forcing: feed captions[:, t] and predict captions[:, t + 1]."""
+        raise NotImplementedError
+
+    @staticmethod
+    def reorder_state(state: State, index: torch.Tensor) -> State:
+        """Select rows of every state tensor (beam search reorders and expands hypotheses)."""
+        return {k: v.index_select(0, index) for k, v in state.items()}

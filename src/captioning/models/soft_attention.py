@@ -1,0 +1,92 @@
+"""Show, Attend and Tell (Xu et al. 2015): LSTM decoder with soft attention.
+
+Deterministic soft attention over the encoder grid, the f_beta gate on the context vector,
+h0/c0 from the mean feature, and the doubly stochastic regulariser
+alpha_c * sum_l (1 - sum_t alpha_tl)^2. Cached features are projected to a smaller width and
+given a learned position embedding, so the decoder knows where on the grid it attends.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from captioning.config import DecoderConfig
+from captioning.models.base import Decoder, DecoderOutput, State
+
+
+class SoftAttention(nn.Module):
+    def __init__(self, feature_dim: int, hidden_dim: int, attention_dim: int) -> None:
+        super().__init__()
+        self.feature_proj = nn.Linear(feature_dim, attention_dim)
+        self.hidden_proj = nn.Linear(hidden_dim, attention_dim)
+        self.score = nn.Linear(attention_dim, 1)
+
+    def precompute(self, features: torch.Tensor) -> torch.Tensor:
+        # The encoder-side projection does not change over time steps: compute it once per batch.
+        return self.feature_proj(features)  # (B, L, A)
+
+    def forward(
+        self, features: torch.Tensor, projected: torch.Tensor, hidden: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        energy = torch.tanh(projected + self.hidden_proj(hidden).unsqueeze(1))  # (B, L, A)
+        alpha = torch.softmax(self.score(energy).squeeze(-1), dim=-1)  # (B, L)
+        context = torch.bmm(alpha.unsqueeze(1), features).squeeze(1)  # (B, D)
+        return context, alpha
+
+
+class SoftAttentionDecoder(Decoder):
+    def __init__(
+        self, cfg: DecoderConfig, vocab_size: int, feature_dim: int, num_locations: int
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.feature_proj_dim
+        self.feature_dropout = nn.Dropout(cfg.feature_dropout)
+        self.feature_in = nn.Linear(feature_dim, d)
+        self.position = nn.Parameter(torch.zeros(1, num_locations, d))
+        nn.init.normal_(self.position, std=0.02)
+        self.embedding = nn.Embedding(vocab_size, cfg.embed_dim)
+        self.attention = SoftAttention(d, cfg.hidden_dim, cfg.attention_dim)
+        self.init_h = nn.Linear(d, cfg.hidden_dim)
+        self.init_c = nn.Linear(d, cfg.hidden_dim)
+        self.f_beta = nn.Linear(cfg.hidden_dim, d)
+        self.cell = nn.LSTMCell(cfg.embed_dim + d, cfg.hidden_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(cfg.hidden_dim, vocab_size)
+
+    def init_state(self, features: torch.Tensor) -> State:
+        # Dropout after the projection: same regularising effect, 5x fewer random draws than
+        # on the 1280-wide input (Bernoulli sampling dominated the CPU step time).
+        feats = torch.relu(self.feature_in(features.float()))  # (B, L, D)
+        feats = self.feature_dropout(feats) + self.position  # (B, L, D)
+        mean = feats.mean(dim=1)  # (B, D)
+        return {
+            "feats": feats,
+            "projected": self.attention.precompute(feats),  # (B, L, A)
+            "h": torch.tanh(self.init_h(mean)),  # (B, H)
+            "c": torch.tanh(self.init_c(mean)),  # (B, H)
+        }
+
+    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
+        context, alpha = self.attention(state["feats"], state["projected"], state["h"])
+        gate = torch.sigmoid(self.f_beta(state["h"]))  # (B, D)
+        x = torch.cat([self.embedding(tokens), gate * context], dim=-1)  # (B, E + D)
+        h, c = self.cell(x, (state["h"], state["c"]))
+        logits = self.out(self.dropout(h))  # (B, V)
+        return logits, {**state, "h": h, "c": c}, alpha
+
+    def forward(self, features: torch.Tensor, captions: torch.Tensor) -> DecoderOutput:
+        state = self.init_state(features)
+        steps = captions.size(1) - 1
+        logits, alphas = [], []
+        for t in range(steps):
+            step_logits, state, alpha = self.step(captions[:, t], state)
+            logits.append(step_logits)
+            alphas.append(alpha)
+        alpha_seq = torch.stack(alphas, dim=1)  # (B, T, L)
+        # Padding steps must not count towards the regulariser: mask them out.
+        mask = (captions[:, 1:] != 0).unsqueeze(-1).float()  # (B, T, 1)
+        coverage = (alpha_seq * mask).sum(dim=1)  # (B, L)
+        aux = self.cfg.alpha_c * ((1.0 - coverage) ** 2).mean()
+        return DecoderOutput(torch.stack(logits, dim=1), alpha_seq, aux)

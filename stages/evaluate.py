@@ -1,0 +1,26 @@
+"""DVC stage `evaluate`: greedy + beam decoding of the test split, COCO metrics, figures."""
+
+import argparse
+
+from captioning import runtime
+
+runtime.setup()
+
+from captioning.config import EvaluateConfig, load_section  # noqa: E402
+from captioning.evaluation import evaluate_model  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--features", required=True)
+    parser.add_argument("--shards", required=True)
+    parser.add_argument("--out", required=True, help="report directory")
+    args = parser.parse_args()
+    cfg = load_section(args.params, "evaluate", EvaluateConfig)
+    evaluate_model(args.model, args.features, args.shards, args.out, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""DVC stage `fetch`: acquire the configured source into the internal layout."""
+
+import argparse
+
+from captioning import runtime
+
+runtime.setup()
+
+from captioning.config import FetchConfig, load_section  # noqa: E402
+from captioning.data.sources import fetch  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument(
+        "--out", required=True, help="dataset root: images/, captions.json, splits.json"
+    )
+    args = parser.parse_args()
+    fetch(load_section(args.params, "fetch", FetchConfig), args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny datasets in the internal layout, made on the fly (no network)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def jpeg_bytes(seed: int, size: int = 64, mode: str = "RGB", fmt: str = "JPEG") -> bytes:
+    rng = np.random.default_rng(seed)
+    array = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+    image = Image.fromarray(array).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def make_layout(root: Path, splits: dict[str, int], captions_per_image: int = 2) -> dict:
+    """images/ + captions.json + splits.json with random images and simple captions."""
+    (root / "images").mkdir(parents=True)
+    images, annotations, split_ids = [], [], {}
+    image_id = 1
+    for split, count in splits.items():
+        split_ids[split] = []
+        for _ in range(count):
+            name = f"img_{image_id:04d}.jpg"
+            (root / "images" / name).write_bytes(jpeg_bytes(image_id))
+            images.append({"id": image_id, "file_name": name, "width": 64, "height": 64})
+            for c in range(captions_per_image):
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "caption": f"a picture number {c}",
+                    }
+                )
+            split_ids[split].append(image_id)
+            image_id += 1
+    coco = {"images": images, "annotations": annotations}
+    (root / "captions.json").write_text(json.dumps(coco))
+    (root / "splits.json").write_text(json.dumps(split_ids))
+    return coco
+
+
+@pytest.fixture
+def tiny_layout(tmp_path: Path) -> Path:
+    root = tmp_path / "raw"
+    make_layout(root, {"train": 6, "val": 2, "test": 2})
+    return root

@@ -1,0 +1,119 @@
+"""The whole DAG (`dvc repro`) on a tiny config in a temporary repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+TINY = {
+    "fetch": {"shapes": {"n_train": 48, "n_val": 8, "n_test": 8}},
+    "shard": {"max_count": 20},
+    "features": {"batch_size": 16, "num_workers": 1},
+    "train": {"epochs": 2, "batch_size": 16, "warmup_steps": 2},
+    "evaluate": {"n_attention_figures": 2},
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(base[key], value) if isinstance(value, dict) else value
+    return out
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.fail(
+            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("repo")
+    for name in ("src", "stages"):
+        shutil.copytree(
+            REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+        )
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    run(["git", "init", "-q"], root, env)
+    run([sys.executable, "-m", "dvc", "init", "-q"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "tiny pipeline"], root, env)
+    run([sys.executable, "-m", "dvc", "repro"], root, env)
+    return root, env
+
+
+@pytest.mark.slow
+def test_repro_produces_metrics_model_and_registration(pipeline_repo):
+    root, env = pipeline_repo
+    metrics = json.loads((root / "reports/soft_attention/metrics.json").read_text())
+    for decoding in ("greedy", "beam"):
+        scores = metrics["test"][decoding]
+        for key in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "object_accuracy"):
+            assert 0.0 <= scores[key] <= 10.0, (decoding, key, scores)
+    results = json.loads((root / "reports/soft_attention/results.json").read_text())
+    assert len(results) == 8 and set(results[0]) == {"image_id", "caption"}
+    assert len(list((root / "reports/soft_attention/attention").glob("*.png"))) == 2
+    log = (root / "reports/soft_attention/train_log.csv").read_text().splitlines()
+    assert log[0] == "epoch,train_loss,val_loss,lr" and len(log) == 3
+    registration = json.loads((root / "reports/soft_attention/registration.json").read_text())
+    assert registration["model_name"] == "captioner" and "champion" in registration["aliases"]
+    shown = run([sys.executable, "-m", "dvc", "metrics", "show"], root, env).stdout
+    assert "CIDEr" in shown and "object_accuracy" in shown
+
+
+@pytest.mark.slow
+def test_second_repro_does_nothing(pipeline_repo):
+    root, env = pipeline_repo
+    lock = (root / "dvc.lock").read_text()
+    out = run([sys.executable, "-m", "dvc", "repro"], root, env).stdout
+    assert "up to date" in out.lower()
+    status = run([sys.executable, "-m", "dvc", "status"], root, env).stdout
+    assert "up to date" in status.lower()
+    assert (root / "dvc.lock").read_text() == lock
+
+
+@pytest.mark.slow
+def test_predict_with_registered_champion(pipeline_repo):
+    root, env = pipeline_repo
+    image = next((root / "data/raw/images").glob("*.jpg"))
+    result = run(
+        [
+            str(Path(sys.executable).parent / "captioning"),
+            "predict",
+            str(image),
+            "--model",
+            "models:/captioner@champion",
+            "--beam",
+            "3",
+        ],
+        root,
+        env,
+    )
+    line = result.stdout.strip().splitlines()[-1]
+    path, caption = line.split("\t")
+    assert path == str(image) and len(caption.split()) >= 1

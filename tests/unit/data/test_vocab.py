@@ -1,0 +1,37 @@
+import pytest
+
+from captioning.config import VocabConfig
+from captioning.data.vocab import SPECIALS, Vocab, build_vocab, tokenize
+
+
+def test_tokenize_lowercases_and_drops_punctuation():
+    assert tokenize("A Red, circle.  Left-of it!") == ["a", "red", "circle", "left", "of", "it"]
+
+
+def test_frequency_threshold_and_order():
+    vocab, summary = build_vocab(["a b b c", "b c"], VocabConfig(min_freq=2, max_length=5))
+    assert vocab.itos == (*SPECIALS, "b", "c")  # most frequent first; 'a' (seen once) dropped
+    assert summary["words_dropped"] == 1 and summary["size"] == 6
+
+
+def test_encode_decode_round_trip_with_unknown_and_truncation(tmp_path):
+    vocab, summary = build_vocab(["a red circle", "a blue square"], VocabConfig(max_length=3))
+    ids = vocab.encode("a red triangle above")
+    assert ids[0] == vocab.start_id and ids[-1] == vocab.end_id
+    assert len(ids) == 3 + 2  # truncated to max_length words
+    assert vocab.decode(ids) == "a red <unk>"
+    vocab.save(tmp_path / "v.json")
+    assert Vocab.load(tmp_path / "v.json") == vocab
+
+
+def test_decode_stops_at_end():
+    vocab, _ = build_vocab(["a b"], VocabConfig())
+    a, b = vocab.stoi["a"], vocab.stoi["b"]
+    assert vocab.decode([a, vocab.end_id, b]) == "a"
+
+
+def test_load_rejects_a_file_without_specials(tmp_path):
+    path = tmp_path / "v.json"
+    path.write_text('{"itos": ["a", "b"], "max_length": 3}')
+    with pytest.raises(ValueError, match=str(path)):
+        Vocab.load(path)

@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from captioning.config import DecoderConfig
+from captioning.decoding.search import beam_search, greedy_search
+from captioning.models import DECODERS, build_decoder
+
+VOCAB, START, END = 13, 1, 2
+
+
+def decoder_and_features(name: str, n: int = 6):
+    torch.manual_seed(3)
+    cfg = DecoderConfig(embed_dim=16, hidden_dim=24, attention_dim=12, feature_proj_dim=20)
+    decoder = build_decoder(name, cfg, vocab_size=VOCAB, feature_dim=8, num_locations=4).eval()
+    # Make <end> likely enough that some hypotheses finish early and some run to max_length.
+    with torch.no_grad():
+        decoder.out.bias[END] += 1.5
+    return decoder, torch.randn(n, 4, 8)
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+def test_beam_one_equals_greedy(name):
+    decoder, features = decoder_and_features(name)
+    kwargs = dict(start_id=START, end_id=END, max_length=8)
+    greedy = greedy_search(decoder, features, **kwargs)
+    beam = beam_search(decoder, features, beam_size=1, **kwargs)
+    assert [h.tokens for h in greedy] == [h.tokens for h in beam]
+    assert [h.score for h in greedy] == pytest.approx([h.score for h in beam], abs=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+def test_batched_beam_equals_one_image_at_a_time(name):
+    decoder, features = decoder_and_features(name)
+    kwargs = dict(start_id=START, end_id=END, max_length=8, beam_size=4)
+    batched = beam_search(decoder, features, **kwargs)
+    single = [beam_search(decoder, features[i : i + 1], **kwargs)[0] for i in range(len(features))]
+    assert [h.tokens for h in batched] == [h.tokens for h in single]
+    assert [h.score for h in batched] == pytest.approx([h.score for h in single], abs=1e-4)
+
+
+def test_beam_finds_at_least_greedy_score():
+    decoder, features = decoder_and_features("soft_attention")
+    kwargs = dict(start_id=START, end_id=END, max_length=8)
+    greedy = greedy_search(decoder, features, **kwargs)
+    beam = beam_search(decoder, features, beam_size=5, **kwargs)
+    lengths = [len(h.tokens) for h in greedy]
+    assert any(n < 8 for n in lengths)  # the test covers finished hypotheses
+    for g, b in zip(greedy, beam, strict=True):
+        assert b.score >= g.score - 1e-5
+
+
+def test_attention_has_one_row_per_word():
+    decoder, features = decoder_and_features("soft_attention")
+    for hyp in beam_search(
+        decoder, features, start_id=START, end_id=END, max_length=8, beam_size=3
+    ):
+        assert hyp.alphas.shape == (len(hyp.tokens), 4)

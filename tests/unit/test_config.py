@@ -1,0 +1,91 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from captioning.config import ConfigError, Params, TrainConfig, flatten, load_params, load_section
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_repo_params_load_and_match_defaults_types():
+    params = load_params(REPO / "params.yaml")
+    assert isinstance(params, Params)
+    assert params.train.decoder == "soft_attention"
+    assert params.features.encoder == "efficientnet_lite0"
+    assert isinstance(params.train.lr, float)
+
+
+def test_unknown_key_names_file_key_and_choices(tmp_path):
+    path = write(tmp_path, {"train": {"epochz": 3}})
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert "'train.epochz'" in message
+    assert "epochs" in message  # the expected keys are listed
+
+
+def test_unknown_nested_key(tmp_path):
+    path = write(tmp_path, {"train": {"model": {"hiden_dim": 3}}})
+    with pytest.raises(ConfigError, match=r"train\.model\.hiden_dim"):
+        load_params(path)
+
+
+def test_unknown_section(tmp_path):
+    with pytest.raises(ConfigError, match="'trian'"):
+        load_params(write(tmp_path, {"trian": {}}))
+
+
+def test_wrong_type_names_expected_and_found(tmp_path):
+    path = write(tmp_path, {"train": {"epochs": "ten"}})
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert str(path) in message and "'train.epochs'" in message
+    assert "expected int" in message and "found str 'ten'" in message
+
+
+def test_bool_is_not_an_int(tmp_path):
+    with pytest.raises(ConfigError, match="expected int, found bool"):
+        load_params(write(tmp_path, {"train": {"epochs": True}}))
+
+
+def test_int_accepted_for_float(tmp_path):
+    assert load_params(write(tmp_path, {"train": {"lr": 1}})).train.lr == 1.0
+
+
+def test_impossible_value(tmp_path):
+    path = write(tmp_path, {"train": {"model": {"dropout": 1.5}}})
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert "'train.model.dropout'" in str(err.value)
+    assert "in [0, 1)" in str(err.value) and "1.5" in str(err.value)
+
+
+def test_section_not_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="'train': expected a mapping"):
+        load_params(write(tmp_path, {"train": [1, 2]}))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_configs_are_frozen(tmp_path):
+    cfg = load_section(write(tmp_path, {}), "train", TrainConfig)
+    with pytest.raises(AttributeError):
+        cfg.epochs = 3  # type: ignore[misc]
+
+
+def test_flatten_uses_dotted_keys():
+    flat = flatten(TrainConfig(), "train.")
+    assert flat["train.model.hidden_dim"] == 256
+    assert flat["train.epochs"] == TrainConfig().epochs
