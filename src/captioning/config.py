@@ -15,8 +15,10 @@ from typing import Any, TypeVar
 
 import yaml
 
+from captioning.errors import CaptioningError
 
-class ConfigError(ValueError):
+
+class ConfigError(CaptioningError, ValueError):
     """A params file that does not match the typed configuration."""
 
 
@@ -105,7 +107,9 @@ class TrainConfig:
     decoder: str = "soft_attention"
     model: DecoderConfig = field(default_factory=DecoderConfig)
     epochs: int = 30
-    batch_size: int = 64
+    batch_size: int = 64  # captions per batch
+    # Captions of one image trained together, sharing its projected features (seq_per_img).
+    captions_per_image: int = 1
     lr: float = 3e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
@@ -118,6 +122,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "epochs", ">= 1")
         _require(self.batch_size >= 1, "batch_size", ">= 1")
+        _require(self.captions_per_image >= 1, "captions_per_image", ">= 1")
         _require(self.lr > 0, "lr", "> 0")
         _require(self.weight_decay >= 0, "weight_decay", ">= 0")
         _require(self.warmup_steps >= 0, "warmup_steps", ">= 0")
@@ -285,14 +290,14 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     """Dotted keys, e.g. ``{"model.hidden_dim": 256}``, for MLflow params."""
-    return _flatten_dict(to_dict(config), prefix)
+    return flatten_dict(to_dict(config), prefix)
 
 
-def _flatten_dict(d: dict[str, Any], prefix: str) -> dict[str, Any]:
+def flatten_dict(d: dict[str, Any], prefix: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in d.items():
         if isinstance(value, dict):
-            out.update(_flatten_dict(value, f"{prefix}{key}."))
+            out.update(flatten_dict(value, f"{prefix}{key}."))
         else:
             out[prefix + key] = value
     return out

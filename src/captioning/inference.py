@@ -15,6 +15,7 @@ from PIL import Image
 
 from captioning.decoding.search import decode_batch
 from captioning.devices import choose_device
+from captioning.features.cache import encode_batch, load_encoder
 from captioning.features.encoders import get_encoder_spec
 from captioning.training.loop import load_decoder
 
@@ -38,16 +39,14 @@ class Captioner:
         decoder, vocab, config = load_decoder(model_dir, device)
         encoder_info = config["encoder"]
         spec = get_encoder_spec(encoder_info["encoder"])
-        encoder = spec.build(True).to(device).eval()
+        encoder = load_encoder(spec, True, device)
         return cls(encoder, spec, decoder, vocab, config, device)
 
-    @torch.no_grad()
     def encode(self, images: list[Image.Image]) -> torch.Tensor:
-        """(B, L, C) features, computed as the features stage computes them."""
-        batch = torch.stack([self.spec.preprocess(image) for image in images]).to(self.device)
-        maps = self.encoder(batch)  # (B, C, H, W)
-        # Round through float16 like the cache, so predictions match the evaluated model.
-        return maps.flatten(2).transpose(1, 2).half().float()
+        """(B, L, C) features, computed exactly as the features stage caches them (float16)."""
+        batch = torch.stack([self.spec.preprocess(image) for image in images])
+        features = encode_batch(self.encoder, batch, self.spec, self.device)
+        return torch.from_numpy(features).to(self.device)
 
     def caption(
         self, images: list[Image.Image], beam_size: int = 3, max_length: int = 24

@@ -117,3 +117,42 @@ def test_predict_with_registered_champion(pipeline_repo):
     line = result.stdout.strip().splitlines()[-1]
     path, caption = line.split("\t")
     assert path == str(image) and len(caption.split()) >= 1
+
+
+def load_flow_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "captioning_flows", REPO / "flows" / "pipeline.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_prefect_flow_runs_stages_through_dvc(pipeline_repo, monkeypatch):
+    from prefect.testing.utilities import prefect_test_harness
+
+    root, env = pipeline_repo
+    for key in ("MLFLOW_TRACKING_URI", "PATH"):
+        monkeypatch.setenv(key, env[key])
+    flows = load_flow_module()
+    params = root / "params.yaml"
+    original = params.read_text()
+    with prefect_test_harness():
+        outcome = flows.captioning_pipeline(repo=str(root))
+        assert outcome == {stage: "skipped" for stage in flows.STAGES}
+        # A broken stage fails the flow run with the stage's own message.
+        broken = yaml.safe_load(original)
+        broken["vocab"]["min_freq"] = 0
+        params.write_text(yaml.safe_dump(broken, sort_keys=False))
+        try:
+            with pytest.raises(
+                flows.StageFailed, match=r"'vocab.min_freq': expected >= 1, found 0"
+            ):
+                flows.captioning_pipeline(repo=str(root))
+        finally:
+            params.write_text(original)
+    status = run([sys.executable, "-m", "dvc", "status"], root, env).stdout
+    assert "up to date" in status.lower()

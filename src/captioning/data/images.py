@@ -8,11 +8,13 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from captioning.errors import CaptioningError
+
 # A decompression bomb is refused rather than decoded (COCO's largest image is ~640x640).
 Image.MAX_IMAGE_PIXELS = 64_000_000
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(CaptioningError, ValueError):
     """The bytes are not a decodable image."""
 
 

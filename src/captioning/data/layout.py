@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from captioning.errors import CaptioningError
+
 SPLITS = ("train", "val", "test")
 
 
-class AnnotationError(ValueError):
+class AnnotationError(CaptioningError, ValueError):
     """A captions or splits file that does not have the expected structure."""
 
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from captioning.config import ShardConfig
 from captioning.data.images import ImageDecodeError, load_rgb
 from captioning.data.layout import ImageRecord, load_dataset
+from captioning.errors import CaptioningError
 from captioning.io import atomic_path, write_json
 
 logger = logging.getLogger(__name__)
@@ -156,11 +157,26 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+class ShardError(CaptioningError, ValueError):
+    """A shard directory or manifest that is missing or malformed."""
+
+
 def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a shard directory, checked: every split lists its shards."""
     path = Path(shard_dir) / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no shard manifest; run the shard stage first")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ShardError(f"{path}: shard manifest not found; run the shard stage") from None
+    except json.JSONDecodeError as exc:
+        raise ShardError(f"{path}: not valid JSON ({exc})") from None
+    splits = manifest.get("splits") if isinstance(manifest, dict) else None
+    if not isinstance(splits, dict) or not splits:
+        raise ShardError(f"{path}: expected a non-empty 'splits' mapping")
+    for split, entry in splits.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list):
+            raise ShardError(f"{path}: splits.{split} needs a 'shards' list")
+    return manifest
 
 
 def iter_samples(

@@ -40,7 +40,9 @@ def greedy_search(
             break
     steps = torch.stack(history, dim=1)  # (B, T)
     alphas = torch.stack(alpha_history, dim=1) if alpha_history else None  # (B, T, L)
-    return [_hypothesis(steps[i], float(scores[i]), alphas, i, end_id) for i in range(batch)]
+    return [
+        _hypothesis(steps[i], float(scores[i]), alphas, i, end_id, max_length) for i in range(batch)
+    ]
 
 
 @torch.no_grad()
@@ -94,16 +96,23 @@ def beam_search(
     best = scores.argmax(dim=-1)  # (B,)
     rows = best + torch.arange(batch, device=device) * k
     return [
-        _hypothesis(sequences[r], float(scores[i, best[i]]), alpha_seq, int(r), end_id)
+        _hypothesis(sequences[r], float(scores[i, best[i]]), alpha_seq, int(r), end_id, max_length)
         for i, r in enumerate(rows.tolist())
     ]
 
 
 def _hypothesis(
-    steps: torch.Tensor, score: float, alphas: torch.Tensor | None, row: int, end_id: int
+    steps: torch.Tensor,
+    score: float,
+    alphas: torch.Tensor | None,
+    row: int,
+    end_id: int,
+    max_length: int,
 ) -> Hypothesis:
     ids = steps.tolist()
-    length = ids.index(end_id) if end_id in ids else len(ids)
+    # max_length + 1 steps let a caption of max_length words end with <end>; a caption that
+    # never ends is cut to max_length words.
+    length = min(ids.index(end_id) if end_id in ids else len(ids), max_length)
     attention = alphas[row, :length].cpu() if alphas is not None else None
     return Hypothesis(tokens=ids[:length], score=score, alphas=attention)
 

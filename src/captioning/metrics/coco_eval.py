@@ -7,10 +7,12 @@ import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from captioning.errors import CaptioningError
+
 logger = logging.getLogger(__name__)
 
 
-class JavaMissingError(RuntimeError):
+class JavaMissingError(CaptioningError, RuntimeError):
     """pycocoevalcap's tokenizer and METEOR run on Java."""
 
 

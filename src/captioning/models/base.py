@@ -30,9 +30,20 @@ class Decoder(nn.Module):
         """One time step: tokens (B,) -> logits (B, V), the new state, attention (B, L) or None."""
         raise NotImplementedError
 
-    def forward(self, features: torch.Tensor, captions: torch.Tensor) -> DecoderOutput:
-        """Teacher forcing: feed captions[:, t] and predict captions[:, t + 1]."""
+    def forward(
+        self, features: torch.Tensor, captions: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> DecoderOutput:
+        """Teacher forcing: feed captions[:, t] and predict captions[:, t + 1].
+
+        ``rows`` (M,) maps each of the M captions to its image in ``features`` (B, L, C), so
+        several captions of one image share its per-image work; None means one caption each.
+        """
         raise NotImplementedError
+
+    def start(self, features: torch.Tensor, rows: torch.Tensor | None) -> State:
+        """init_state once per image, then one state row per caption."""
+        state = self.init_state(features)
+        return state if rows is None else self.reorder_state(state, rows)
 
     @staticmethod
     def reorder_state(state: State, index: torch.Tensor) -> State:

@@ -76,8 +76,10 @@ class SoftAttentionDecoder(Decoder):
         logits = self.out(self.dropout(h))  # (B, V)
         return logits, {**state, "h": h, "c": c}, alpha
 
-    def forward(self, features: torch.Tensor, captions: torch.Tensor) -> DecoderOutput:
-        state = self.init_state(features)
+    def forward(
+        self, features: torch.Tensor, captions: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> DecoderOutput:
+        state = self.start(features, rows)
         steps = captions.size(1) - 1
         logits, alphas = [], []
         for t in range(steps):

@@ -1,4 +1,10 @@
-"""Training samples from the feature cache: (image row, encoded caption), in length-grouped batches."""
+"""Training batches from the feature cache, in draws of one image with several of its captions.
+
+A draw is one image and up to ``captions_per_image`` of its captions. The decoder computes the
+per-image work (feature projection, attention keys) once per draw and shares it between those
+captions, as self-critical.pytorch's ``seq_per_img`` does: on the CPU that projection is most of
+a training step.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,14 @@ import torch
 
 from captioning.data.vocab import Vocab
 
+Draw = tuple[int, tuple[int, ...]]  # (image row, indices into that image's captions)
+
 
 @dataclass(frozen=True)
 class CaptionSet:
     """Every caption of every image of one split, encoded once."""
 
-    image_rows: np.ndarray  # (M,) row in the feature array for each caption
-    captions: list[list[int]]  # M encoded captions (<start> ... <end>)
+    captions: list[list[list[int]]]  # per image row: its encoded captions (<start> ... <end>)
     weights: np.ndarray  # (N,) how many times each image is drawn per epoch
 
     @classmethod
@@ -26,26 +33,34 @@ class CaptionSet:
         vocab: Vocab,
         repeats: Sequence[int] | None = None,
     ) -> CaptionSet:
-        rows, encoded = [], []
-        for row, captions in enumerate(captions_per_image):
-            for caption in captions:
-                rows.append(row)
-                encoded.append(vocab.encode(caption))
-        n = len(captions_per_image)
+        encoded = [[vocab.encode(c) for c in captions] for captions in captions_per_image]
+        n = len(encoded)
         weights = np.ones(n, dtype=np.int64) if repeats is None else np.asarray(repeats)
-        return cls(np.asarray(rows, dtype=np.int64), encoded, weights)
+        return cls(encoded, weights)
 
-    def epoch_samples(self, rng: np.random.Generator) -> np.ndarray:
-        """One random caption per image draw; an image with weight w is drawn w times."""
-        by_image: dict[int, list[int]] = {}
-        for index, row in enumerate(self.image_rows.tolist()):
-            by_image.setdefault(row, []).append(index)
-        samples = []
-        for row in sorted(by_image):
-            options = by_image[row]
+    @property
+    def num_captions(self) -> int:
+        return sum(len(c) for c in self.captions)
+
+    def epoch_draws(self, rng: np.random.Generator, per_image: int) -> list[Draw]:
+        """Each image ``weight`` times, each time with ``per_image`` of its captions at random."""
+        draws: list[Draw] = []
+        for row, captions in enumerate(self.captions):
+            if not captions:
+                continue
             for _ in range(int(self.weights[row])):
-                samples.append(options[int(rng.integers(len(options)))])
-        return np.asarray(samples, dtype=np.int64)
+                k = min(per_image, len(captions))
+                picked = rng.choice(len(captions), size=k, replace=False)
+                draws.append((row, tuple(int(i) for i in picked)))
+        return draws
+
+    def all_draws(self) -> list[Draw]:
+        """Every image once with all its captions (validation loss)."""
+        return [(row, tuple(range(len(c)))) for row, c in enumerate(self.captions) if c]
+
+    def draw_length(self, draw: Draw) -> int:
+        row, picked = draw
+        return max(len(self.captions[row][i]) for i in picked)
 
 
 def length_grouped_batches(
@@ -53,8 +68,8 @@ def length_grouped_batches(
 ) -> list[np.ndarray]:
     """Shuffle, sort by length within windows of ``group`` batches, then shuffle the batches.
 
-    Captions of similar length share a batch, so little compute goes to padding, while the
-    order stays random from epoch to epoch.
+    Items of similar length share a batch, so little compute goes to padding, while the order
+    stays random from epoch to epoch.
     """
     order = rng.permutation(len(lengths))
     lengths_arr = np.asarray(lengths)
@@ -68,23 +83,25 @@ def length_grouped_batches(
 
 
 def collate(
-    features: torch.Tensor, caption_set: CaptionSet, indices: np.ndarray, pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, L, C) features and (B, T) padded captions for the given caption indices."""
-    rows = torch.from_numpy(caption_set.image_rows[indices])
-    captions = [caption_set.captions[i] for i in indices.tolist()]
+    features: torch.Tensor, caption_set: CaptionSet, draws: Sequence[Draw], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Features (B, L, C) of the drawn images, captions (M, T) padded, and rows (M,) mapping
+    each caption to its image in the batch."""
+    image_rows = torch.tensor([row for row, _ in draws], dtype=torch.long)
+    captions = [caption_set.captions[row][i] for row, picked in draws for i in picked]
+    rows = torch.tensor([b for b, (_, picked) in enumerate(draws) for _ in picked])
     width = max(len(c) for c in captions)
     padded = torch.full((len(captions), width), pad_id, dtype=torch.long)
     for i, caption in enumerate(captions):
         padded[i, : len(caption)] = torch.tensor(caption)
-    return features[rows], padded
+    return features[image_rows], padded, rows
 
 
 def iterate_batches(
     features: torch.Tensor,
     caption_set: CaptionSet,
-    batches: list[np.ndarray],
+    batches: Sequence[Sequence[Draw]],
     pad_id: int,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     for batch in batches:
         yield collate(features, caption_set, batch, pad_id)

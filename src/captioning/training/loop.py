@@ -28,7 +28,12 @@ from captioning.devices import autocast, choose_device
 from captioning.features.cache import FeatureCache
 from captioning.io import atomic_path, write_json
 from captioning.models import Decoder, build_decoder
-from captioning.training.batches import CaptionSet, iterate_batches, length_grouped_batches
+from captioning.training.batches import (
+    CaptionSet,
+    Draw,
+    iterate_batches,
+    length_grouped_batches,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +82,8 @@ def train_decoder(
     parameters = sum(p.numel() for p in decoder.parameters())
     logger.info("%s decoder: %.2f M parameters on %s", cfg.decoder, parameters / 1e6, device)
 
-    steps_per_epoch = math.ceil(int(train_set.weights.sum()) / cfg.batch_size)
+    images_per_batch = max(1, cfg.batch_size // cfg.captions_per_image)
+    steps_per_epoch = math.ceil(int(train_set.weights.sum()) / images_per_batch)
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _warmup_cosine(cfg.warmup_steps, steps_per_epoch * cfg.epochs)
@@ -89,13 +95,16 @@ def train_decoder(
     start_epoch, history = _maybe_resume(checkpoint, run_config, decoder, optimizer, scheduler, rng)
 
     for epoch in range(start_epoch, cfg.epochs):
-        samples = train_set.epoch_samples(rng)
-        lengths = [len(train_set.captions[i]) for i in samples.tolist()]
-        batches = [samples[b] for b in length_grouped_batches(lengths, cfg.batch_size, rng)]
+        draws = train_set.epoch_draws(rng, cfg.captions_per_image)
+        lengths = [train_set.draw_length(d) for d in draws]
+        batches = [
+            [draws[i] for i in batch]
+            for batch in length_grouped_batches(lengths, images_per_batch, rng)
+        ]
         train_loss = _train_epoch(
             decoder, train_x, train_set, batches, optimizer, scheduler, scaler, cfg, device, epoch
         )
-        val_loss = evaluate_loss(decoder, val_x, val_set, cfg.batch_size, device)
+        val_loss = evaluate_loss(decoder, val_x, val_set, images_per_batch, device)
         record = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -125,7 +134,7 @@ def _train_epoch(
     decoder: Decoder,
     features: torch.Tensor,
     caption_set: CaptionSet,
-    batches: list[np.ndarray],
+    batches: list[list[Draw]],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
@@ -142,11 +151,12 @@ def _train_epoch(
         unit="batch",
         mininterval=5.0,
     )
-    for x, captions in progress:
+    for x, captions, rows in progress:
         x = x.to(device, non_blocking=True)
         captions = captions.to(device, non_blocking=True)
+        rows = rows.to(device, non_blocking=True)
         with autocast(device):
-            loss = caption_loss(decoder, x, captions)
+            loss = caption_loss(decoder, x, captions, rows)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -154,15 +164,20 @@ def _train_epoch(
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        total += float(loss) * x.size(0)
-        count += x.size(0)
+        total += float(loss) * captions.size(0)
+        count += captions.size(0)
         progress.set_postfix(loss=f"{total / count:.3f}", refresh=False)
     return total / max(count, 1)
 
 
-def caption_loss(decoder: Decoder, features: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+def caption_loss(
+    decoder: Decoder,
+    features: torch.Tensor,
+    captions: torch.Tensor,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Cross-entropy over real tokens only (padding masked) plus the decoder's regulariser."""
-    output = decoder(features, captions)
+    output = decoder(features, captions, rows)
     targets = captions[:, 1:]  # (B, T)
     ce = nn.functional.cross_entropy(
         output.logits.reshape(-1, output.logits.size(-1)).float(),
@@ -177,19 +192,17 @@ def evaluate_loss(
     decoder: Decoder,
     features: torch.Tensor,
     caption_set: CaptionSet,
-    batch_size: int,
+    images_per_batch: int,
     device: torch.device,
 ) -> float:
     """Mean teacher-forced cross-entropy over every caption of the split."""
     decoder.eval()
-    indices = np.arange(len(caption_set.captions))
+    draws = caption_set.all_draws()
+    batches = [draws[i : i + images_per_batch] for i in range(0, len(draws), images_per_batch)]
     total, tokens = 0.0, 0
-    for start in range(0, len(indices), batch_size):
-        x, captions = next(
-            iterate_batches(features, caption_set, [indices[start : start + batch_size]], 0)
-        )
-        x, captions = x.to(device), captions.to(device)
-        output = decoder(x, captions)
+    for x, captions, rows in iterate_batches(features, caption_set, batches, pad_id=0):
+        x, captions, rows = x.to(device), captions.to(device), rows.to(device)
+        output = decoder(x, captions, rows)
         targets = captions[:, 1:]
         ce = nn.functional.cross_entropy(
             output.logits.reshape(-1, output.logits.size(-1)).float(),

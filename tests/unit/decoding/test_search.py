@@ -55,3 +55,14 @@ def test_attention_has_one_row_per_word():
         decoder, features, start_id=START, end_id=END, max_length=8, beam_size=3
     ):
         assert hyp.alphas.shape == (len(hyp.tokens), 4)
+
+
+def test_captions_never_exceed_max_length():
+    decoder, features = decoder_and_features("soft_attention")
+    with torch.no_grad():
+        decoder.out.bias[END] -= 100.0  # never ends
+    kwargs = dict(start_id=START, end_id=END, max_length=3)
+    for hyp in greedy_search(decoder, features, **kwargs) + beam_search(
+        decoder, features, beam_size=3, **kwargs
+    ):
+        assert len(hyp.tokens) == 3

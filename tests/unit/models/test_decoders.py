@@ -72,3 +72,15 @@ def test_overfits_a_small_batch(name):
 def test_unknown_decoder_lists_choices():
     with pytest.raises(ValueError, match="unknown decoder 'nope'; choose one of"):
         build_decoder("nope", SMALL, vocab_size=3, feature_dim=4, num_locations=1)
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+def test_shared_image_rows_equal_repeated_features(name):
+    decoder = make(name).eval()
+    features, captions = batch(b=2, t=6)
+    captions = torch.cat([captions, captions.flip(0)])  # 4 captions, 2 per image
+    rows = torch.tensor([0, 1, 1, 0])
+    shared = decoder(features, captions, rows)
+    repeated = decoder(features[rows], captions)
+    torch.testing.assert_close(shared.logits, repeated.logits)
+    torch.testing.assert_close(shared.aux_loss, repeated.aux_loss)

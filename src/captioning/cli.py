@@ -1,0 +1,101 @@
+"""``captioning`` command line: ``captioning predict IMAGE... [--model URI|DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from captioning import runtime
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "models:/captioner@champion"
+EXIT_BAD_INPUT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="captioning", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True)
+    predict = commands.add_parser("predict", help="caption images")
+    predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    predict.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"a trained model directory or an MLflow models:/ URI (default {DEFAULT_MODEL})",
+    )
+    predict.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy)")
+    predict.add_argument("--max-length", type=int, default=24, help="maximum caption length")
+    predict.add_argument("--scores", action="store_true", help="also print the log-probability")
+    predict.add_argument("--batch-size", type=int, default=16, help=argparse.SUPPRESS)
+    predict.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse errors and --help; keep main() returning an int
+        return int(exc.code or 0)
+    runtime.setup(logging.INFO if args.verbose else logging.WARNING)
+    return args.func(args)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from captioning.data.images import ImageDecodeError, load_rgb
+
+    if args.beam < 1 or args.max_length < 1:
+        print("error: --beam and --max-length must be >= 1", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    status = 0
+    decoded = []
+    for path in args.images:
+        try:
+            decoded.append((path, load_rgb(path, name=str(path))))
+        except ImageDecodeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = EXIT_BAD_INPUT
+    if not decoded:
+        return status
+    try:
+        captioner = load_captioner(args.model)
+    except Exception as exc:  # any load failure is reported, not a traceback
+        logger.debug("model load failed", exc_info=True)
+        print(f"error: cannot load model {args.model}: {exc}", file=sys.stderr)
+        return 1
+    for start in range(0, len(decoded), args.batch_size):
+        batch = decoded[start : start + args.batch_size]
+        results = captioner.caption(
+            [image for _, image in batch], beam_size=args.beam, max_length=args.max_length
+        )
+        for (path, _), result in zip(batch, results, strict=True):
+            line = f"{path}\t{result.caption}"
+            if args.scores:
+                line += f"\t{result.score:.4f}"
+            print(line, flush=True)
+    return status
+
+
+def load_captioner(model: str):
+    """A Captioner from a model directory or an MLflow ``models:/`` URI."""
+    from captioning.inference import Captioner
+
+    if "://" not in model and not model.startswith("models:/"):
+        return Captioner.load(Path(model))
+    from captioning.registry.pyfunc import download_model_dir
+    from captioning.registry.tracking import configure_mlflow
+
+    configure_mlflow()
+    with tempfile.TemporaryDirectory(prefix="captioning-model-") as tmp:
+        model_dir = download_model_dir(model, Path(tmp))
+        logger.info("loading %s from %s", model, model_dir)
+        # Everything is read into memory, so the download can go.
+        return Captioner.load(model_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

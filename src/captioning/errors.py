@@ -1,0 +1,5 @@
+"""Errors caused by the user's input or set-up: reported as one clear line, not a traceback."""
+
+
+class CaptioningError(Exception):
+    """Base of errors whose message alone tells the user what to fix."""
