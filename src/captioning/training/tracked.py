@@ -10,7 +10,12 @@ import mlflow
 
 from captioning.config import Params, flatten
 from captioning.io import atomic_path
-from captioning.registry.tracking import configure_mlflow, get_or_create_experiment, lineage_tags
+from captioning.registry.tracking import (
+    configure_mlflow,
+    get_or_create_experiment,
+    lineage_tags,
+    repo_root,
+)
 from captioning.training.loop import TrainResult, train_decoder
 
 logger = logging.getLogger(__name__)
@@ -28,7 +33,8 @@ def train_tracked(
     checkpoint_dir: Path,
 ) -> TrainResult:
     cfg = params.train
-    root = configure_mlflow()
+    root = repo_root()
+    configure_mlflow(root)
     experiment_id = get_or_create_experiment(params.register.experiment, root)
     tags = {**lineage_tags(root, UPSTREAM_STAGES), "stage": "train", "decoder": cfg.decoder}
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{cfg.decoder}", tags=tags):
