@@ -109,7 +109,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 64  # captions per batch
     # Captions of one image trained together, sharing its projected features (seq_per_img).
-    captions_per_image: int = 1
+    seq_per_image: int = 1
     lr: float = 3e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
@@ -122,7 +122,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "epochs", ">= 1")
         _require(self.batch_size >= 1, "batch_size", ">= 1")
-        _require(self.captions_per_image >= 1, "captions_per_image", ">= 1")
+        _require(self.seq_per_image >= 1, "seq_per_image", ">= 1")
         _require(self.lr > 0, "lr", "> 0")
         _require(self.weight_decay >= 0, "weight_decay", ">= 0")
         _require(self.warmup_steps >= 0, "warmup_steps", ">= 0")

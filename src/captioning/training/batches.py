@@ -1,6 +1,6 @@
 """Training batches from the feature cache, in draws of one image with several of its captions.
 
-A draw is one image and up to ``captions_per_image`` of its captions. The decoder computes the
+A draw is one image and up to ``seq_per_image`` of its captions. The decoder computes the
 per-image work (feature projection, attention keys) once per draw and shares it between those
 captions, as self-critical.pytorch's ``seq_per_img`` does: on the CPU that projection is most of
 a training step.

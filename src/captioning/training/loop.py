@@ -82,7 +82,7 @@ def train_decoder(
     parameters = sum(p.numel() for p in decoder.parameters())
     logger.info("%s decoder: %.2f M parameters on %s", cfg.decoder, parameters / 1e6, device)
 
-    images_per_batch = max(1, cfg.batch_size // cfg.captions_per_image)
+    images_per_batch = max(1, cfg.batch_size // cfg.seq_per_image)
     steps_per_epoch = math.ceil(int(train_set.weights.sum()) / images_per_batch)
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -95,7 +95,7 @@ def train_decoder(
     start_epoch, history = _maybe_resume(checkpoint, run_config, decoder, optimizer, scheduler, rng)
 
     for epoch in range(start_epoch, cfg.epochs):
-        draws = train_set.epoch_draws(rng, cfg.captions_per_image)
+        draws = train_set.epoch_draws(rng, cfg.seq_per_image)
         lengths = [train_set.draw_length(d) for d in draws]
         batches = [
             [draws[i] for i in batch]
@@ -119,11 +119,11 @@ def train_decoder(
             train_loss,
             val_loss,
         )
-        if on_epoch is not None:
-            on_epoch(epoch + 1, record)
         _save_checkpoint(
             checkpoint, run_config, decoder, optimizer, scheduler, rng, epoch + 1, history
         )
+        if on_epoch is not None:
+            on_epoch(epoch + 1, record)
 
     _save_model(Path(model_dir), decoder, vocab, run_config)
     checkpoint.unlink(missing_ok=True)
