@@ -293,7 +293,7 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     return flatten_dict(to_dict(config), prefix)
 
 
-def flatten_dict(d: dict[str, Any], prefix: str) -> dict[str, Any]:
+def flatten_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in d.items():
         if isinstance(value, dict):

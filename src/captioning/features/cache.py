@@ -202,6 +202,9 @@ def _make_loader(
         num_workers=workers,
         collate_fn=_collate,
         pin_memory=pin_memory(device),
+        # forkserver, not fork: a process that already runs threads (an MLflow client, a
+        # Prefect flow) can leave a forked worker in a broken state.
+        multiprocessing_context="forkserver" if workers > 0 else None,
     )
 
 

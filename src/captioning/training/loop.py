@@ -164,7 +164,7 @@ def _train_epoch(
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        total += float(loss) * captions.size(0)
+        total += loss.item() * captions.size(0)
         count += captions.size(0)
         progress.set_postfix(loss=f"{total / count:.3f}", refresh=False)
     return total / max(count, 1)
