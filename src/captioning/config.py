@@ -74,12 +74,21 @@ class VocabConfig:
 class FeaturesConfig:
     encoder: str = "efficientnet_lite0"
     pretrained: bool = True
+    # A local weights file (torchvision checkpoint, or an encoder's own state) instead of the
+    # encoder's published source; needs pretrained: true.
+    weights_path: str | None = None
     batch_size: int = 32
     num_workers: int = 1
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "batch_size", ">= 1")
         _require(self.num_workers >= 0, "num_workers", ">= 0")
+        _require(
+            self.weights_path is None or self.pretrained,
+            "weights_path",
+            "null when pretrained is false (a weights file is pretrained weights)",
+        )
+        _require(self.weights_path != "", "weights_path", "a file path or null")
 
 
 @dataclass(frozen=True)
