@@ -58,13 +58,15 @@ from captioning.features.loader import (
     scan_shard,
     shard_files,
 )
-from captioning.features.weights import state_digest
+from captioning.features.weights import EncoderWeightsError, state_digest
 from captioning.io import atomic_path, replace_path, write_json
 
 __all__ = [
     "FeatureCache",
     "FeatureCacheError",
     "encode_batch",
+    "encode_split",
+    "encoder_for_model",
     "extract_features",
     "load_encoder",
     "scan_shard",
@@ -75,6 +77,10 @@ log = logging.getLogger(__name__)
 DTYPE = "float16"
 META_FILE = "meta.json"
 FINGERPRINT_FILE = "fingerprint.json"
+# meta.json keys that say which weights made the features (besides encoder, size, grid, channels).
+ENCODER_IDENTITY = ("pretrained", "weights", "weights_path", "init_seed", "weights_sha256")
+# A model that trained its encoder keeps the encoder's weights beside the decoder's.
+ENCODER_WEIGHTS_FILE = "encoder.safetensors"
 # Bump when the bytes a given fingerprint produces change: older work directories are dropped.
 CACHE_FORMAT = 2
 # Fields of the sample JSON that get their own index column; the rest go to "meta".
@@ -142,6 +148,41 @@ def encoder_identity(
         "init_seed": None if pretrained else seed,
         "weights_sha256": state_digest(model),
     }
+
+
+def encoder_for_model(
+    info: dict[str, Any], model_dir: str | Path | None, device: torch.device
+) -> tuple[EncoderSpec, Encoder]:
+    """The encoder a trained model's features came from, from its config's ``encoder`` entry:
+    the model's own ``encoder.safetensors`` (fine-tuned), the pretrained weights, or random
+    weights rebuilt from the recorded seed; checked against the recorded weights digest."""
+    spec = get_encoder_spec(info["encoder"])
+    own = Path(model_dir) / ENCODER_WEIGHTS_FILE if model_dir is not None else None
+    if own is not None and own.is_file():
+        source, model = str(own), load_encoder(spec, True, device, weights_path=own)
+    elif info.get("pretrained", True):
+        path = info.get("weights_path")
+        source = path or spec.describe_weights()
+        model = load_encoder(spec, True, device, weights_path=path)
+    else:
+        seed = info.get("init_seed")
+        if seed is None:
+            raise EncoderWeightsError(
+                f"the model's encoder {spec.name!r} had random weights from an unrecorded seed, "
+                "so it cannot be rebuilt; re-run the features stage (it records common.seed)"
+            )
+        source, model = (
+            f"random weights (seed {seed})",
+            load_encoder(spec, False, device, seed=seed),
+        )
+    wanted = info.get("weights_sha256")
+    found = state_digest(model)
+    if wanted and found != wanted:
+        raise EncoderWeightsError(
+            f"encoder {spec.name!r} from {source} has weights sha256 {found[:12]}..., the "
+            f"model was trained on features of {wanted[:12]}...: not the same encoder"
+        )
+    return spec, model
 
 
 @torch.inference_mode()
@@ -219,14 +260,7 @@ class _SplitWriter:
         else:
             self.array[[shard.offset + p for p in positions]] = feats
         columns = self._rows.setdefault(shard.url, _empty_columns())
-        for _, position, key, record in infos:
-            columns["row"].append(shard.offset + position)
-            columns["image_id"].append(int(record["image_id"]))
-            columns["key"].append(key)
-            columns["file_name"].append(str(record.get("file_name", "")))
-            columns["captions"].append(list(record["captions"]))
-            other = {k: v for k, v in record.items() if k not in _INDEX_FIELDS}
-            columns["meta"].append(json.dumps(other, sort_keys=True, separators=(",", ":")))
+        _append_index_rows(columns, shard, infos)
         if len(columns["row"]) < len(shard.keys):
             return False
         self.array.flush()  # the features are on disk before the shard is marked done
@@ -256,6 +290,17 @@ class _SplitWriter:
 
 def _empty_columns() -> dict[str, list]:
     return {name: [] for name in INDEX_SCHEMA.names}
+
+
+def _append_index_rows(columns: dict[str, list], shard: Shard, infos: Sequence[SampleInfo]) -> None:
+    for _, position, key, record in infos:
+        columns["row"].append(shard.offset + position)
+        columns["image_id"].append(int(record["image_id"]))
+        columns["key"].append(key)
+        columns["file_name"].append(str(record.get("file_name", "")))
+        columns["captions"].append(list(record["captions"]))
+        other = {k: v for k, v in record.items() if k not in _INDEX_FIELDS}
+        columns["meta"].append(json.dumps(other, sort_keys=True, separators=(",", ":")))
 
 
 def partial_dir(out_dir: Path) -> Path:
@@ -423,6 +468,47 @@ def _encode_shards(
             encoded += len(infos)
             bar.update(len(infos))
     return encoded
+
+
+def encode_split(
+    shard_dir: str | Path,
+    split: str,
+    model: torch.nn.Module,
+    spec: EncoderSpec,
+    device: torch.device,
+    *,
+    batch_size: int = 32,
+    num_workers: int = 1,
+    meta: dict[str, Any] | None = None,
+) -> FeatureCache:
+    """One split encoded in memory by ``model`` (e.g. an encoder being fine-tuned), as a
+    FeatureCache that no file backs; rows in the same order as the cache's."""
+    manifest = shard_files(Path(shard_dir))
+    if split not in manifest:
+        raise FeatureCacheError(
+            f"{Path(shard_dir) / MANIFEST_FILE}: no split {split!r} (has {sorted(manifest)})"
+        )
+    entry = manifest[split]
+    shards = plan_split(split, entry["shards"], entry["count"], entry["checksums"])
+    by_url = {s.url: s for s in shards}
+    total = sum(len(s.keys) for s in shards)
+    features = np.zeros((total, spec.locations, spec.channels), dtype=DTYPE)
+    columns = _empty_columns()
+    if shards:
+        loader = extraction_loader(
+            shards, spec, batch_size=batch_size, num_workers=num_workers, device=device
+        )
+        for images, infos in loader:
+            shard = by_url[infos[0][0]]
+            rows = [shard.offset + position for _, position, _, _ in infos]
+            features[rows] = encode_batch(model, images, spec, device)
+            _append_index_rows(columns, shard, infos)
+    index = pa.table(columns, schema=INDEX_SCHEMA).sort_by("row")
+    if index.column("row").to_pylist() != list(range(total)):
+        raise FeatureCacheError(f"split {split!r}: rows missing after encoding {shard_dir}")
+    return FeatureCache(
+        Path(shard_dir), split, features, index, {**(meta or {}), "splits": {split: total}}
+    )
 
 
 # --------------------------------------------------------------------------------------------
