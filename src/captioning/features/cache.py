@@ -57,6 +57,7 @@ from captioning.features.loader import (
     plan_split,
     scan_shard,
     shard_files,
+    start_workers_early,
 )
 from captioning.features.weights import EncoderWeightsError, state_digest
 from captioning.io import atomic_path, replace_path, write_json
@@ -65,6 +66,7 @@ __all__ = [
     "FeatureCache",
     "FeatureCacheError",
     "encode_batch",
+    "encode_pixels",
     "encode_split",
     "encoder_for_model",
     "extract_features",
@@ -183,6 +185,15 @@ def encoder_for_model(
             f"model was trained on features of {wanted[:12]}...: not the same encoder"
         )
     return spec, model
+
+
+def encode_pixels(
+    model: torch.nn.Module, pixels: torch.Tensor, spec: EncoderSpec, device: torch.device
+) -> np.ndarray:
+    """uint8 pixels (B, H, W, 3) from the loader -> float16 features (B, grid*grid, channels),
+    normalised on ``device``."""
+    images = spec.normalize(pixels.to(device, non_blocking=True))  # (B, 3, H, W)
+    return encode_batch(model, images, spec, device)
 
 
 @torch.inference_mode()
@@ -359,6 +370,8 @@ def extract_features(
     """
     shard_dir, out_dir = Path(shard_dir), Path(out_dir)
     spec = get_encoder_spec(cfg.encoder)
+    if cfg.num_workers > 0:
+        start_workers_early()  # their imports overlap the shard scan and the model build
     device = device if device is not None else choose_device("auto")
     manifest = shard_files(shard_dir)
     wanted = list(manifest) if splits is None else list(splits)
@@ -410,7 +423,7 @@ def extract_features(
     )
 
     start = time.perf_counter()
-    encoded = _encode_shards(pending, writers, model, spec, cfg, device, on_shard)
+    encoded, startup = _encode_shards(pending, writers, model, spec, cfg, device, on_shard)
     seconds = time.perf_counter() - start
     for writer in writers.values():
         writer.finish(work)
@@ -430,6 +443,11 @@ def extract_features(
         "encoded": encoded,
         "seconds": round(seconds, 3),
         "images_per_s": round(rate, 2),
+        # after the first batch: the rate a long run approaches
+        "startup_s": round(startup, 3),
+        "steady_images_per_s": round(encoded / (seconds - startup), 2)
+        if seconds > startup
+        else 0.0,
         "splits": {
             split: {
                 "count": writers[split].total,
@@ -449,10 +467,13 @@ def _encode_shards(
     cfg: FeaturesConfig,
     device: torch.device,
     on_shard: ShardCallback | None,
-) -> int:
-    """Encode the pending shards; returns the number of images encoded."""
+) -> tuple[int, float]:
+    """Encode the pending shards; returns the number of images encoded and the seconds until
+    the first batch arrived (worker start-up and the first decodes)."""
     if not pending:
-        return 0
+        return 0, 0.0
+    start = time.perf_counter()
+    first_batch: float | None = None
     by_url = {s.url: s for s in pending}
     total = sum(len(s.keys) for s in pending)
     loader = extraction_loader(
@@ -460,14 +481,16 @@ def _encode_shards(
     )
     encoded = 0
     with tqdm(total=total, desc="features", unit="img", mininterval=2.0) as bar:
-        for images, infos in loader:
+        for pixels, infos in loader:
+            if first_batch is None:
+                first_batch = time.perf_counter() - start
             shard = by_url[infos[0][0]]
-            feats = encode_batch(model, images, spec, device)
+            feats = encode_pixels(model, pixels, spec, device)
             if writers[shard.split].add(shard, infos, feats) and on_shard is not None:
                 on_shard(shard)
             encoded += len(infos)
             bar.update(len(infos))
-    return encoded
+    return encoded, first_batch or 0.0
 
 
 def encode_split(
@@ -498,10 +521,10 @@ def encode_split(
         loader = extraction_loader(
             shards, spec, batch_size=batch_size, num_workers=num_workers, device=device
         )
-        for images, infos in loader:
+        for pixels, infos in loader:
             shard = by_url[infos[0][0]]
             rows = [shard.offset + position for _, position, _, _ in infos]
-            features[rows] = encode_batch(model, images, spec, device)
+            features[rows] = encode_pixels(model, pixels, spec, device)
             _append_index_rows(columns, shard, infos)
     index = pa.table(columns, schema=INDEX_SCHEMA).sort_by("row")
     if index.column("row").to_pylist() != list(range(total)):

@@ -34,8 +34,8 @@ from captioning.data.vocab import Vocab
 from captioning.devices import autocast, choose_device
 from captioning.features.backbones import Encoder
 from captioning.features.cache import encode_split, encoder_identity, load_encoder
-from captioning.features.encoders import get_encoder_spec
-from captioning.features.loader import shard_files, training_loader
+from captioning.features.encoders import EncoderSpec, get_encoder_spec
+from captioning.features.loader import shard_files, start_workers_early, training_loader
 from captioning.features.weights import state_digest
 from captioning.models import Decoder, build_decoder
 from captioning.training.batches import CaptionSet, collate
@@ -106,6 +106,8 @@ def train_fine_tuned(
         torch.set_num_threads(cfg.num_threads)
     device = choose_device()
     ft = cfg.fine_tune
+    if ft.num_workers > 0:
+        start_workers_early()
     vocab = Vocab.load(vocab_path)
     spec = get_encoder_spec(features.encoder)
     train_urls = [str(p) for p in shard_files(Path(shards_dir))["train"]["shards"]]
@@ -184,7 +186,7 @@ def train_fine_tuned(
         )
         set_train_mode(encoder, chosen, decoder)
         train_loss = _train_epoch(
-            model, loader, vocab, optimizer, scheduler, scaler, rng, cfg, device, epoch
+            model, loader, vocab, spec, optimizer, scheduler, scaler, rng, cfg, device, epoch
         )
         encoder.eval()
         val_cache = encode_split(
@@ -233,6 +235,7 @@ def _train_epoch(
     model: EncoderDecoder,
     loader: Any,
     vocab: Vocab,
+    spec: EncoderSpec,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
@@ -249,7 +252,7 @@ def _train_epoch(
         draws = batch_set.epoch_draws(rng, cfg.seq_per_image)
         if not draws:
             continue
-        x = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        x = spec.normalize(images.to(device, non_blocking=True))  # (B, 3, S, S) channels_last
         with autocast(device):
             fmap = model.encoder(x)  # (B, C, G, G)
             feats = fmap.flatten(2).transpose(1, 2)  # (B, G*G, C)

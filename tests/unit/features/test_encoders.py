@@ -265,3 +265,13 @@ def test_weights_that_do_not_fit_are_refused(tmp_path) -> None:
     # a trained small CNN loads from its file
     encoder = get_encoder_spec("small_cnn").build(True, weights_path=path)
     assert encoder.net.features[0][0].weight.shape == (32, 3, 3, 3)
+
+
+def test_workers_pixels_normalised_in_a_batch_equal_preprocess_exactly() -> None:
+    images = _random_images(4)
+    pixels = torch.stack([SPEC.pixels(im) for im in images])
+    assert pixels.dtype == torch.uint8 and pixels.shape == (4, 224, 224, 3)
+    batch = SPEC.normalize(pixels)
+    assert batch.is_contiguous(memory_format=torch.channels_last)  # no copy before the encoder
+    for i, image in enumerate(images):
+        assert torch.equal(batch[i], SPEC.preprocess(image))
