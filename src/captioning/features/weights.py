@@ -34,18 +34,21 @@ class EncoderWeightsError(CaptioningError, ValueError):
 
 @dataclass(frozen=True)
 class TorchvisionWeights:
-    """A torchvision weight enum member, e.g. ``ResNet101_Weights.IMAGENET1K_V2``."""
+    """A torchvision weight enum member by name, e.g. ``ResNet101_Weights.IMAGENET1K_V2``
+    (resolved when needed: importing torchvision takes seconds)."""
 
-    enum: object  # a torchvision WeightsEnum member
+    name: str
     # Old checkpoints name some keys differently from today's modules (DenseNet).
     remap: Callable[[StateDict], StateDict] | None = None
 
     def describe(self) -> str:
-        return f"torchvision {self.enum}"
+        return f"torchvision {self.name}"
 
     @property
     def url(self) -> str:
-        return str(self.enum.url)  # type: ignore[attr-defined]
+        from torchvision.models import get_weight
+
+        return str(get_weight(self.name).url)
 
     def cache_path(self) -> Path:
         """Where torch.hub keeps the file: ``$TORCH_HOME/hub/checkpoints/<file name>``."""
