@@ -6,8 +6,7 @@ from captioning import runtime
 
 runtime.setup()
 
-from captioning.config import FeaturesConfig, load_section  # noqa: E402
-from captioning.features.cache import extract_features  # noqa: E402
+from captioning.config import load_params  # noqa: E402
 
 
 def main() -> None:
@@ -16,7 +15,14 @@ def main() -> None:
     parser.add_argument("--shards", required=True)
     parser.add_argument("--out", required=True, help="feature cache directory")
     args = parser.parse_args()
-    extract_features(args.shards, args.out, load_section(args.params, "features", FeaturesConfig))
+    params = load_params(args.params)
+    if params.features.num_workers > 0:
+        # The decoding workers' process imports torch & co. while this one does the same.
+        runtime.start_forkserver(["captioning.features.loader"])
+    from captioning.features.cache import extract_features
+
+    # The seed only matters for pretrained: false (random weights, rebuilt from it at predict).
+    extract_features(args.shards, args.out, params.features, seed=params.common.seed)
 
 
 if __name__ == "__main__":

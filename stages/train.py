@@ -15,6 +15,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--features", required=True, type=Path)
+    parser.add_argument(
+        "--shards", type=Path, help="image shards (read when train.fine_tune.enabled)"
+    )
     parser.add_argument("--vocab", required=True, type=Path)
     parser.add_argument("--model", required=True, type=Path, help="output model directory")
     parser.add_argument("--log", required=True, type=Path, help="per-epoch CSV (DVC plot)")
@@ -29,6 +32,7 @@ def main() -> None:
         model_dir=args.model,
         log_path=args.log,
         checkpoint_dir=args.checkpoints,
+        shards_dir=args.shards,
     )
 
 

@@ -74,12 +74,21 @@ class VocabConfig:
 class FeaturesConfig:
     encoder: str = "efficientnet_lite0"
     pretrained: bool = True
+    # A local weights file (torchvision checkpoint, or an encoder's own state) instead of the
+    # encoder's published source; needs pretrained: true.
+    weights_path: str | None = None
     batch_size: int = 32
     num_workers: int = 1
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "batch_size", ">= 1")
         _require(self.num_workers >= 0, "num_workers", ">= 0")
+        _require(
+            self.weights_path is None or self.pretrained,
+            "weights_path",
+            "null when pretrained is false (a weights file is pretrained weights)",
+        )
+        _require(self.weights_path != "", "weights_path", "a file path or null")
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,23 @@ class DecoderConfig:
 
 
 @dataclass(frozen=True)
+class FineTuneConfig:
+    """Train the encoder's last blocks with the decoder, reading images from the shards."""
+
+    enabled: bool = False
+    blocks: int = 2  # the last N of the encoder's blocks() are trained; -1 = all of them
+    lr: float = 1e-4  # the encoder's learning rate (the decoder keeps train.lr)
+    num_workers: int = 1  # DataLoader workers decoding images
+    shuffle_buffer: int = 1000  # samples mixed across shards
+
+    def __post_init__(self) -> None:
+        _require(self.blocks >= 1 or self.blocks == -1, "blocks", ">= 1, or -1 for all")
+        _require(self.lr > 0, "lr", "> 0")
+        _require(self.num_workers >= 0, "num_workers", ">= 0")
+        _require(self.shuffle_buffer >= 1, "shuffle_buffer", ">= 1")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     decoder: str = "soft_attention"
     model: DecoderConfig = field(default_factory=DecoderConfig)
@@ -118,6 +144,7 @@ class TrainConfig:
     hard_min_objects: int = 3
     hard_repeat: int = 2
     num_threads: int = 0
+    fine_tune: FineTuneConfig = field(default_factory=FineTuneConfig)
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "epochs", ">= 1")

@@ -14,7 +14,12 @@ from captioning.data.images import load_rgb
 from captioning.data.shards import iter_samples
 from captioning.decoding.search import Hypothesis, decode_batch
 from captioning.devices import choose_device
-from captioning.features.cache import FeatureCache
+from captioning.features.cache import (
+    ENCODER_WEIGHTS_FILE,
+    FeatureCache,
+    encode_split,
+    encoder_for_model,
+)
 from captioning.io import write_json
 from captioning.metrics.coco_eval import coco_scores
 from captioning.metrics.shapes_accuracy import object_accuracy, object_correct
@@ -39,7 +44,12 @@ def evaluate_model(
     out_dir = Path(out_dir)
     device = choose_device()
     decoder, vocab, config = load_decoder(model_dir, device)
-    cache = FeatureCache.open(features_dir, split, expect_encoder=config["encoder"]["encoder"])
+    if (Path(model_dir) / ENCODER_WEIGHTS_FILE).is_file():
+        # The model fine-tuned its encoder: the cached features are not its features.
+        spec, encoder = encoder_for_model(config["encoder"], model_dir, device)
+        cache = encode_split(shards_dir, split, encoder, spec, device, meta=config["encoder"])
+    else:
+        cache = FeatureCache.open(features_dir, split, expect_encoder=config["encoder"]["encoder"])
     features = torch.from_numpy(cache.load_in_memory())
     references = {i: list(c) for i, c in zip(cache.image_ids, cache.captions, strict=True)}
 

@@ -15,8 +15,7 @@ from PIL import Image
 
 from captioning.decoding.search import decode_batch
 from captioning.devices import choose_device
-from captioning.features.cache import encode_batch, load_encoder
-from captioning.features.encoders import get_encoder_spec
+from captioning.features.cache import encode_batch, encoder_for_model
 from captioning.training.loop import load_decoder
 
 
@@ -37,9 +36,9 @@ class Captioner:
     def load(cls, model_dir: str | Path, device: torch.device | None = None) -> Captioner:
         device = device or choose_device()
         decoder, vocab, config = load_decoder(model_dir, device)
-        encoder_info = config["encoder"]
-        spec = get_encoder_spec(encoder_info["encoder"])
-        encoder = load_encoder(spec, True, device)
+        # The encoder the model was trained on: pretrained, random from its recorded seed, or
+        # the model's own fine-tuned weights.
+        spec, encoder = encoder_for_model(config["encoder"], model_dir, device)
         return cls(encoder, spec, decoder, vocab, config, device)
 
     def encode(self, images: list[Image.Image]) -> torch.Tensor:

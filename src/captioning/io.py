@@ -21,7 +21,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp.rmdir()  # the caller creates a file or a directory here
     try:
         yield tmp
-        _replace(tmp, target)
+        replace_path(tmp, target)
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -29,7 +29,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
-def _replace(tmp: Path, target: Path) -> None:
+def replace_path(tmp: Path, target: Path) -> None:
+    """Move ``tmp`` (file or directory) to ``target``, replacing what is there."""
     if tmp.is_dir() and target.exists():
         # Directories cannot be swapped in one rename: move the old one aside first.
         old = target.with_name(f".{target.name}.old")

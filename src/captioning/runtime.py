@@ -62,6 +62,22 @@ def keep_large_allocations() -> bool:
     return bool(ok)
 
 
+def start_forkserver(preload: list[str]) -> None:
+    """Start multiprocessing's forkserver now, importing ``preload`` in it.
+
+    DataLoader workers (forkserver context) fork from it instead of importing torch & co.
+    themselves; started early, its imports overlap the caller's. Does not import torch
+    itself; a no-op once a forkserver runs.
+    """
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        return  # a child re-importing its parent's main module: not the place to start one
+    multiprocessing.get_context("forkserver").set_forkserver_preload(preload)
+    forkserver.ensure_running()
+
+
 def run(main: Callable[[], object]) -> None:
     """Run a stage's main(); an input or set-up error exits 2 with its one-line message."""
     try:

@@ -89,3 +89,20 @@ def test_flatten_uses_dotted_keys():
     flat = flatten(TrainConfig(), "train.")
     assert flat["train.model.hidden_dim"] == 256
     assert flat["train.epochs"] == TrainConfig().epochs
+
+
+def test_weights_path_needs_pretrained(tmp_path):
+    path = write(tmp_path, {"features": {"pretrained": False, "weights_path": "w.pth"}})
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert "'features.weights_path'" in str(err.value) and "'w.pth'" in str(err.value)
+    params = load_params(write(tmp_path, {"features": {"weights_path": None}}))
+    assert params.features.weights_path is None
+
+
+def test_fine_tune_section(tmp_path):
+    params = load_params(REPO / "params.yaml")
+    assert params.train.fine_tune.enabled is False
+    path = write(tmp_path, {"train": {"fine_tune": {"enabled": True, "blocks": 0}}})
+    with pytest.raises(ConfigError, match=r"'train.fine_tune.blocks': expected >= 1, or -1"):
+        load_params(path)

@@ -2,31 +2,38 @@
 
 Layout of a cache directory::
 
-    meta.json          {encoder, input_size, grid, channels, pretrained, dtype, mean, std,
-                        splits: {split: count}}
+    meta.json          {encoder, input_size, grid, channels, mean, std, dtype, pretrained,
+                        weights, weights_path, init_seed, weights_sha256, splits: {split: count}}
     <split>.npy        float16 (N, grid*grid, channels); row-major locations, i.e. a
                        (C, H, W) feature map becomes (H*W, C)
     <split>.parquet    row, image_id, key, file_name, captions, meta (JSON of the sample's
                        other fields); table row i describes array row i
 
 Rows follow the manifest: shard after shard, samples in tar order, whatever the number of
-DataLoader workers, so the output is a pure function of the shards and the encoder. Each shard
-owns a contiguous block of rows whose offset is known before any image is decoded (the tar
-headers are scanned first); that is what a per-shard resume can build on.
+DataLoader workers. Each shard owns a contiguous block of rows whose offset is known before any
+image is decoded (the tar headers are scanned first), and it is encoded in batches of its own
+(a batch never spans two shards), so a shard's rows are the same whichever shards are encoded
+with it.
 
-The whole directory is written under a temporary name and renamed into place at the end, so a
-killed run leaves the previous cache (or none), never a half-written one.
+Resume: the cache is built in a sibling work directory ``.<name>.partial/`` (DVC deletes a
+stage's outputs before running it, not this sibling). It holds ``fingerprint.json`` (encoder,
+input size, normalisation, weights digest, batch size, the shards and their checksums), the
+split arrays as memory-mapped ``.npy`` files, and ``<split>/<shard>.parquet``, the shard's index
+rows, written atomically once its features are flushed: a shard with its index file is done. A
+re-run with the same fingerprint encodes only the shards not done; a different fingerprint
+(another encoder, input size, weights or shards) discards the work directory, so two caches are
+never mixed. At the end the split indexes are assembled, ``meta.json`` is written and the work
+directory is renamed into place: a killed run leaves the previous cache (or none), never a
+half-written one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
-import tarfile
+import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -35,189 +42,158 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import webdataset as wds
-from torch.utils.data import DataLoader
 from tqdm import tqdm
-from webdataset.tariterators import base_plus_ext
 
 from captioning.config import FeaturesConfig
-from captioning.data.images import load_rgb
-from captioning.data.shards import read_manifest
-from captioning.devices import autocast, choose_device, pin_memory
-from captioning.errors import CaptioningError
+from captioning.devices import autocast, choose_device
+from captioning.features.backbones import Encoder
 from captioning.features.encoders import EncoderSpec, get_encoder_spec
-from captioning.io import atomic_path, write_json
+from captioning.features.loader import (
+    MANIFEST_FILE,
+    FeatureCacheError,
+    SampleInfo,
+    Shard,
+    extraction_loader,
+    plan_split,
+    scan_shard,
+    shard_files,
+    start_workers_early,
+)
+from captioning.features.weights import EncoderWeightsError, state_digest
+from captioning.io import atomic_path, replace_path, write_json
+
+__all__ = [
+    "FeatureCache",
+    "FeatureCacheError",
+    "encode_batch",
+    "encode_pixels",
+    "encode_split",
+    "encoder_for_model",
+    "extract_features",
+    "load_encoder",
+    "scan_shard",
+]
 
 log = logging.getLogger(__name__)
 
 DTYPE = "float16"
 META_FILE = "meta.json"
-MANIFEST_FILE = "manifest.json"
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+FINGERPRINT_FILE = "fingerprint.json"
+# meta.json keys that say which weights made the features (besides encoder, size, grid, channels).
+ENCODER_IDENTITY = ("pretrained", "weights", "weights_path", "init_seed", "weights_sha256")
+# A model that trained its encoder keeps the encoder's weights beside the decoder's.
+ENCODER_WEIGHTS_FILE = "encoder.safetensors"
+# Bump when the bytes a given fingerprint produces change: older work directories are dropped.
+CACHE_FORMAT = 2
 # Fields of the sample JSON that get their own index column; the rest go to "meta".
 _INDEX_FIELDS = ("image_id", "file_name", "captions")
-# Tar members webdataset skips (tariterators.tar_file_iterator): keep the scan identical.
-_SKIP_META = re.compile(r"__[^/]*__($|/)")
+INDEX_SCHEMA = pa.schema(
+    [
+        ("row", pa.int64()),
+        ("image_id", pa.int64()),
+        ("key", pa.string()),
+        ("file_name", pa.string()),
+        ("captions", pa.list_(pa.string())),
+        ("meta", pa.string()),
+    ]
+)
 
-
-class FeatureCacheError(CaptioningError, ValueError):
-    """A feature cache (or its input shards) that is missing, inconsistent or mismatched."""
-
-
-# --------------------------------------------------------------------------------------------
-# Input shards
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Shard:
-    path: Path
-    keys: tuple[str, ...]  # sample keys in tar order
-    offset: int  # first row of this shard in the split's arrays
-
-    @property
-    def url(self) -> str:
-        return str(self.path)
-
-
-def shard_files(shard_dir: Path) -> dict[str, dict[str, Any]]:
-    """``{split: {"shards": [Path, ...], "count": int}}`` from the shard manifest."""
-    manifest = read_manifest(shard_dir)
-    path = Path(shard_dir) / MANIFEST_FILE
-    out: dict[str, dict[str, Any]] = {}
-    for split, entry in manifest["splits"].items():
-        shards = [Path(shard_dir) / name for name in entry["shards"]]
-        for shard in shards:
-            if not shard.is_file():
-                raise FeatureCacheError(f"{path}: splits.{split} lists {shard.name}, not found")
-        out[split] = {"shards": shards, "count": entry.get("count")}
-    return out
-
-
-def scan_shard(path: Path) -> tuple[str, ...]:
-    """Sample keys of a tar shard in order, grouped exactly as webdataset groups them.
-
-    Reads only the tar headers (members are seeked over), so it is cheap next to decoding.
-    """
-    keys: list[str] = []
-    try:
-        with tarfile.open(path, mode="r:*") as tar:
-            for member in tar:
-                if not member.isreg() or _SKIP_META.match(member.name):
-                    continue
-                prefix, _ = base_plus_ext(member.name)
-                if prefix is not None and (not keys or keys[-1] != prefix):
-                    keys.append(prefix)
-    except tarfile.TarError as exc:
-        raise FeatureCacheError(f"{path}: not a readable tar shard ({exc})") from None
-    return tuple(keys)
-
-
-def plan_split(split: str, shard_paths: Sequence[Path], count: int | None) -> list[Shard]:
-    """Scan the shards of a split and give each its block of rows."""
-    shards: list[Shard] = []
-    offset = 0
-    for path in shard_paths:
-        keys = scan_shard(path)
-        shards.append(Shard(path=Path(path), keys=keys, offset=offset))
-        offset += len(keys)
-    if count is not None and count != offset:
-        raise FeatureCacheError(
-            f"split {split!r}: the manifest says {count} samples, the shards hold {offset}"
-        )
-    return shards
+ShardCallback = Callable[[Shard], None]
 
 
 # --------------------------------------------------------------------------------------------
-# Decoding (runs in DataLoader workers: module-level and picklable)
+# The encoder
 # --------------------------------------------------------------------------------------------
 
 
-def _number_samples(samples: Iterable[dict]) -> Iterator[dict]:
-    """Tag each sample with its position inside its shard (a worker reads whole shards)."""
-    url, position = None, 0
-    for sample in samples:
-        if sample["__url__"] != url:
-            url, position = sample["__url__"], 0
-        sample["__position__"] = position
-        position += 1
-        yield sample
-
-
-class _DecodeSample:
-    def __init__(self, spec: EncoderSpec) -> None:
-        self.spec = spec
-
-    def __call__(self, sample: dict) -> tuple[torch.Tensor, tuple[str, int, str, dict]]:
-        url, key = sample["__url__"], sample["__key__"]
-        where = f"{url}: sample {key!r}"
-        ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
-        if ext is None:
-            raise FeatureCacheError(f"{where}: no image member (looked for {IMAGE_EXTENSIONS})")
-        if "json" not in sample:
-            raise FeatureCacheError(f"{where}: no json member")
-        try:
-            record = json.loads(sample["json"])
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise FeatureCacheError(f"{where}: json member is not valid JSON ({exc})") from None
-        _check_record(record, where)
-        image = load_rgb(sample[ext], name=f"{url}:{key}.{ext}")
-        return self.spec.preprocess(image), (url, sample["__position__"], key, record)
-
-
-def _check_record(record: Any, where: str) -> None:
-    if not isinstance(record, dict):
-        raise FeatureCacheError(f"{where}: json member must be an object")
-    image_id = record.get("image_id")
-    if not isinstance(image_id, int) or isinstance(image_id, bool):
-        raise FeatureCacheError(f"{where}: json image_id must be an integer, got {image_id!r}")
-    captions = record.get("captions")
-    if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
-        raise FeatureCacheError(f"{where}: json captions must be a list of strings")
-
-
-def _collate(batch: list[tuple[torch.Tensor, tuple]]) -> tuple[torch.Tensor, list[tuple]]:
-    images, infos = zip(*batch, strict=True)
-    return torch.stack(images), list(infos)
-
-
-def _make_loader(
-    shards: Sequence[Shard], spec: EncoderSpec, cfg: FeaturesConfig, device: torch.device
-) -> DataLoader:
-    dataset = (
-        wds.WebDataset(
-            [s.url for s in shards],
-            shardshuffle=False,
-            nodesplitter=None,  # feature extraction is never split across nodes
-            empty_check=False,
-        )
-        .compose(_number_samples)
-        .map(_DecodeSample(spec))
-    )
-    # A worker without a shard would only idle (and webdataset can complain about it).
-    workers = min(cfg.num_workers, len(shards))
-    return DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=pin_memory(device),
-        # forkserver, not fork: a process that already runs threads (an MLflow client, a
-        # Prefect flow) can leave a forked worker in a broken state.
-        multiprocessing_context="forkserver" if workers > 0 else None,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Extraction
-# --------------------------------------------------------------------------------------------
-
-
-def load_encoder(spec: EncoderSpec, pretrained: bool, device: torch.device) -> torch.nn.Module:
+def load_encoder(
+    spec: EncoderSpec,
+    pretrained: bool,
+    device: torch.device,
+    *,
+    weights_path: str | Path | None = None,
+    seed: int | None = None,
+) -> Encoder:
     """The encoder ready for inference. channels_last pays on CUDA and on the CPU alike
     (EfficientNet-Lite0 on 2 CPU cores: 39 -> 55 img/s)."""
-    model = spec.build(pretrained).to(device).eval()
+    model = spec.build(pretrained, weights_path, seed=seed).to(device).eval()
     return model.to(memory_format=torch.channels_last)
+
+
+def encoder_identity(
+    spec: EncoderSpec,
+    model: torch.nn.Module,
+    *,
+    pretrained: bool,
+    weights_path: str | Path | None,
+    seed: int | None,
+) -> dict[str, Any]:
+    """What the features are a function of (besides the images): recorded in meta.json and
+    copied into a trained model's config, so that prediction rebuilds the same encoder."""
+    if weights_path is not None:
+        weights = f"file {weights_path}"
+    elif pretrained:
+        weights = spec.describe_weights()
+    else:
+        weights = "random" if seed is None else f"random (seed {seed})"
+    return {
+        "encoder": spec.name,
+        "input_size": spec.input_size,
+        "grid": spec.grid,
+        "channels": spec.channels,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "dtype": DTYPE,
+        "pretrained": pretrained,
+        "weights": weights,
+        "weights_path": None if weights_path is None else str(weights_path),
+        "init_seed": None if pretrained else seed,
+        "weights_sha256": state_digest(model),
+    }
+
+
+def encoder_for_model(
+    info: dict[str, Any], model_dir: str | Path | None, device: torch.device
+) -> tuple[EncoderSpec, Encoder]:
+    """The encoder a trained model's features came from, from its config's ``encoder`` entry:
+    the model's own ``encoder.safetensors`` (fine-tuned), the pretrained weights, or random
+    weights rebuilt from the recorded seed; checked against the recorded weights digest."""
+    spec = get_encoder_spec(info["encoder"])
+    own = Path(model_dir) / ENCODER_WEIGHTS_FILE if model_dir is not None else None
+    if own is not None and own.is_file():
+        source, model = str(own), load_encoder(spec, True, device, weights_path=own)
+    elif info.get("pretrained", True):
+        path = info.get("weights_path")
+        source = path or spec.describe_weights()
+        model = load_encoder(spec, True, device, weights_path=path)
+    else:
+        seed = info.get("init_seed")
+        if seed is None:
+            raise EncoderWeightsError(
+                f"the model's encoder {spec.name!r} had random weights from an unrecorded seed, "
+                "so it cannot be rebuilt; re-run the features stage (it records common.seed)"
+            )
+        source, model = (
+            f"random weights (seed {seed})",
+            load_encoder(spec, False, device, seed=seed),
+        )
+    wanted = info.get("weights_sha256")
+    found = state_digest(model)
+    if wanted and found != wanted:
+        raise EncoderWeightsError(
+            f"encoder {spec.name!r} from {source} has weights sha256 {found[:12]}..., the "
+            f"model was trained on features of {wanted[:12]}...: not the same encoder"
+        )
+    return spec, model
+
+
+def encode_pixels(
+    model: torch.nn.Module, pixels: torch.Tensor, spec: EncoderSpec, device: torch.device
+) -> np.ndarray:
+    """uint8 pixels (B, H, W, 3) from the loader -> float16 features (B, grid*grid, channels),
+    normalised on ``device``."""
+    images = spec.normalize(pixels.to(device, non_blocking=True))  # (B, 3, H, W)
+    return encode_batch(model, images, spec, device)
 
 
 @torch.inference_mode()
@@ -227,7 +203,7 @@ def encode_batch(
     """Preprocessed images (B, 3, H, W) -> float16 features (B, grid*grid, channels)."""
     x = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     with autocast(device):
-        fmap = model(x)
+        fmap = model(x)  # (B, C, G, G)
     expected = (spec.channels, spec.grid, spec.grid)
     if tuple(fmap.shape[1:]) != expected:
         raise FeatureCacheError(
@@ -236,92 +212,142 @@ def encode_batch(
         )
     b = fmap.shape[0]
     feats = fmap.float().permute(0, 2, 3, 1).reshape(b, spec.locations, spec.channels)
-    return feats.to(torch.float16).cpu().numpy()
+    return feats.to(torch.float16).cpu().numpy()  # (B, G*G, C)
 
 
-def _extract_split(
-    split: str,
-    shards: Sequence[Shard],
-    model: torch.nn.Module,
-    spec: EncoderSpec,
-    cfg: FeaturesConfig,
-    device: torch.device,
-    out_dir: Path,
-) -> dict[str, Any]:
-    total = sum(len(s.keys) for s in shards)
-    npy_path = out_dir / f"{split}.npy"
-    shape = (total, spec.locations, spec.channels)
-    if total == 0:
-        np.save(npy_path, np.zeros(shape, dtype=DTYPE))
-    rows = {s.url: s for s in shards}
-    image_ids: list[int | None] = [None] * total
-    keys: list[str | None] = [None] * total
-    file_names: list[str | None] = [None] * total
-    captions: list[list[str] | None] = [None] * total
-    metas: list[str | None] = [None] * total
+# --------------------------------------------------------------------------------------------
+# Writing, shard by shard
+# --------------------------------------------------------------------------------------------
 
-    start = time.perf_counter()
-    if total:
-        array = np.lib.format.open_memmap(npy_path, mode="w+", dtype=DTYPE, shape=shape)
-        bar = tqdm(total=total, desc=f"features {split}", unit="img", mininterval=2.0)
+
+class _SplitWriter:
+    """One split's memory-mapped array and the index files of its finished shards."""
+
+    def __init__(self, work: Path, split: str, shards: Sequence[Shard], spec: EncoderSpec):
+        self.split = split
+        self.shards = list(shards)
+        self.index_dir = work / split
+        self.index_dir.mkdir(exist_ok=True)
+        self.total = sum(len(s.keys) for s in shards)
+        self.path = work / f"{split}.npy"
+        shape = (self.total, spec.locations, spec.channels)
+        self.array: np.memmap | None = None
+        if self.total == 0:
+            np.save(self.path, np.zeros(shape, dtype=DTYPE))
+        elif self.path.is_file():
+            self.array = np.load(self.path, mmap_mode="r+")
+            if self.array.shape != shape or self.array.dtype != np.dtype(DTYPE):
+                raise FeatureCacheError(
+                    f"{self.path}: {self.array.dtype} {self.array.shape} in a work directory "
+                    f"whose fingerprint says {DTYPE} {shape}; delete {work}"
+                )
+        else:
+            self.array = np.lib.format.open_memmap(self.path, mode="w+", dtype=DTYPE, shape=shape)
+        self._rows: dict[str, dict[str, list]] = {}
+        for shard in self.shards:
+            if not shard.keys and not self.is_done(shard):
+                self._write_index(shard, _empty_columns())
+
+    def index_path(self, shard: Shard) -> Path:
+        return self.index_dir / f"{shard.name}.parquet"
+
+    def is_done(self, shard: Shard) -> bool:
+        return self.index_path(shard).is_file()
+
+    def add(self, shard: Shard, infos: Sequence[SampleInfo], feats: np.ndarray) -> bool:
+        """Write a batch of ``shard``; True when it completes the shard."""
+        positions = [position for _, position, _, _ in infos]
+        for url, position, key, _ in infos:
+            found = shard.keys[position] if 0 <= position < len(shard.keys) else None
+            if found != key:
+                raise FeatureCacheError(
+                    f"{url}: sample {position} is {key!r}, the header scan found "
+                    f"{found if found is not None else 'nothing'}"
+                )
+        first = shard.offset + positions[0]
+        assert self.array is not None
+        if positions == list(range(positions[0], positions[0] + len(positions))):
+            self.array[first : first + len(positions)] = feats
+        else:
+            self.array[[shard.offset + p for p in positions]] = feats
+        columns = self._rows.setdefault(shard.url, _empty_columns())
+        _append_index_rows(columns, shard, infos)
+        if len(columns["row"]) < len(shard.keys):
+            return False
+        self.array.flush()  # the features are on disk before the shard is marked done
+        self._write_index(shard, self._rows.pop(shard.url))
+        return True
+
+    def _write_index(self, shard: Shard, columns: dict[str, list]) -> None:
+        table = pa.table(columns, schema=INDEX_SCHEMA).sort_by("row")
+        with atomic_path(self.index_path(shard)) as tmp:
+            pq.write_table(table, tmp)
+
+    def finish(self, out: Path) -> None:
+        """Assemble the split's index from its shards' (read back, as a resumed run would)."""
+        tables = [pq.read_table(self.index_path(s)) for s in self.shards]
+        table = pa.concat_tables(tables).combine_chunks() if tables else INDEX_SCHEMA.empty_table()
+        if table.column("row").to_pylist() != list(range(self.total)):
+            raise FeatureCacheError(
+                f"split {self.split!r}: the shard indexes in {self.index_dir} do not cover rows "
+                f"0..{self.total - 1}; the shards changed while being read?"
+            )
+        pq.write_table(table, out / f"{self.split}.parquet")
+        if self.array is not None:
+            self.array.flush()
+            del self.array
+        shutil.rmtree(self.index_dir)
+
+
+def _empty_columns() -> dict[str, list]:
+    return {name: [] for name in INDEX_SCHEMA.names}
+
+
+def _append_index_rows(columns: dict[str, list], shard: Shard, infos: Sequence[SampleInfo]) -> None:
+    for _, position, key, record in infos:
+        columns["row"].append(shard.offset + position)
+        columns["image_id"].append(int(record["image_id"]))
+        columns["key"].append(key)
+        columns["file_name"].append(str(record.get("file_name", "")))
+        columns["captions"].append(list(record["captions"]))
+        other = {k: v for k, v in record.items() if k not in _INDEX_FIELDS}
+        columns["meta"].append(json.dumps(other, sort_keys=True, separators=(",", ":")))
+
+
+def partial_dir(out_dir: Path) -> Path:
+    """The work directory of an unfinished cache: a hidden sibling that survives a kill."""
+    return out_dir.with_name(f".{out_dir.name}.partial")
+
+
+def _open_work_dir(work: Path, fingerprint: dict[str, Any]) -> None:
+    """Keep ``work`` if it was started for the same fingerprint; otherwise start afresh."""
+    fingerprint = json.loads(json.dumps(fingerprint))  # tuples -> lists, as read back
+    if work.exists():
         try:
-            for images, infos in _make_loader(shards, spec, cfg, device):
-                batch_rows = []
-                for url, position, key, record in infos:
-                    shard = rows[url]
-                    if position >= len(shard.keys) or shard.keys[position] != key:
-                        raise FeatureCacheError(
-                            f"{url}: sample {position} is {key!r}, the header scan found "
-                            f"{shard.keys[position] if position < len(shard.keys) else 'nothing'}"
-                        )
-                    row = shard.offset + position
-                    batch_rows.append(row)
-                    image_ids[row] = int(record["image_id"])
-                    keys[row] = key
-                    file_names[row] = str(record.get("file_name", ""))
-                    captions[row] = list(record["captions"])
-                    other = {k: v for k, v in record.items() if k not in _INDEX_FIELDS}
-                    metas[row] = json.dumps(other, sort_keys=True, separators=(",", ":"))
-                array[batch_rows] = encode_batch(model, images, spec, device)
-                bar.update(len(batch_rows))
-        finally:
-            bar.close()
-        array.flush()
-        del array
-    seconds = time.perf_counter() - start
+            old = json.loads((work / FINGERPRINT_FILE).read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            old = None
+        if old != fingerprint:
+            log.info(
+                "features: discarding the unfinished cache %s (%s)",
+                work,
+                _differences(old, fingerprint),
+            )
+            shutil.rmtree(work)
+    if not work.exists():
+        work.mkdir(parents=True)
+        write_json(work / FINGERPRINT_FILE, fingerprint)
 
-    missing = [i for i, v in enumerate(image_ids) if v is None]
-    if missing:
-        raise FeatureCacheError(
-            f"split {split!r}: {len(missing)} of {total} rows were never filled "
-            f"(first: row {missing[0]}); the shards changed while being read?"
-        )
-    table = pa.table(
-        {
-            "row": pa.array(range(total), type=pa.int64()),
-            "image_id": pa.array(image_ids, type=pa.int64()),
-            "key": pa.array(keys, type=pa.string()),
-            "file_name": pa.array(file_names, type=pa.string()),
-            "captions": pa.array(captions, type=pa.list_(pa.string())),
-            "meta": pa.array(metas, type=pa.string()),
-        }
-    )
-    pq.write_table(table, out_dir / f"{split}.parquet")
-    rate = total / seconds if seconds > 0 else 0.0
-    log.info(
-        "features %s: %d images from %d shards in %.1fs (%.1f img/s)",
-        split,
-        total,
-        len(shards),
-        seconds,
-        rate,
-    )
-    return {
-        "count": total,
-        "shards": len(shards),
-        "seconds": round(seconds, 3),
-        "images_per_s": round(rate, 2),
-    }
+
+def _differences(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    if not isinstance(old, dict):
+        return "no readable fingerprint"
+    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    shown = [
+        f"{k} {old.get(k)!r} -> {new.get(k)!r}" if k != "splits" else "shards changed"
+        for k in changed
+    ]
+    return "made with " + "; ".join(shown)
 
 
 def extract_features(
@@ -331,15 +357,21 @@ def extract_features(
     device: torch.device | None = None,
     *,
     splits: Sequence[str] | None = None,
+    seed: int | None = None,
+    on_shard: ShardCallback | None = None,
 ) -> dict[str, Any]:
     """Encode every image of the shards in ``shard_dir`` into a feature cache at ``out_dir``.
 
     ``splits`` restricts the work to some of the manifest's splits (default: all of them).
-    With ``cfg.pretrained=False`` the encoder is randomly initialised from torch's current RNG
-    state: seed it for a reproducible cache. Returns a summary (counts, timings).
+    With ``cfg.pretrained=False`` the encoder is randomly initialised from ``seed`` (recorded,
+    so prediction can rebuild it) or, if None, from torch's current RNG state. An unfinished
+    run with the same fingerprint is resumed from its last complete shard; ``on_shard`` is
+    called after each shard is written. Returns a summary (counts, timings).
     """
     shard_dir, out_dir = Path(shard_dir), Path(out_dir)
     spec = get_encoder_spec(cfg.encoder)
+    if cfg.num_workers > 0:
+        start_workers_early()  # their imports overlap the shard scan and the model build
     device = device if device is not None else choose_device("auto")
     manifest = shard_files(shard_dir)
     wanted = list(manifest) if splits is None else list(splits)
@@ -348,48 +380,158 @@ def extract_features(
             raise FeatureCacheError(
                 f"{shard_dir / MANIFEST_FILE}: no split {split!r} (has {sorted(manifest)})"
             )
-    plans = {s: plan_split(s, manifest[s]["shards"], manifest[s]["count"]) for s in wanted}
+    plans = {
+        s: plan_split(s, manifest[s]["shards"], manifest[s]["count"], manifest[s]["checksums"])
+        for s in wanted
+    }
 
-    model = load_encoder(spec, cfg.pretrained, device)
+    model = load_encoder(spec, cfg.pretrained, device, weights_path=cfg.weights_path, seed=seed)
+    identity = encoder_identity(
+        spec, model, pretrained=cfg.pretrained, weights_path=cfg.weights_path, seed=seed
+    )
+    fingerprint = {
+        "format": CACHE_FORMAT,
+        **identity,
+        "batch_size": cfg.batch_size,
+        "splits": {
+            split: [[s.name, s.checksum, len(s.keys)] for s in shards]
+            for split, shards in plans.items()
+        },
+    }
+    work = partial_dir(out_dir)
+    _open_work_dir(work, fingerprint)
+    writers = {split: _SplitWriter(work, split, shards, spec) for split, shards in plans.items()}
+    pending = [
+        s for split, shards in plans.items() for s in shards if not writers[split].is_done(s)
+    ]
+    all_shards = sum(len(shards) for shards in plans.values())
+    if len(pending) < all_shards:
+        log.info(
+            "features: resuming %s, %d of %d shards already done",
+            work,
+            all_shards - len(pending),
+            all_shards,
+        )
     log.info(
-        "features: encoder %s (pretrained=%s) on %s, batch %d, %d workers",
+        "features: encoder %s (%s) on %s, batch %d, %d workers, %d shards to encode",
         spec.name,
-        cfg.pretrained,
+        identity["weights"],
         device,
         cfg.batch_size,
         cfg.num_workers,
+        len(pending),
     )
 
     start = time.perf_counter()
-    summary: dict[str, Any] = {}
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir(parents=True)
-        for split, shards in plans.items():
-            summary[split] = _extract_split(split, shards, model, spec, cfg, device, tmp)
-        meta = {
-            "encoder": spec.name,
-            "input_size": spec.input_size,
-            "grid": spec.grid,
-            "channels": spec.channels,
-            "pretrained": cfg.pretrained,
-            "dtype": DTYPE,
-            "mean": list(spec.mean),
-            "std": list(spec.std),
-            "splits": {split: info["count"] for split, info in summary.items()},
-        }
-        write_json(tmp / META_FILE, meta)
+    encoded, startup = _encode_shards(pending, writers, model, spec, cfg, device, on_shard)
     seconds = time.perf_counter() - start
-    count = sum(info["count"] for info in summary.values())
+    for writer in writers.values():
+        writer.finish(work)
+    meta = {**identity, "splits": {split: w.total for split, w in writers.items()}}
+    write_json(work / META_FILE, meta)
+    (work / FINGERPRINT_FILE).unlink()
+    replace_path(work, out_dir)
+
+    rate = encoded / seconds if seconds > 0 else 0.0
+    log.info("features: %d images encoded in %.1fs (%.1f img/s)", encoded, seconds, rate)
     return {
         "encoder": spec.name,
         "pretrained": cfg.pretrained,
         "device": str(device),
         "out_dir": str(out_dir),
-        "count": count,
+        "count": sum(w.total for w in writers.values()),
+        "encoded": encoded,
         "seconds": round(seconds, 3),
-        "images_per_s": round(count / seconds, 2) if seconds > 0 else 0.0,
-        "splits": summary,
+        "images_per_s": round(rate, 2),
+        # after the first batch: the rate a long run approaches
+        "startup_s": round(startup, 3),
+        "steady_images_per_s": round(encoded / (seconds - startup), 2)
+        if seconds > startup
+        else 0.0,
+        "splits": {
+            split: {
+                "count": writers[split].total,
+                "shards": len(shards),
+                "resumed_shards": sum(1 for s in shards if s not in pending),
+            }
+            for split, shards in plans.items()
+        },
     }
+
+
+def _encode_shards(
+    pending: Sequence[Shard],
+    writers: dict[str, _SplitWriter],
+    model: torch.nn.Module,
+    spec: EncoderSpec,
+    cfg: FeaturesConfig,
+    device: torch.device,
+    on_shard: ShardCallback | None,
+) -> tuple[int, float]:
+    """Encode the pending shards; returns the number of images encoded and the seconds until
+    the first batch arrived (worker start-up and the first decodes)."""
+    if not pending:
+        return 0, 0.0
+    start = time.perf_counter()
+    first_batch: float | None = None
+    by_url = {s.url: s for s in pending}
+    total = sum(len(s.keys) for s in pending)
+    loader = extraction_loader(
+        pending, spec, batch_size=cfg.batch_size, num_workers=cfg.num_workers, device=device
+    )
+    encoded = 0
+    with tqdm(total=total, desc="features", unit="img", mininterval=2.0) as bar:
+        for pixels, infos in loader:
+            if first_batch is None:
+                first_batch = time.perf_counter() - start
+            shard = by_url[infos[0][0]]
+            feats = encode_pixels(model, pixels, spec, device)
+            if writers[shard.split].add(shard, infos, feats) and on_shard is not None:
+                on_shard(shard)
+            encoded += len(infos)
+            bar.update(len(infos))
+    return encoded, first_batch or 0.0
+
+
+def encode_split(
+    shard_dir: str | Path,
+    split: str,
+    model: torch.nn.Module,
+    spec: EncoderSpec,
+    device: torch.device,
+    *,
+    batch_size: int = 32,
+    num_workers: int = 1,
+    meta: dict[str, Any] | None = None,
+) -> FeatureCache:
+    """One split encoded in memory by ``model`` (e.g. an encoder being fine-tuned), as a
+    FeatureCache that no file backs; rows in the same order as the cache's."""
+    manifest = shard_files(Path(shard_dir))
+    if split not in manifest:
+        raise FeatureCacheError(
+            f"{Path(shard_dir) / MANIFEST_FILE}: no split {split!r} (has {sorted(manifest)})"
+        )
+    entry = manifest[split]
+    shards = plan_split(split, entry["shards"], entry["count"], entry["checksums"])
+    by_url = {s.url: s for s in shards}
+    total = sum(len(s.keys) for s in shards)
+    features = np.zeros((total, spec.locations, spec.channels), dtype=DTYPE)
+    columns = _empty_columns()
+    if shards:
+        loader = extraction_loader(
+            shards, spec, batch_size=batch_size, num_workers=num_workers, device=device
+        )
+        for pixels, infos in loader:
+            shard = by_url[infos[0][0]]
+            rows = [shard.offset + position for _, position, _, _ in infos]
+            features[rows] = encode_pixels(model, pixels, spec, device)
+            _append_index_rows(columns, shard, infos)
+    index = pa.table(columns, schema=INDEX_SCHEMA).sort_by("row")
+    if index.column("row").to_pylist() != list(range(total)):
+        raise FeatureCacheError(f"split {split!r}: rows missing after encoding {shard_dir}")
+    return FeatureCache(
+        Path(shard_dir), split, features, index, {**(meta or {}), "splits": {split: total}}
+    )
 
 
 # --------------------------------------------------------------------------------------------

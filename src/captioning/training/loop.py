@@ -25,7 +25,7 @@ from tqdm import tqdm
 from captioning.config import TrainConfig, to_dict
 from captioning.data.vocab import Vocab
 from captioning.devices import autocast, choose_device
-from captioning.features.cache import FeatureCache
+from captioning.features.cache import ENCODER_IDENTITY, ENCODER_WEIGHTS_FILE, FeatureCache
 from captioning.io import atomic_path, write_json
 from captioning.models import Decoder, build_decoder
 from captioning.training.batches import (
@@ -240,7 +240,9 @@ def _run_config(
         "train": to_dict(cfg),
         "seed": seed,
         "vocab_size": len(vocab),
-        "encoder": {k: feature_meta[k] for k in ("encoder", "input_size", "grid", "channels")},
+        "encoder": {k: feature_meta[k] for k in ("encoder", "input_size", "grid", "channels")}
+        # how to rebuild the encoder at prediction (caches from before the encoder zoo lack it)
+        | {k: feature_meta[k] for k in ENCODER_IDENTITY if k in feature_meta},
     }
 
 
@@ -296,12 +298,21 @@ def _maybe_resume(
 
 
 def _save_model(
-    model_dir: Path, decoder: Decoder, vocab: Vocab, run_config: dict[str, Any]
+    model_dir: Path,
+    decoder: Decoder,
+    vocab: Vocab,
+    run_config: dict[str, Any],
+    encoder: nn.Module | None = None,
 ) -> None:
+    """decoder.safetensors, vocab.json, config.json (+ encoder.safetensors if it was trained)."""
     with atomic_path(model_dir) as tmp:
         tmp.mkdir()
-        weights = {k: v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()}
-        save_file(weights, str(tmp / "decoder.safetensors"))
+        modules = {"decoder.safetensors": decoder}
+        if encoder is not None:
+            modules[ENCODER_WEIGHTS_FILE] = encoder
+        for name, module in modules.items():
+            weights = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+            save_file(weights, str(tmp / name))
         vocab.save(tmp / "vocab.json")
         write_json(tmp / "config.json", run_config)
 

@@ -222,7 +222,9 @@ def test_failed_run_leaves_the_previous_cache(tmp_path: Path) -> None:
     with pytest.raises(ImageDecodeError, match=bad_key):
         extract_features(tmp_path / "bad", tmp_path / "cache", _cfg(), torch.device("cpu"))
     assert (tmp_path / "cache" / "val.npy").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "cache", "good"]
+    # The unfinished work is kept for a resume, beside the untouched cache.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".cache.partial", "bad", "cache", "good"]
+    assert (tmp_path / ".cache.partial" / "fingerprint.json").is_file()
 
 
 def test_manifest_count_must_match_the_shards(tmp_path: Path) -> None:
@@ -244,3 +246,75 @@ def test_unknown_encoder_in_config(tmp_path: Path) -> None:
     write_shards(tmp_path / "shards", {"val": [1]})
     with pytest.raises(ValueError, match="unknown encoder 'nope'"):
         extract_features(tmp_path / "shards", tmp_path / "cache", _cfg(encoder="nope"))
+
+
+class Killed(Exception):
+    pass
+
+
+def _kill_after(count: int):
+    done: list[str] = []
+
+    def on_shard(shard) -> None:
+        done.append(shard.name)
+        if len(done) == count:
+            raise Killed(shard.name)
+
+    return on_shard
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
+
+
+def test_killed_run_resumes_to_the_same_bytes(tmp_path: Path) -> None:
+    write_shards(tmp_path / "shards", {"train": [3, 2, 3], "val": [2]})
+    cfg = _cfg(encoder="small_cnn", batch_size=2)
+    cpu = torch.device("cpu")
+    extract_features(tmp_path / "shards", tmp_path / "whole", cfg, cpu, seed=SEED)
+
+    with pytest.raises(Killed):
+        extract_features(
+            tmp_path / "shards", tmp_path / "cache", cfg, cpu, seed=SEED, on_shard=_kill_after(2)
+        )
+    work = tmp_path / ".cache.partial"
+    assert not (tmp_path / "cache").exists()
+    assert sorted(p.name for p in (work / "train").iterdir()) == [
+        "train-000000.tar.parquet",
+        "train-000001.tar.parquet",
+    ]
+    # Resumed with another worker count: the remaining shards only, same bytes.
+    summary = extract_features(
+        tmp_path / "shards",
+        tmp_path / "cache",
+        _cfg(encoder="small_cnn", batch_size=2, num_workers=1),
+        cpu,
+        seed=SEED,
+    )
+    assert summary["splits"]["train"]["resumed_shards"] == 2
+    assert summary["encoded"] == 3 + 2
+    assert not work.exists()
+    assert _files(tmp_path / "cache") == _files(tmp_path / "whole")
+
+
+def test_unfinished_cache_of_another_encoder_is_discarded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_shards(tmp_path / "shards", {"train": [2, 2]})
+    cpu = torch.device("cpu")
+    with pytest.raises(Killed):
+        extract_features(
+            tmp_path / "shards",
+            tmp_path / "cache",
+            _cfg(encoder="small_cnn"),
+            cpu,
+            seed=SEED,
+            on_shard=_kill_after(1),
+        )
+    with caplog.at_level("INFO", logger="captioning.features.cache"):
+        summary = extract_features(tmp_path / "shards", tmp_path / "cache", _cfg(), cpu, seed=SEED)
+    assert summary["splits"]["train"]["resumed_shards"] == 0 and summary["encoded"] == 4
+    assert "encoder 'small_cnn' -> 'efficientnet_lite0'" in caplog.text
+    assert "input_size" not in caplog.text  # both take 224 px
+    meta = json.loads((tmp_path / "cache" / "meta.json").read_text())
+    assert meta["encoder"] == "efficientnet_lite0" and meta["channels"] == 1280

@@ -1,15 +1,19 @@
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from captioning.features.encoders import (
     ENCODERS,
     efficientnet_lite0_weights_path,
     get_encoder_spec,
 )
+from captioning.features.weights import EncoderWeightsError
 
 SPEC = get_encoder_spec("efficientnet_lite0")
 
@@ -134,3 +138,140 @@ def test_pretrained_classifies_a_known_photo(pretrained_encoder: torch.nn.Module
     with torch.no_grad():
         logits = pretrained_encoder.net(SPEC.preprocess(image)[None])
     assert logits.argmax(dim=1).item() == 652
+
+
+# The encoder table of docs/architecture.md: input size, grid, channels.
+DOCUMENTED = {
+    "efficientnet_lite0": (224, 7, 1280),
+    "resnet101": (256, 14, 2048),
+    "resnet50": (224, 7, 2048),
+    "inception_v3": (299, 8, 2048),
+    "vgg16": (224, 14, 512),
+    "densenet201": (224, 1, 1920),
+    "alexnet": (224, 1, 4096),
+    "small_cnn": (224, 7, 256),
+}
+
+
+def test_registry_is_the_documented_table() -> None:
+    assert sorted(ENCODERS) == sorted(DOCUMENTED)
+    for name, (size, grid, channels) in DOCUMENTED.items():
+        spec = ENCODERS[name]
+        assert (spec.input_size, spec.grid, spec.channels) == (size, grid, channels), name
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTED))
+def test_every_encoder_gives_its_documented_shape(name: str) -> None:
+    spec = get_encoder_spec(name)
+    size, grid, channels = DOCUMENTED[name]
+    encoder = spec.build(False, seed=0)
+    assert not encoder.training
+    x = torch.stack([spec.preprocess(im) for im in _random_images(2)])
+    assert x.shape == (2, 3, size, size)
+    with torch.inference_mode():
+        fmap = encoder(x)
+    assert fmap.shape == (2, channels, grid, grid)
+    # Random weights still give float16-representable, non-degenerate features.
+    half = fmap.half()
+    assert torch.isfinite(half).all()
+    assert 0.05 < fmap.abs().mean().item() < 50
+    assert (half != 0).float().mean().item() > 0.2
+    # The blocks partition the trunk: fine-tuning "the last N blocks" is well defined.
+    in_blocks = [id(p) for block in encoder.blocks() for p in block.parameters()]
+    assert len(in_blocks) == len(set(in_blocks))
+    unused = set()
+    if name == "efficientnet_lite0":  # the classifier is kept (and tested) but not used
+        unused = {id(p) for p in encoder.net._fc.parameters()}
+    assert set(in_blocks) == {id(p) for p in encoder.parameters()} - unused
+
+
+def test_random_weights_from_a_seed_leave_the_global_rng_alone() -> None:
+    spec = get_encoder_spec("small_cnn")
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    a = spec.build(False, seed=11).state_dict()
+    assert torch.equal(torch.get_rng_state(), before)
+    b = spec.build(False, seed=11).state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_offline_without_the_weights_file_names_it(tmp_path, monkeypatch) -> None:
+    from urllib.error import URLError
+
+    def no_network(url, dst, *args, **kwargs):
+        raise URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    spec = get_encoder_spec("resnet101")
+    with pytest.raises(EncoderWeightsError) as excinfo:
+        spec.build(True)
+    message = str(excinfo.value)
+    expected = tmp_path / "torch" / "hub" / "checkpoints" / "resnet101-cd907fc2.pth"
+    assert f"Place the file resnet101-cd907fc2.pth at {expected}" in message
+    assert "https://download.pytorch.org/models/resnet101-cd907fc2.pth" in message
+    assert "features.weights_path" in message and "pretrained: false" in message
+
+
+def test_small_cnn_has_no_published_weights() -> None:
+    with pytest.raises(EncoderWeightsError, match="'small_cnn' has no published weights"):
+        get_encoder_spec("small_cnn").build(True)
+
+
+def test_pretrained_weights_from_the_hub_cache_or_a_file(tmp_path, monkeypatch) -> None:
+    """DenseNet's torchvision checkpoint has old key names (norm.1): they are mapped."""
+    from torchvision import models
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("must not download a file that is in the cache")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    spec = get_encoder_spec("densenet201")
+    torch.manual_seed(1)
+    state = models.densenet201().state_dict()
+    old_names = {
+        re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k): v
+        for k, v in state.items()
+    }
+    assert "features.denseblock1.denselayer1.norm.1.weight" in old_names
+    cached = spec.weights.cache_path()
+    assert cached.parent == tmp_path / "torch" / "hub" / "checkpoints"
+    cached.parent.mkdir(parents=True)
+    torch.save(old_names, cached)
+    from_cache = spec.build(True)
+    probe = "net.features.denseblock4.denselayer32.conv2.weight"
+    torch.testing.assert_close(from_cache.state_dict()[probe], state[probe[4:]])
+
+    # weights_path: a torchvision checkpoint, or an encoder's own (e.g. fine-tuned) state.
+    from_file = spec.build(True, weights_path=cached)
+    torch.testing.assert_close(from_file.state_dict()[probe], state[probe[4:]])
+    own = tmp_path / "encoder.safetensors"
+    save_file({k: v.contiguous() for k, v in from_cache.state_dict().items()}, str(own))
+    again = spec.build(True, weights_path=own)
+    torch.testing.assert_close(again.state_dict()[probe], state[probe[4:]])
+
+
+def test_weights_that_do_not_fit_are_refused(tmp_path) -> None:
+    path = tmp_path / "small.pt"
+    torch.save(get_encoder_spec("small_cnn").build(False, seed=0).net.state_dict(), path)
+    with pytest.raises(EncoderWeightsError, match=rf"{path}: the weights do not fit"):
+        get_encoder_spec("efficientnet_lite0").build(True, weights_path=path)
+    with pytest.raises(EncoderWeightsError, match="weights file not found"):
+        get_encoder_spec("small_cnn").build(True, weights_path=tmp_path / "nope.pt")
+    with pytest.raises(EncoderWeightsError, match="given with pretrained: false"):
+        get_encoder_spec("small_cnn").build(False, weights_path=path)
+    # a trained small CNN loads from its file
+    encoder = get_encoder_spec("small_cnn").build(True, weights_path=path)
+    assert encoder.net.features[0][0].weight.shape == (32, 3, 3, 3)
+
+
+def test_workers_pixels_normalised_in_a_batch_equal_preprocess_exactly() -> None:
+    images = _random_images(4)
+    pixels = torch.stack([SPEC.pixels(im) for im in images])
+    assert pixels.dtype == torch.uint8 and pixels.shape == (4, 224, 224, 3)
+    batch = SPEC.normalize(pixels)
+    assert batch.is_contiguous(memory_format=torch.channels_last)  # no copy before the encoder
+    for i, image in enumerate(images):
+        assert torch.equal(batch[i], SPEC.preprocess(image))

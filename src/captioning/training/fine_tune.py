@@ -1,0 +1,271 @@
+"""Training that back-propagates into the encoder: images from the shards, not cached features.
+
+As sgrvinod's ``fine_tune`` option: the encoder's last ``train.fine_tune.blocks`` blocks are
+trained with their own learning rate (``train.fine_tune.lr``) next to the decoder (``train.lr``);
+the other blocks are frozen, in eval mode (batch-norm statistics kept). The trainable blocks run
+in train mode, so their batch norms adapt (which a from-scratch ``small_cnn`` needs).
+
+Each epoch streams the training shards through a DataLoader (decoding in workers), shuffled by
+shard order and a sample buffer drawn from (seed, epoch); hard scenes are drawn
+``hard_repeat`` times. The validation split is re-encoded by the current encoder every epoch.
+Checkpoints (encoder + decoder, optimiser, scheduler, RNG states) follow the cached-feature
+loop, so a killed run resumes after its last finished epoch. The model directory gets the
+encoder's weights (``encoder.safetensors``) beside the decoder's; prediction and evaluation use
+them instead of the cached features.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from captioning.config import FeaturesConfig, TrainConfig, to_dict
+from captioning.data.shards import iter_samples
+from captioning.data.vocab import Vocab
+from captioning.devices import autocast, choose_device
+from captioning.features.backbones import Encoder
+from captioning.features.cache import encode_split, encoder_identity, load_encoder
+from captioning.features.encoders import EncoderSpec, get_encoder_spec
+from captioning.features.loader import shard_files, start_workers_early, training_loader
+from captioning.features.weights import state_digest
+from captioning.models import Decoder, build_decoder
+from captioning.training.batches import CaptionSet, collate
+from captioning.training.loop import (
+    EpochCallback,
+    TrainResult,
+    _maybe_resume,
+    _save_checkpoint,
+    _save_model,
+    _warmup_cosine,
+    caption_loss,
+    evaluate_loss,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class EncoderDecoder(nn.Module):
+    """The two trained halves under one module, for checkpoints."""
+
+    def __init__(self, encoder: Encoder, decoder: Decoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+
+def trainable_blocks(encoder: Encoder, blocks: int) -> list[nn.Module]:
+    """Freeze the encoder but its last ``blocks`` blocks (-1: all); return those blocks."""
+    all_blocks = encoder.blocks()
+    if blocks > len(all_blocks):
+        raise ValueError(
+            f"train.fine_tune.blocks is {blocks}, the encoder has {len(all_blocks)} blocks"
+        )
+    chosen = all_blocks if blocks == -1 else all_blocks[len(all_blocks) - blocks :]
+    encoder.requires_grad_(False)
+    for block in chosen:
+        block.requires_grad_(True)
+    return chosen
+
+
+def set_train_mode(encoder: Encoder, chosen: list[nn.Module], decoder: Decoder) -> None:
+    """Frozen blocks in eval mode (fixed batch-norm statistics), trained ones in train mode."""
+    encoder.eval()
+    for block in chosen:
+        block.train()
+    decoder.train()
+
+
+def hard_repeats(record: dict, min_objects: int, repeat: int) -> int:
+    """How many times a training sample is drawn per epoch (scenes with many objects: more)."""
+    return repeat if len(record.get("objects", ())) >= min_objects else 1
+
+
+def train_fine_tuned(
+    shards_dir: str | Path,
+    vocab_path: str | Path,
+    model_dir: str | Path,
+    cfg: TrainConfig,
+    features: FeaturesConfig,
+    *,
+    seed: int,
+    checkpoint_dir: str | Path,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
+    """Train the decoder and the encoder's last blocks on images from ``shards_dir``."""
+    started = time.monotonic()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = choose_device()
+    ft = cfg.fine_tune
+    if ft.num_workers > 0:
+        start_workers_early()
+    vocab = Vocab.load(vocab_path)
+    spec = get_encoder_spec(features.encoder)
+    train_urls = [str(p) for p in shard_files(Path(shards_dir))["train"]["shards"]]
+
+    torch.manual_seed(seed)
+    encoder = load_encoder(
+        spec, features.pretrained, device, weights_path=features.weights_path, seed=seed
+    )
+    identity = encoder_identity(
+        spec,
+        encoder,
+        pretrained=features.pretrained,
+        weights_path=features.weights_path,
+        seed=seed,
+    )
+    chosen = trainable_blocks(encoder, ft.blocks)
+    decoder = build_decoder(
+        cfg.decoder,
+        cfg.model,
+        vocab_size=len(vocab),
+        feature_dim=spec.channels,
+        num_locations=spec.locations,
+    ).to(device)
+    model = EncoderDecoder(encoder, decoder)
+    encoder_params = [p for block in chosen for p in block.parameters()]
+    trained = sum(p.numel() for p in encoder_params) + sum(p.numel() for p in decoder.parameters())
+    logger.info(
+        "fine-tuning the last %d of %d blocks of %s (lr %g) with the %s decoder: %.2f M "
+        "trained parameters on %s",
+        len(chosen),
+        len(encoder.blocks()),
+        spec.name,
+        ft.lr,
+        cfg.decoder,
+        trained / 1e6,
+        device,
+    )
+
+    repeats = partial(hard_repeats, min_objects=cfg.hard_min_objects, repeat=cfg.hard_repeat)
+    draws = sum(repeats(meta) for meta, _ in iter_samples(shards_dir, "train", images=False))
+    images_per_batch = max(1, cfg.batch_size // cfg.seq_per_image)
+    steps_per_epoch = math.ceil(draws / images_per_batch)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": list(decoder.parameters()), "lr": cfg.lr},
+            {"params": encoder_params, "lr": ft.lr},
+        ],
+        weight_decay=cfg.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _warmup_cosine(cfg.warmup_steps, steps_per_epoch * cfg.epochs)
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    rng = np.random.default_rng(seed)
+    run_config = {
+        "decoder": cfg.decoder,
+        "train": to_dict(cfg),
+        "seed": seed,
+        "vocab_size": len(vocab),
+        "encoder": identity,  # the starting encoder; replaced by the trained one at the end
+    }
+    checkpoint = Path(checkpoint_dir) / "last.pt"
+    start_epoch, history = _maybe_resume(checkpoint, run_config, model, optimizer, scheduler, rng)
+    val_set: CaptionSet | None = None
+
+    for epoch in range(start_epoch, cfg.epochs):
+        loader = training_loader(
+            train_urls,
+            spec,
+            batch_size=images_per_batch,
+            num_workers=ft.num_workers,
+            device=device,
+            seed=seed * 1000 + epoch,
+            shuffle_buffer=ft.shuffle_buffer,
+            repeats=repeats,
+        )
+        set_train_mode(encoder, chosen, decoder)
+        train_loss = _train_epoch(
+            model, loader, vocab, spec, optimizer, scheduler, scaler, rng, cfg, device, epoch
+        )
+        encoder.eval()
+        val_cache = encode_split(
+            shards_dir, "val", encoder, spec, device, num_workers=ft.num_workers
+        )
+        if val_set is None:
+            val_set = CaptionSet.build(val_cache.captions, vocab)
+        val_x = torch.from_numpy(val_cache.load_in_memory())
+        val_loss = evaluate_loss(decoder, val_x, val_set, images_per_batch, device)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "lr": scheduler.get_last_lr()[0],
+        }
+        history.append(record)
+        logger.info(
+            "epoch %d/%d train_loss %.4f val_loss %.4f", epoch + 1, cfg.epochs, train_loss, val_loss
+        )
+        _save_checkpoint(
+            checkpoint, run_config, model, optimizer, scheduler, rng, epoch + 1, history
+        )
+        if on_epoch is not None:
+            on_epoch(epoch + 1, record)
+
+    encoder.eval()
+    final = {**run_config, "encoder": _trained_identity(identity, encoder, cfg)}
+    _save_model(Path(model_dir), decoder, vocab, final, encoder=encoder)
+    checkpoint.unlink(missing_ok=True)
+    return TrainResult(history, time.monotonic() - started, trained)
+
+
+def _trained_identity(start: dict[str, Any], encoder: Encoder, cfg: TrainConfig) -> dict:
+    return {
+        **start,
+        "pretrained": True,  # its weights are the model's own encoder.safetensors
+        "weights": f"fine-tuned ({cfg.fine_tune.blocks} blocks) from {start['weights']}",
+        "weights_path": None,
+        "init_seed": None,
+        "weights_sha256": state_digest(encoder),
+        "fine_tuned": to_dict(cfg.fine_tune),
+    }
+
+
+def _train_epoch(
+    model: EncoderDecoder,
+    loader: Any,
+    vocab: Vocab,
+    spec: EncoderSpec,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    rng: np.random.Generator,
+    cfg: TrainConfig,
+    device: torch.device,
+    epoch: int,
+) -> float:
+    total, count = 0.0, 0
+    trained = [p for p in model.parameters() if p.requires_grad]
+    progress = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", mininterval=5.0)
+    for images, infos in progress:
+        batch_set = CaptionSet.build([info[3]["captions"] for info in infos], vocab)
+        draws = batch_set.epoch_draws(rng, cfg.seq_per_image)
+        if not draws:
+            continue
+        x = spec.normalize(images.to(device, non_blocking=True))  # (B, 3, S, S) channels_last
+        with autocast(device):
+            fmap = model.encoder(x)  # (B, C, G, G)
+            feats = fmap.flatten(2).transpose(1, 2)  # (B, G*G, C)
+            feats, captions, rows = collate(feats, batch_set, draws, pad_id=0)
+            loss = caption_loss(model.decoder, feats, captions.to(device), rows.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        total += loss.item() * captions.size(0)
+        count += captions.size(0)
+        progress.set_postfix(loss=f"{total / count:.3f}", refresh=False)
+    return total / max(count, 1)
