@@ -54,10 +54,19 @@ class FetchConfig:
 class ShardConfig:
     max_count: int = 1000
     max_size_mb: float = 512.0
+    # Processes writing shards in parallel; 0 = one per available CPU core.
+    workers: int = 0
+    # Longer image side in the shards; larger images are resized (and re-encoded). 0 = keep.
+    max_side: int = 0
+    # Quality of re-encoded JPEGs (resized or converted images; others pass through untouched).
+    jpeg_quality: int = 95
 
     def __post_init__(self) -> None:
         _require(self.max_count >= 1, "max_count", ">= 1")
         _require(self.max_size_mb > 0, "max_size_mb", "> 0")
+        _require(self.workers >= 0, "workers", ">= 0 (0 = one per CPU core)")
+        _require(self.max_side == 0 or self.max_side >= 16, "max_side", "0 (keep) or >= 16")
+        _require(1 <= self.jpeg_quality <= 100, "jpeg_quality", "in [1, 100]")
 
 
 @dataclass(frozen=True)

@@ -89,3 +89,12 @@ def test_flatten_uses_dotted_keys():
     flat = flatten(TrainConfig(), "train.")
     assert flat["train.model.hidden_dim"] == 256
     assert flat["train.epochs"] == TrainConfig().epochs
+
+
+def test_shard_params_are_checked(tmp_path):
+    params = load_params(write(tmp_path, {"shard": {"workers": 2, "max_side": 256}}))
+    assert (params.shard.workers, params.shard.max_side, params.shard.jpeg_quality) == (2, 256, 95)
+    with pytest.raises(ConfigError, match=r"'shard.workers': expected >= 0"):
+        load_params(write(tmp_path, {"shard": {"workers": -1}}))
+    with pytest.raises(ConfigError, match=r"'shard.max_side': expected 0 \(keep\) or >= 16"):
+        load_params(write(tmp_path, {"shard": {"max_side": 8}}))
