@@ -73,3 +73,11 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def link_or_copy(source: str | Path, target: str | Path) -> None:
+    """A hard link (no second copy of a large file) or, across file systems, a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)

@@ -38,7 +38,7 @@ from captioning.config import ShardConfig
 from captioning.data.images import MISSING, ImageDecodeError, shard_jpeg
 from captioning.data.layout import ImageRecord, load_dataset
 from captioning.errors import CaptioningError
-from captioning.io import atomic_path, file_digest, read_json_object, write_json
+from captioning.io import atomic_path, file_digest, link_or_copy, read_json_object, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def write_shards(raw_dir: str | Path, out_dir: str | Path, cfg: ShardConfig) -> 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         for name, final in final_names.items():
-            _link_or_copy(work / f"{name}.tar", tmp / final)
+            link_or_copy(work / f"{name}.tar", tmp / final)
         write_json(tmp / "manifest.json", manifest)
     shutil.rmtree(work, ignore_errors=True)
     for split, info in manifest["splits"].items():
@@ -310,13 +310,6 @@ def _remove_strays(work: Path, plans: list[ShardPlan]) -> None:
     for path in work.iterdir():
         if path.name.split(".", 1)[0] not in names or path.name.endswith(".tmp"):
             path.unlink() if path.is_file() else shutil.rmtree(path)
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
 
 
 class ShardError(CaptioningError, ValueError):
