@@ -194,5 +194,6 @@ def flickr30k(root: Path) -> list[Path]:
     }
     images["flickr30k-images/readme.txt"] = b"tiny Flickr30k\n"
     split_file = root / "dataset_flickr30k.json"
+    root.mkdir(parents=True, exist_ok=True)
     split_file.write_text(json.dumps(karpathy_flickr(FLICKR30K_SPLITS, "flickr30k")))
     return [write_tar(root / "flickr30k-images.tar.gz", images), split_file]

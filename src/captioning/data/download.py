@@ -107,7 +107,7 @@ def download(
     retries: int = 5,
     backoff_s: float = 2.0,
     timeout_s: float = 60.0,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
 ) -> Path:
     """Download ``url`` to ``dest`` (resuming ``dest.part``); return ``dest`` once verified.
 
@@ -146,7 +146,7 @@ def download(
                 ) from None
             delay = min(backoff_s * 2 ** max(failures - 1, 0), 60.0)
             logger.warning("%s: %s at byte %d; retrying in %.1f s", url, exc, digest.size, delay)
-            sleep(delay)
+            (sleep or time.sleep)(delay)
             continue
         if complete:
             break
