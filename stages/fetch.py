@@ -16,8 +16,13 @@ def main() -> None:
     parser.add_argument(
         "--out", required=True, help="dataset root: images/, captions.json, splits.json"
     )
+    parser.add_argument(
+        "--downloads",
+        required=True,
+        help="where downloads and extracted archives are kept between runs (not a DVC output)",
+    )
     args = parser.parse_args()
-    fetch(load_section(args.params, "fetch", FetchConfig), args.out)
+    fetch(load_section(args.params, "fetch", FetchConfig), args.out, args.downloads)
 
 
 if __name__ == "__main__":

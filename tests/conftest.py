@@ -61,3 +61,15 @@ def tiny_layout(tmp_path: Path) -> Path:
     root = tmp_path / "raw"
     make_layout(root, {"train": 6, "val": 2, "test": 2})
     return root
+
+
+@pytest.fixture
+def file_server(tmp_path: Path):
+    """A file server on 127.0.0.1 (a free port) serving ``server.root``; stopped at teardown."""
+    from fileserver import FileServer
+
+    root = tmp_path / "served"
+    root.mkdir()
+    server = FileServer(root)
+    yield server
+    server.close()

@@ -7,6 +7,7 @@ what was expected and what was found.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -44,20 +45,89 @@ class ShapesConfig:
         _require(self.captions_per_image >= 1, "captions_per_image", ">= 1")
 
 
+# "<algorithm>:<hex digest>", the form every checksum param takes.
+CHECKSUM_PATTERN = re.compile(r"^(sha256:[0-9a-f]{64}|sha1:[0-9a-f]{40}|md5:[0-9a-f]{32})$")
+_CHECKSUM_EXPECTED = "'sha256:<64 hex>', 'sha1:<40 hex>' or 'md5:<32 hex>' for every file"
+
+
+@dataclass(frozen=True)
+class CocoConfig:
+    """COCO 2014 / 2017 (sources coco2014, coco2017): official zips and the Karpathy split."""
+
+    # Base URL of the official files (<url>/zips/train2014.zip, <url>/annotations/...).
+    url: str = "http://images.cocodataset.org"
+    # A directory already holding the official zips or their extracted folders; "" = download.
+    local_dir: str = ""
+    # URL or local path of Karpathy's dataset_coco.json (or of caption_datasets.zip holding it).
+    karpathy: str = ""
+    # karpathy: 113,287 / 5,000 / 5,000 for 2014; official: train = train<year>, and val<year>
+    # halved by image id into val and test.
+    split: str = "karpathy"
+    # File name -> checksum; replaces the shipped checksum (and size) of that file.
+    checksums: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(self.split in ("karpathy", "official"), "split", "'karpathy' or 'official'")
+        _require_checksums(self.checksums)
+
+
+@dataclass(frozen=True)
+class Flickr8kConfig:
+    """Flickr8k in the Kaggle layout (Images/ + captions.txt) or the original one."""
+
+    # URLs or local paths: archives, directories or files (e.g. Flickr8k_Dataset.zip and
+    # Flickr8k_text.zip, or the Kaggle archive and a split source).
+    files: list[str] = field(default_factory=list)
+    layout: str = "auto"  # auto | kaggle | original
+    checksums: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(
+            self.layout in ("auto", "kaggle", "original"), "layout", "auto, kaggle or original"
+        )
+        _require_checksums(self.checksums)
+
+
+@dataclass(frozen=True)
+class Flickr30kConfig:
+    """Flickr30k: the images and Karpathy's dataset_flickr30k.json (captions and split)."""
+
+    files: list[str] = field(default_factory=list)
+    checksums: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require_checksums(self.checksums)
+
+
 @dataclass(frozen=True)
 class FetchConfig:
     source: str = "shapes"
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
+    # Re-points every download URL: http://host/path -> <mirror>/host/path (an http(s) URL or a
+    # local directory laid out the same way, e.g. by `wget -x`). "" = the original URLs.
+    mirror: str = ""
+    coco: CocoConfig = field(default_factory=CocoConfig)
+    flickr8k: Flickr8kConfig = field(default_factory=Flickr8kConfig)
+    flickr30k: Flickr30kConfig = field(default_factory=Flickr30kConfig)
 
 
 @dataclass(frozen=True)
 class ShardConfig:
     max_count: int = 1000
     max_size_mb: float = 512.0
+    # Processes writing shards in parallel; 0 = one per available CPU core.
+    workers: int = 0
+    # Longer image side in the shards; larger images are resized (and re-encoded). 0 = keep.
+    max_side: int = 0
+    # Quality of re-encoded JPEGs (resized or converted images; others pass through untouched).
+    jpeg_quality: int = 95
 
     def __post_init__(self) -> None:
         _require(self.max_count >= 1, "max_count", ">= 1")
         _require(self.max_size_mb > 0, "max_size_mb", "> 0")
+        _require(self.workers >= 0, "workers", ">= 0 (0 = one per CPU core)")
+        _require(self.max_side == 0 or self.max_side >= 16, "max_side", "0 (keep) or >= 16")
+        _require(1 <= self.jpeg_quality <= 100, "jpeg_quality", "in [1, 100]")
 
 
 @dataclass(frozen=True)
@@ -205,6 +275,14 @@ def _require(ok: bool, key: str, expected: str) -> None:
         raise _Impossible(key, expected)
 
 
+def _require_checksums(checksums: dict[str, str]) -> None:
+    _require(
+        all(CHECKSUM_PATTERN.match(value) for value in checksums.values()),
+        "checksums",
+        _CHECKSUM_EXPECTED,
+    )
+
+
 T = TypeVar("T")
 
 
@@ -281,6 +359,16 @@ def _coerce(hint: Any, value: Any, *, path: Path | str, key: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{path}: key {key!r}: expected {hint}, found {_describe(value)}")
+    if origin is dict:
+        key_hint, value_hint = typing.get_args(hint) or (Any, Any)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: key {key!r}: expected a mapping, found {_describe(value)}")
+        return {
+            _coerce(key_hint, k, path=path, key=f"{key}[{k!r}]"): _coerce(
+                value_hint, v, path=path, key=f"{key}.{k}"
+            )
+            for k, v in value.items()
+        }
     if origin in (list, tuple):
         (item,) = typing.get_args(hint)[:1] or (Any,)
         if not isinstance(value, list):

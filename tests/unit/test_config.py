@@ -106,3 +106,48 @@ def test_fine_tune_section(tmp_path):
     path = write(tmp_path, {"train": {"fine_tune": {"enabled": True, "blocks": 0}}})
     with pytest.raises(ConfigError, match=r"'train.fine_tune.blocks': expected >= 1, or -1"):
         load_params(path)
+
+
+def test_shard_params_are_checked(tmp_path):
+    params = load_params(write(tmp_path, {"shard": {"workers": 2, "max_side": 256}}))
+    assert (params.shard.workers, params.shard.max_side, params.shard.jpeg_quality) == (2, 256, 95)
+    with pytest.raises(ConfigError, match=r"'shard.workers': expected >= 0"):
+        load_params(write(tmp_path, {"shard": {"workers": -1}}))
+    with pytest.raises(ConfigError, match=r"'shard.max_side': expected 0 \(keep\) or >= 16"):
+        load_params(write(tmp_path, {"shard": {"max_side": 8}}))
+
+
+def test_fetch_sources_params(tmp_path):
+    sha = "sha256:" + "ab" * 32
+    params = load_params(
+        write(
+            tmp_path,
+            {
+                "fetch": {
+                    "source": "coco2014",
+                    "mirror": "http://mirror.internal/datasets",
+                    "coco": {"karpathy": "/d/dataset_coco.json", "checksums": {"val2014.zip": sha}},
+                    "flickr8k": {"files": ["/d/Flickr8k_Dataset.zip"], "layout": "original"},
+                }
+            },
+        )
+    )
+    assert params.fetch.coco.checksums == {"val2014.zip": sha}
+    assert params.fetch.flickr8k.files == ["/d/Flickr8k_Dataset.zip"]
+    assert params.fetch.coco.split == "karpathy" and params.fetch.flickr30k.files == []
+
+
+@pytest.mark.parametrize(
+    "fetch,message",
+    [
+        ({"coco": {"checksums": {"a.zip": "12345"}}}, r"'fetch.coco.checksums': expected 'sha256"),
+        ({"coco": {"checksums": ["a.zip"]}}, r"'fetch.coco.checksums': expected a mapping"),
+        ({"coco": {"checksums": {"a.zip": 5}}}, r"'fetch.coco.checksums.a.zip': expected str"),
+        ({"coco": {"split": "random"}}, r"'fetch.coco.split': expected 'karpathy' or 'official'"),
+        ({"flickr8k": {"layout": "zip"}}, r"'fetch.flickr8k.layout': expected auto, kaggle"),
+        ({"flickr30k": {"files": "a.zip"}}, r"'fetch.flickr30k.files': expected a list"),
+    ],
+)
+def test_fetch_sources_params_are_checked(tmp_path, fetch, message):
+    with pytest.raises(ConfigError, match=message):
+        load_params(write(tmp_path, {"fetch": fetch}))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,18 +38,18 @@ def load_dataset(root: str | Path) -> dict[str, list[ImageRecord]]:
     root = Path(root)
     captions_path = root / "captions.json"
     splits_path = root / "splits.json"
-    coco = _read_json(captions_path)
-    splits = _read_json(splits_path)
+    coco = read_json(captions_path)
+    splits = read_json(splits_path)
 
-    images = _expect(coco, "images", list, captions_path, "<top level>")
-    annotations = _expect(coco, "annotations", list, captions_path, "<top level>")
+    images = expect_key(coco, "images", list, captions_path, "<top level>")
+    annotations = expect_key(coco, "annotations", list, captions_path, "<top level>")
     by_id: dict[int, dict[str, Any]] = {}
     for i, image in enumerate(images):
         where = f"images[{i}]"
         if not isinstance(image, dict):
             raise AnnotationError(f"{captions_path}: {where}: expected an object, found {image!r}")
-        image_id = _expect(image, "id", int, captions_path, where)
-        _expect(image, "file_name", str, captions_path, where)
+        image_id = expect_key(image, "id", int, captions_path, where)
+        expect_key(image, "file_name", str, captions_path, where)
         if image_id in by_id:
             raise AnnotationError(f"{captions_path}: {where}: duplicate image id {image_id}")
         by_id[image_id] = image
@@ -58,8 +59,8 @@ def load_dataset(root: str | Path) -> dict[str, list[ImageRecord]]:
         where = f"annotations[{i}]"
         if not isinstance(ann, dict):
             raise AnnotationError(f"{captions_path}: {where}: expected an object, found {ann!r}")
-        image_id = _expect(ann, "image_id", int, captions_path, where)
-        caption = _expect(ann, "caption", str, captions_path, where)
+        image_id = expect_key(ann, "image_id", int, captions_path, where)
+        caption = expect_key(ann, "caption", str, captions_path, where)
         if image_id not in by_id:
             raise AnnotationError(
                 f"{captions_path}: {where}: image_id {image_id} is not in 'images'"
@@ -95,7 +96,8 @@ def load_dataset(root: str | Path) -> dict[str, list[ImageRecord]]:
     return out
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; a missing or invalid one fails with the file and the line."""
     if not path.is_file():
         raise AnnotationError(f"{path}: file not found")
     try:
@@ -106,7 +108,21 @@ def _read_json(path: Path) -> Any:
         ) from exc
 
 
-def _expect(obj: dict[str, Any], key: str, kind: type, path: Path, where: str) -> Any:
+def expect_objects(data: Any, key: str, path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(place, object)`` for each object in the list ``data[key]``, checked on the way."""
+    if not isinstance(data, dict):
+        raise AnnotationError(
+            f"{path}: expected an object with {key!r}, found {type(data).__name__}"
+        )
+    for i, item in enumerate(expect_key(data, key, list, path, "<top level>")):
+        where = f"{key}[{i}]"
+        if not isinstance(item, dict):
+            raise AnnotationError(f"{path}: {where}: expected an object, found {item!r}")
+        yield where, item
+
+
+def expect_key(obj: dict[str, Any], key: str, kind: type, path: Path, where: str) -> Any:
+    """``obj[key]``, which must be a ``kind``; else fail naming the file and the place."""
     if key not in obj:
         raise AnnotationError(f"{path}: {where}: missing key {key!r}")
     value = obj[key]

@@ -1,7 +1,19 @@
 """WebDataset shards: one sample per image, ``<key>.jpg`` + ``<key>.json`` with every caption.
 
-Bad images are handled here, where they enter: a missing, empty or undecodable file is skipped,
-counted and listed with its reason in ``manifest.json``; the run goes on.
+The shards of a split are planned before any is written: records in splits.json order, a new
+shard every ``max_count`` images or ``max_size_mb`` of source image bytes. A plan depends on
+nothing but the dataset and the config, so shards can be written by parallel processes
+(``workers``) and still come out byte-identical, and a killed run can resume.
+
+Shards are written in a work directory beside the output (``.<out>.partial/``): each to a
+temporary name, renamed when complete, then recorded with its fingerprint (what went in) and
+sha256 (what came out). A re-run keeps every recorded shard whose fingerprint and sha256 still
+match and writes the rest; the output directory appears, complete, in one rename at the end.
+
+Bad images are handled here, where they enter: a missing, empty, truncated or corrupt file, a
+file that is not an image, or a decompression bomb is skipped, counted and listed with its kind
+and reason in ``manifest.json``; the run goes on. JPEG bytes pass through untouched unless the
+image must be converted or resized (``data.images.shard_jpeg``).
 """
 
 from __future__ import annotations
@@ -10,26 +22,31 @@ import hashlib
 import io
 import json
 import logging
+import multiprocessing
+import os
+import shutil
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import webdataset as wds
-from PIL import Image
 from tqdm import tqdm
 
 from captioning.config import ShardConfig
-from captioning.data.images import ImageDecodeError, load_rgb
+from captioning.data.images import MISSING, ImageDecodeError, shard_jpeg
 from captioning.data.layout import ImageRecord, load_dataset
 from captioning.errors import CaptioningError
-from captioning.io import atomic_path, write_json
+from captioning.io import atomic_path, file_digest, link_or_copy, read_json_object, write_json
 
 logger = logging.getLogger(__name__)
 
-# Fixed tar mtime so that the same input gives byte-identical shards (stable DVC hashes).
-_TAR_MTIME = 0.0
+# Fixed tar metadata so that the same input gives byte-identical shards (stable DVC hashes).
+_TAR_MTIME = 0
+# Bump when the bytes a shard holds for the same input change: recorded shards are then redone.
+_FORMAT_VERSION = 2
+_JSON_OVERHEAD = 512  # a sample's .json and tar headers, for planning by size
 
 
 def sample_key(image_id: int) -> str:
@@ -37,37 +54,71 @@ def sample_key(image_id: int) -> str:
     return f"{image_id:012d}"
 
 
-@dataclass
-class _SplitResult:
-    shards: list[str] = field(default_factory=list)
-    count: int = 0
-    skipped: list[dict[str, Any]] = field(default_factory=list)
+@dataclass(frozen=True)
+class ShardPlan:
+    """One shard to write: which records go in, and a fingerprint of all that decides its bytes."""
+
+    split: str
+    index: int
+    records: tuple[ImageRecord, ...]
+    fingerprint: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}-{self.index:06d}"
+
+
+def plan_shards(
+    dataset: dict[str, list[ImageRecord]], images_dir: Path, cfg: ShardConfig
+) -> list[ShardPlan]:
+    """Cut every split into shards by count and by source bytes, in splits.json order."""
+    max_bytes = int(cfg.max_size_mb * 1024 * 1024)
+    settings = [_FORMAT_VERSION, cfg.max_side, cfg.jpeg_quality]
+    plans: list[ShardPlan] = []
+    for split, records in dataset.items():
+        groups: list[list[tuple[ImageRecord, list[int]]]] = []
+        group_bytes = 0
+        for record in records:
+            stamp = _file_stamp(images_dir / record.file_name)
+            size = stamp[0] + _JSON_OVERHEAD
+            if not groups or len(groups[-1]) >= cfg.max_count or group_bytes + size > max_bytes:
+                groups.append([])
+                group_bytes = 0
+            groups[-1].append((record, stamp))
+            group_bytes += size
+        for index, group in enumerate(groups):
+            digest = hashlib.sha256(json.dumps(settings).encode())
+            for record, stamp in group:
+                digest.update(json.dumps([_meta(record), stamp], sort_keys=True).encode())
+            records_ = tuple(record for record, _ in group)
+            plans.append(ShardPlan(split, index, records_, digest.hexdigest()))
+    return plans
 
 
 def write_shards(raw_dir: str | Path, out_dir: str | Path, cfg: ShardConfig) -> dict[str, Any]:
     """Shard every split of the dataset in ``raw_dir`` into ``out_dir``; return the manifest."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     dataset = load_dataset(raw_dir)
-    manifest: dict[str, Any] = {"splits": {}, "shards": {}, "skipped": []}
+    images_dir = raw_dir / "images"
+    plans = plan_shards(dataset, images_dir, cfg)
+    work = out_dir.parent / f".{out_dir.name}.partial"
+    work.mkdir(parents=True, exist_ok=True)
+    _remove_strays(work, plans)
+    done = _run(plans, images_dir, work, cfg)
+    manifest, final_names = _manifest(dataset, plans, done, cfg)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        for split, records in dataset.items():
-            result = _write_split(raw_dir / "images", tmp, split, records, cfg)
-            manifest["splits"][split] = {
-                "count": result.count,
-                "skipped": len(result.skipped),
-                "shards": result.shards,
-            }
-            manifest["skipped"].extend(result.skipped)
-            for name in result.shards:
-                manifest["shards"][name] = {"sha256": _sha256(tmp / name)}
+        for name, final in final_names.items():
+            link_or_copy(work / f"{name}.tar", tmp / final)
         write_json(tmp / "manifest.json", manifest)
+    shutil.rmtree(work, ignore_errors=True)
     for split, info in manifest["splits"].items():
         logger.info(
-            "%s: %d images in %d shards, %d skipped",
+            "%s: %d images in %d shards (%d re-encoded), %d skipped",
             split,
             info["count"],
             len(info["shards"]),
+            info["reencoded"],
             info["skipped"],
         )
     for skip in manifest["skipped"][:20]:
@@ -75,86 +126,190 @@ def write_shards(raw_dir: str | Path, out_dir: str | Path, cfg: ShardConfig) -> 
     return manifest
 
 
-def _write_split(
-    images_dir: Path, out_dir: Path, split: str, records: list[ImageRecord], cfg: ShardConfig
-) -> _SplitResult:
-    result = _SplitResult()
-    max_bytes = int(cfg.max_size_mb * 1024 * 1024)
-    writer: wds.TarWriter | None = None
-    in_shard, shard_bytes = 0, 0
-    try:
-        for record in tqdm(records, desc=f"shard {split}", unit="img", mininterval=2.0):
-            sample, reason = _make_sample(images_dir, record)
+def write_shard(plan: ShardPlan, images_dir: Path, work: Path, cfg: ShardConfig) -> dict:
+    """Write one planned shard into ``work`` (or keep it if already done); return its record."""
+    tar_path = work / f"{plan.name}.tar"
+    record_path = work / f"{plan.name}.json"
+    previous = read_json_object(record_path)
+    if (
+        previous.get("fingerprint") == plan.fingerprint
+        and tar_path.is_file()
+        and file_digest(tar_path) == previous.get("sha256")
+    ):
+        return {**previous, "resumed": True}
+    record_path.unlink(missing_ok=True)
+    tmp = work / f"{plan.name}.tar.tmp"
+    count, reencoded, skipped = 0, 0, []
+    with tmp.open("wb") as handle, tarfile.open(fileobj=handle, mode="w") as tar:
+        for record in plan.records:
+            sample, problem = _make_sample(images_dir, record, cfg)
             if sample is None:
-                result.skipped.append(
-                    {
-                        "image_id": record.image_id,
-                        "file_name": record.file_name,
-                        "split": split,
-                        "reason": reason,
-                    }
-                )
+                skipped.append(problem)
                 continue
-            size = len(sample["jpg"]) + len(sample["json"])
-            if writer is None or in_shard >= cfg.max_count or shard_bytes + size > max_bytes:
-                if writer is not None:
-                    writer.close()
-                name = f"{split}-{len(result.shards):06d}.tar"
-                writer = wds.TarWriter(str(out_dir / name), mtime=_TAR_MTIME)
-                result.shards.append(name)
-                in_shard, shard_bytes = 0, 0
-            writer.write(sample)
-            in_shard += 1
-            shard_bytes += size
-            result.count += 1
-    finally:
-        if writer is not None:
-            writer.close()
-    return result
+            key = sample_key(record.image_id)
+            _add_member(tar, f"{key}.jpg", sample["jpg"])
+            _add_member(tar, f"{key}.json", sample["json"])
+            count += 1
+            reencoded += sample["reencoded"]
+        tar.close()
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, tar_path)
+    result = {
+        "fingerprint": plan.fingerprint,
+        "sha256": file_digest(tar_path),
+        "count": count,
+        "reencoded": reencoded,
+        "skipped": skipped,
+        "bytes": tar_path.stat().st_size,
+    }
+    write_json(record_path, result)
+    return {**result, "resumed": False}
 
 
-def _make_sample(images_dir: Path, record: ImageRecord) -> tuple[dict | None, str]:
+def _run(plans: list[ShardPlan], images_dir: Path, work: Path, cfg: ShardConfig) -> dict:
+    workers = min(cfg.workers or _cpu_count(), max(len(plans), 1))
+    done: dict[str, dict] = {}
+    total = sum(len(plan.records) for plan in plans)
+    with tqdm(total=total, desc="shard", unit="img") as progress:
+        if workers <= 1:
+            for plan in plans:
+                done[plan.name] = write_shard(plan, images_dir, work, cfg)
+                progress.update(len(plan.records))
+        else:
+            # forkserver: workers do not inherit the parent's threads (tqdm's monitor) or locks.
+            context = multiprocessing.get_context("forkserver")
+            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                pending: dict[Future, ShardPlan] = {
+                    pool.submit(write_shard, plan, images_dir, work, cfg): plan for plan in plans
+                }
+                try:
+                    while pending:
+                        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                        for future in finished:
+                            plan = pending.pop(future)
+                            done[plan.name] = future.result()
+                            progress.update(len(plan.records))
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+    resumed = sum(record["resumed"] for record in done.values())
+    if resumed:
+        logger.info("resumed: %d of %d shards were already complete", resumed, len(plans))
+    return done
+
+
+def _manifest(
+    dataset: dict[str, list[ImageRecord]],
+    plans: list[ShardPlan],
+    done: dict[str, dict],
+    cfg: ShardConfig,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The manifest, and the final name of every planned shard that holds samples."""
+    final_names: dict[str, str] = {}
+    manifest: dict[str, Any] = {
+        "splits": {},
+        "shards": {},
+        "skipped": [],
+        "config": {
+            "max_count": cfg.max_count,
+            "max_size_mb": cfg.max_size_mb,
+            "max_side": cfg.max_side,
+            "jpeg_quality": cfg.jpeg_quality,
+        },
+    }
+    for split in dataset:
+        manifest["splits"][split] = {"count": 0, "reencoded": 0, "skipped": 0, "shards": []}
+    for plan in plans:
+        record = done[plan.name]
+        entry = manifest["splits"][plan.split]
+        entry["count"] += record["count"]
+        entry["reencoded"] += record["reencoded"]
+        entry["skipped"] += len(record["skipped"])
+        manifest["skipped"].extend(record["skipped"])
+        if record["count"]:
+            # Empty shards (every image skipped) are left out; names stay consecutive.
+            final = f"{plan.split}-{len(entry['shards']):06d}.tar"
+            final_names[plan.name] = final
+            entry["shards"].append(final)
+            manifest["shards"][final] = {
+                "split": plan.split,
+                "count": record["count"],
+                "bytes": record["bytes"],
+                "sha256": record["sha256"],
+            }
+    return manifest, final_names
+
+
+def _make_sample(
+    images_dir: Path, record: ImageRecord, cfg: ShardConfig
+) -> tuple[dict | None, dict]:
     path = images_dir / record.file_name
+
+    def skip(kind: str, reason: str) -> tuple[None, dict]:
+        return None, {
+            "image_id": record.image_id,
+            "file_name": record.file_name,
+            "split": record.split,
+            "kind": kind,
+            "reason": reason,
+        }
+
     if not record.captions and record.split == "train":
-        return None, "no captions"
+        return skip("no captions", "no captions")
     if not path.is_file():
-        return None, "missing file: named in captions.json but not found in images/"
-    data = path.read_bytes()
+        return skip(MISSING, "missing file: named in captions.json but not found in images/")
     try:
-        image = load_rgb(data, name=str(path))
+        jpg, reencoded = shard_jpeg(
+            path.read_bytes(),
+            name=str(path),
+            max_side=cfg.max_side,
+            quality=cfg.jpeg_quality,
+        )
     except ImageDecodeError as exc:
-        return None, str(exc).removeprefix(f"{path}: ")
-    meta = {
+        return skip(exc.kind, exc.reason)
+    meta = json.dumps(_meta(record), sort_keys=True).encode("utf-8")
+    return {"jpg": jpg, "json": meta, "reencoded": reencoded}, {}
+
+
+def _meta(record: ImageRecord) -> dict[str, Any]:
+    return {
         "image_id": record.image_id,
         "file_name": record.file_name,
         "split": record.split,
         "captions": list(record.captions),
         **record.extra,
     }
-    return {
-        "__key__": sample_key(record.image_id),
-        "jpg": _as_jpeg(data, image),
-        "json": json.dumps(meta, sort_keys=True).encode("utf-8"),
-    }, ""
 
 
-def _as_jpeg(data: bytes, decoded: Image.Image) -> bytes:
-    """Pass JPEG bytes through untouched when they already decode to what we want."""
-    with Image.open(io.BytesIO(data)) as original:
-        orientation = original.getexif().get(0x0112, 1)
-        if original.format == "JPEG" and original.mode == "RGB" and orientation == 1:
-            return data
-    buffer = io.BytesIO()
-    decoded.save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = _TAR_MTIME
+    info.mode = 0o444
+    tar.addfile(info, io.BytesIO(data))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _cpu_count() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))  # the cores this process may use
+    return os.cpu_count() or 1
+
+
+def _file_stamp(path: Path) -> list[int]:
+    try:
+        stat = path.stat()
+    except OSError:
+        return [0, 0]
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _remove_strays(work: Path, plans: list[ShardPlan]) -> None:
+    """Delete what an earlier run left that is not part of this plan (e.g. half-written tars)."""
+    names = {plan.name for plan in plans}
+    for path in work.iterdir():
+        if path.name.split(".", 1)[0] not in names or path.name.endswith(".tmp"):
+            path.unlink() if path.is_file() else shutil.rmtree(path)
 
 
 class ShardError(CaptioningError, ValueError):

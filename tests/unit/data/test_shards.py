@@ -1,7 +1,9 @@
 import io
 import json
 import tarfile
+from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from captioning.config import ShardConfig
@@ -49,6 +51,8 @@ def test_missing_and_corrupt_images_are_counted_skips(tiny_layout, tmp_path):
     reasons = {s["file_name"]: s["reason"] for s in manifest["skipped"]}
     assert "missing file" in reasons["img_0002.jpg"]
     assert "not a decodable image" in reasons["img_0003.jpg"]
+    kinds = {s["file_name"]: s["kind"] for s in manifest["skipped"]}
+    assert kinds["img_0003.jpg"] == "not an image"
     assert "zero bytes" in reasons["img_0004.jpg"]
     on_disk = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     assert len(on_disk["skipped"]) == 3
@@ -76,3 +80,130 @@ def test_rerun_replaces_output_atomically(tiny_layout, tmp_path):
         "val-000000.tar",
     ]
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+def test_every_bad_kind_is_listed_with_its_kind(tiny_layout, tmp_path, monkeypatch):
+    images = tiny_layout / "images"
+    good = (images / "img_0001.jpg").read_bytes()
+    (images / "img_0002.jpg").write_bytes(good[: len(good) // 2])  # truncated
+    (images / "img_0003.jpg").write_bytes(b"")
+    (images / "img_0004.jpg").write_bytes(b"<html>not an image</html>")
+    (images / "img_0005.jpg").unlink()
+    Image.new("RGB", (128, 128)).save(images / "img_0006.jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64)  # img_0006 is a bomb, not the others
+    manifest = write_shards(tiny_layout, tmp_path / "shards", ShardConfig(workers=1))
+    kinds = {s["file_name"]: s["kind"] for s in manifest["skipped"]}
+    assert kinds == {
+        "img_0002.jpg": "truncated or corrupt",
+        "img_0003.jpg": "zero bytes",
+        "img_0004.jpg": "not an image",
+        "img_0005.jpg": "missing file",
+        "img_0006.jpg": "decompression bomb",
+    }
+    assert manifest["splits"]["train"] | {"shards": None} == {
+        "count": 1,
+        "reencoded": 0,
+        "skipped": 5,
+        "shards": None,
+    }
+
+
+def test_converted_images_are_counted_as_reencoded(tiny_layout, tmp_path):
+    images = tiny_layout / "images"
+    (images / "img_0001.jpg").write_bytes(jpeg_bytes(1, mode="CMYK"))
+    Image.open(io.BytesIO(jpeg_bytes(2))).convert("RGBA").save(images / "img_0002.jpg", "PNG")
+    manifest = write_shards(tiny_layout, tmp_path / "shards", ShardConfig(workers=1))
+    assert manifest["splits"]["train"]["reencoded"] == 2
+    assert manifest["splits"]["train"]["skipped"] == 0
+
+
+def test_max_side_resizes(tiny_layout, tmp_path):
+    manifest = write_shards(tiny_layout, tmp_path / "shards", ShardConfig(max_side=32, workers=1))
+    assert manifest["splits"]["train"]["reencoded"] == 6
+    for _, jpg in iter_samples(tmp_path / "shards", "train"):
+        assert Image.open(io.BytesIO(jpg)).size == (32, 32)
+
+
+def test_parallel_workers_write_the_same_bytes(tiny_layout, tmp_path):
+    serial = write_shards(tiny_layout, tmp_path / "a", ShardConfig(max_count=2, workers=1))
+    parallel = write_shards(tiny_layout, tmp_path / "b", ShardConfig(max_count=2, workers=2))
+    assert serial == parallel
+    for name in serial["shards"]:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_shards_are_planned_by_source_bytes(tiny_layout, tmp_path):
+    one_image = (tiny_layout / "images" / "img_0001.jpg").stat().st_size
+    cfg = ShardConfig(max_size_mb=(2.5 * one_image) / 2**20, workers=1)
+    manifest = write_shards(tiny_layout, tmp_path / "shards", cfg)
+    assert [manifest["shards"][n]["count"] for n in manifest["splits"]["train"]["shards"]] == [
+        2,
+        2,
+        2,
+    ]
+
+
+def test_a_shard_whose_images_are_all_skipped_leaves_no_gap(tiny_layout, tmp_path):
+    for name in ("img_0003.jpg", "img_0004.jpg"):
+        (tiny_layout / "images" / name).unlink()
+    manifest = write_shards(tiny_layout, tmp_path / "shards", ShardConfig(max_count=2, workers=1))
+    assert manifest["splits"]["train"]["shards"] == ["train-000000.tar", "train-000001.tar"]
+    ids = [m["image_id"] for m, _ in iter_samples(tmp_path / "shards", "train")]
+    assert ids == [1, 2, 5, 6]
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_run_leaves_no_output_and_the_rerun_resumes(tiny_layout, tmp_path, monkeypatch):
+    from captioning.data import shards
+
+    out = tmp_path / "shards"
+    cfg = ShardConfig(max_count=2, workers=1)
+    real = shards.shard_jpeg
+    seen: list[str] = []
+
+    def dies_at_image_5(data, *, name, **kw):
+        seen.append(Path(name).name)
+        if name.endswith("img_0005.jpg"):
+            raise Killed
+        return real(data, name=name, **kw)
+
+    monkeypatch.setattr(shards, "shard_jpeg", dies_at_image_5)
+    with pytest.raises(Killed):
+        write_shards(tiny_layout, out, cfg)
+    assert not out.exists()
+    work = tmp_path / ".shards.partial"
+    # Two shards done (images 1-4); the third was being written under a temporary name.
+    assert sorted(p.name for p in work.iterdir()) == [
+        "train-000000.json",
+        "train-000000.tar",
+        "train-000001.json",
+        "train-000001.tar",
+        "train-000002.tar.tmp",
+    ]
+    # A recorded shard damaged since is noticed by its sha256 and written again.
+    (work / "train-000001.tar").write_bytes(b"damaged")
+
+    seen.clear()
+    monkeypatch.setattr(
+        shards, "shard_jpeg", lambda data, **kw: (seen.append(kw["name"]), real(data, **kw))[1]
+    )
+    manifest = write_shards(tiny_layout, out, cfg)
+    assert sorted(Path(n).name for n in seen) == [f"img_{i:04d}.jpg" for i in range(3, 11)]
+    assert not work.exists()
+    fresh = write_shards(tiny_layout, tmp_path / "fresh", cfg)
+    assert manifest == fresh
+    for name in fresh["shards"]:
+        assert (out / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes()
+
+
+def test_manifest_checksums_match_the_shards(tiny_layout, tmp_path):
+    import hashlib
+
+    manifest = write_shards(tiny_layout, tmp_path / "shards", ShardConfig(max_count=4, workers=1))
+    for name, entry in manifest["shards"].items():
+        data = (tmp_path / "shards" / name).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+        assert len(data) == entry["bytes"]

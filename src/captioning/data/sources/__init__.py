@@ -10,22 +10,60 @@ from captioning.config import FetchConfig
 
 logger = logging.getLogger(__name__)
 
+# A fetch function writes ``out_dir`` and keeps what it downloads or extracts in
+# ``downloads_dir`` (outside the DVC output, so a re-run neither downloads nor extracts again).
+FetchFn = Callable[[FetchConfig, Path, Path], dict]
 
-def _fetch_shapes(cfg: FetchConfig, out_dir: Path) -> dict:
+
+def _fetch_shapes(cfg: FetchConfig, out_dir: Path, downloads_dir: Path) -> dict:
     from captioning.data.sources.shapes import generate_shapes
 
     return generate_shapes(out_dir, cfg.shapes)
 
 
-# name -> fetch function(cfg, out_dir). COCO, Flickr and CAPTCHA register here as they land.
-SOURCES: dict[str, Callable[[FetchConfig, Path], dict]] = {
+def _fetch_coco2014(cfg: FetchConfig, out_dir: Path, downloads_dir: Path) -> dict:
+    from captioning.data.sources.coco import fetch_coco
+
+    return fetch_coco(cfg, out_dir, downloads_dir, "2014")
+
+
+def _fetch_coco2017(cfg: FetchConfig, out_dir: Path, downloads_dir: Path) -> dict:
+    from captioning.data.sources.coco import fetch_coco
+
+    return fetch_coco(cfg, out_dir, downloads_dir, "2017")
+
+
+def _fetch_flickr8k(cfg: FetchConfig, out_dir: Path, downloads_dir: Path) -> dict:
+    from captioning.data.sources.flickr import fetch_flickr8k
+
+    return fetch_flickr8k(cfg, out_dir, downloads_dir)
+
+
+def _fetch_flickr30k(cfg: FetchConfig, out_dir: Path, downloads_dir: Path) -> dict:
+    from captioning.data.sources.flickr import fetch_flickr30k
+
+    return fetch_flickr30k(cfg, out_dir, downloads_dir)
+
+
+# name -> fetch function(cfg, out_dir, downloads_dir). CAPTCHA registers here when it lands.
+SOURCES: dict[str, FetchFn] = {
     "shapes": _fetch_shapes,
+    "coco2014": _fetch_coco2014,
+    "coco2017": _fetch_coco2017,
+    "flickr8k": _fetch_flickr8k,
+    "flickr30k": _fetch_flickr30k,
 }
 
 
-def fetch(cfg: FetchConfig, out_dir: str | Path) -> dict:
-    """Acquire ``cfg.source`` into ``out_dir`` (images/ + captions.json + splits.json)."""
+def fetch(cfg: FetchConfig, out_dir: str | Path, downloads_dir: str | Path | None = None) -> dict:
+    """Acquire ``cfg.source`` into ``out_dir`` (images/ + captions.json + splits.json).
+
+    Downloads and extracted archives are kept in ``downloads_dir`` (default: ``downloads/``
+    beside ``out_dir``).
+    """
     if cfg.source not in SOURCES:
         raise ValueError(f"unknown source {cfg.source!r}; choose one of {sorted(SOURCES)}")
+    out_dir = Path(out_dir)
+    downloads = Path(downloads_dir) if downloads_dir is not None else out_dir.parent / "downloads"
     logger.info("fetching source %r into %s", cfg.source, out_dir)
-    return SOURCES[cfg.source](cfg, Path(out_dir))
+    return SOURCES[cfg.source](cfg, out_dir, downloads)
