@@ -42,12 +42,15 @@ from captioning.training.batches import CaptionSet, collate
 from captioning.training.loop import (
     EpochCallback,
     TrainResult,
+    _epoch_record,
     _maybe_resume,
     _save_checkpoint,
     _save_model,
     _warmup_cosine,
     caption_loss,
     evaluate_loss,
+    hard_repeats,
+    optimizer_step,
 )
 
 logger = logging.getLogger(__name__)
@@ -82,11 +85,6 @@ def set_train_mode(encoder: Encoder, chosen: list[nn.Module], decoder: Decoder) 
     for block in chosen:
         block.train()
     decoder.train()
-
-
-def hard_repeats(record: dict, min_objects: int, repeat: int) -> int:
-    """How many times a training sample is drawn per epoch (scenes with many objects: more)."""
-    return repeat if len(record.get("objects", ())) >= min_objects else 1
 
 
 def train_fine_tuned(
@@ -146,7 +144,7 @@ def train_fine_tuned(
         device,
     )
 
-    repeats = partial(hard_repeats, min_objects=cfg.hard_min_objects, repeat=cfg.hard_repeat)
+    repeats = partial(hard_repeats, cfg=cfg)
     draws = sum(repeats(meta) for meta, _ in iter_samples(shards_dir, "train", images=False))
     images_per_batch = max(1, cfg.batch_size // cfg.seq_per_image)
     steps_per_epoch = math.ceil(draws / images_per_batch)
@@ -196,16 +194,7 @@ def train_fine_tuned(
             val_set = CaptionSet.build(val_cache.captions, vocab)
         val_x = torch.from_numpy(val_cache.load_in_memory())
         val_loss = evaluate_loss(decoder, val_x, val_set, images_per_batch, device)
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "lr": scheduler.get_last_lr()[0],
-        }
-        history.append(record)
-        logger.info(
-            "epoch %d/%d train_loss %.4f val_loss %.4f", epoch + 1, cfg.epochs, train_loss, val_loss
-        )
+        record = _epoch_record(epoch, cfg, train_loss, val_loss, scheduler, history)
         _save_checkpoint(
             checkpoint, run_config, model, optimizer, scheduler, rng, epoch + 1, history
         )
@@ -258,13 +247,7 @@ def _train_epoch(
             feats = fmap.flatten(2).transpose(1, 2)  # (B, G*G, C)
             feats, captions, rows = collate(feats, batch_set, draws, pad_id=0)
             loss = caption_loss(model.decoder, feats, captions.to(device), rows.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        optimizer_step(loss, trained, optimizer, scheduler, scaler, cfg.grad_clip)
         total += loss.item() * captions.size(0)
         count += captions.size(0)
         progress.set_postfix(loss=f"{total / count:.3f}", refresh=False)

@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +67,9 @@ def train_decoder(
     val_cache = FeatureCache.open(features_dir, "val")
     train_x = torch.from_numpy(train_cache.load_in_memory())  # (N, L, C) float16
     val_x = torch.from_numpy(val_cache.load_in_memory())
-    train_set = CaptionSet.build(train_cache.captions, vocab, _repeats(train_cache.row_meta, cfg))
+    train_set = CaptionSet.build(
+        train_cache.captions, vocab, [hard_repeats(m, cfg) for m in train_cache.row_meta]
+    )
     val_set = CaptionSet.build(val_cache.captions, vocab)
 
     torch.manual_seed(seed)
@@ -105,20 +107,7 @@ def train_decoder(
             decoder, train_x, train_set, batches, optimizer, scheduler, scaler, cfg, device, epoch
         )
         val_loss = evaluate_loss(decoder, val_x, val_set, images_per_batch, device)
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "lr": scheduler.get_last_lr()[0],
-        }
-        history.append(record)
-        logger.info(
-            "epoch %d/%d train_loss %.4f val_loss %.4f",
-            epoch + 1,
-            cfg.epochs,
-            train_loss,
-            val_loss,
-        )
+        record = _epoch_record(epoch, cfg, train_loss, val_loss, scheduler, history)
         _save_checkpoint(
             checkpoint, run_config, decoder, optimizer, scheduler, rng, epoch + 1, history
         )
@@ -157,17 +146,51 @@ def _train_epoch(
         rows = rows.to(device, non_blocking=True)
         with autocast(device):
             loss = caption_loss(decoder, x, captions, rows)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(decoder.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        optimizer_step(loss, decoder.parameters(), optimizer, scheduler, scaler, cfg.grad_clip)
         total += loss.item() * captions.size(0)
         count += captions.size(0)
         progress.set_postfix(loss=f"{total / count:.3f}", refresh=False)
     return total / max(count, 1)
+
+
+def _epoch_record(
+    epoch: int,
+    cfg: TrainConfig,
+    train_loss: float,
+    val_loss: float,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    history: list[dict[str, float]],
+) -> dict[str, float]:
+    """The epoch's line of the history (appended) and of the log."""
+    record = {
+        "epoch": epoch + 1,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "lr": scheduler.get_last_lr()[0],
+    }
+    history.append(record)
+    logger.info(
+        "epoch %d/%d train_loss %.4f val_loss %.4f", epoch + 1, cfg.epochs, train_loss, val_loss
+    )
+    return record
+
+
+def optimizer_step(
+    loss: torch.Tensor,
+    parameters: Iterable[nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    grad_clip: float,
+) -> None:
+    """Backward (loss-scaled under CUDA AMP), clip the gradient norm, step and advance the LR."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    nn.utils.clip_grad_norm_(parameters, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
 
 
 def caption_loss(
@@ -215,11 +238,9 @@ def evaluate_loss(
     return total / max(tokens, 1)
 
 
-def _repeats(meta: list[dict[str, Any]], cfg: TrainConfig) -> list[int]:
+def hard_repeats(record: dict[str, Any], cfg: TrainConfig) -> int:
     """Images with many objects are the hard ones: draw them ``hard_repeat`` times per epoch."""
-    return [
-        cfg.hard_repeat if len(m.get("objects", ())) >= cfg.hard_min_objects else 1 for m in meta
-    ]
+    return cfg.hard_repeat if len(record.get("objects", ())) >= cfg.hard_min_objects else 1
 
 
 def _warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
