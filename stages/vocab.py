@@ -8,7 +8,7 @@ from captioning import runtime
 runtime.setup()
 
 from captioning.config import VocabConfig, load_section  # noqa: E402
-from captioning.data.shards import iter_samples  # noqa: E402
+from captioning.data.shards import split_captions  # noqa: E402
 from captioning.data.vocab import build_vocab  # noqa: E402
 
 
@@ -19,12 +19,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="vocab.json")
     args = parser.parse_args()
     cfg = load_section(args.params, "vocab", VocabConfig)
-    captions = (
-        caption
-        for meta, _ in iter_samples(args.shards, "train", images=False)
-        for caption in meta["captions"]
-    )
-    vocab, summary = build_vocab(captions, cfg)
+    vocab, summary = build_vocab(split_captions(args.shards, "train"), cfg)
     vocab.save(args.out)
     logging.getLogger("vocab").info("vocabulary: %s", summary)
 

@@ -353,3 +353,9 @@ def iter_samples(
                 if "json" in entry and ("jpg" in entry or not images):
                     done = pending.pop(key)
                     yield json.loads(done["json"]), done.get("jpg")
+
+
+def split_captions(shards_dir: str | Path, split: str) -> Iterator[str]:
+    """Every caption of ``split``, in shard order, without decoding an image."""
+    for meta, _ in iter_samples(shards_dir, split, images=False):
+        yield from meta["captions"]

@@ -18,7 +18,7 @@ from captioning.config import (
     TrainConfig,
     VocabConfig,
 )
-from captioning.data.shards import iter_samples, write_shards
+from captioning.data.shards import split_captions, write_shards
 from captioning.data.vocab import build_vocab
 from captioning.features.cache import ENCODER_WEIGHTS_FILE
 from captioning.features.encoders import get_encoder_spec
@@ -48,12 +48,7 @@ def workspace(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fine_tune")
     make_layout(root / "raw", {"train": 8, "val": 2, "test": 2})
     write_shards(root / "raw", root / "shards", ShardConfig(max_count=4))  # 2 train shards
-    captions = (
-        c
-        for meta, _ in iter_samples(root / "shards", "train", images=False)
-        for c in meta["captions"]
-    )
-    vocab, _ = build_vocab(captions, VocabConfig())
+    vocab, _ = build_vocab(split_captions(root / "shards", "train"), VocabConfig())
     vocab.save(root / "vocab.json")
     return root
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from captioning.config import DecoderConfig, FeaturesConfig, ShardConfig, TrainConfig, VocabConfig
-from captioning.data.shards import iter_samples, write_shards
+from captioning.data.shards import split_captions, write_shards
 from captioning.data.vocab import build_vocab
 from captioning.features.cache import extract_features
 from captioning.training.loop import load_decoder, train_decoder
@@ -36,12 +36,7 @@ def workspace(tmp_path_factory) -> Path:
         root / "features",
         FeaturesConfig(pretrained=False, batch_size=8, num_workers=0),
     )
-    captions = (
-        c
-        for meta, _ in iter_samples(root / "shards", "train", images=False)
-        for c in meta["captions"]
-    )
-    vocab, _ = build_vocab(captions, VocabConfig())
+    vocab, _ = build_vocab(split_captions(root / "shards", "train"), VocabConfig())
     vocab.save(root / "vocab.json")
     return root
 
