@@ -98,23 +98,17 @@ def test_second_repro_does_nothing(pipeline_repo):
     assert (root / "dvc.lock").read_text() == lock
 
 
+def predict_one(root: Path, env: dict[str, str], model: str, *options: str):
+    """Run the `captioning predict` CLI on the first raw image; return the image and the result."""
+    image = next((root / "data/raw/images").glob("*.jpg"))
+    command = [str(Path(sys.executable).parent / "captioning"), "predict", str(image)]
+    return image, run([*command, "--model", model, *options], root, env)
+
+
 @pytest.mark.slow
 def test_predict_with_registered_champion(pipeline_repo):
     root, env = pipeline_repo
-    image = next((root / "data/raw/images").glob("*.jpg"))
-    result = run(
-        [
-            str(Path(sys.executable).parent / "captioning"),
-            "predict",
-            str(image),
-            "--model",
-            "models:/captioner@champion",
-            "--beam",
-            "3",
-        ],
-        root,
-        env,
-    )
+    image, result = predict_one(root, env, "models:/captioner@champion", "--beam", "3")
     line = result.stdout.strip().splitlines()[-1]
     path, caption = line.split("\t")
     assert path == str(image) and len(caption.split()) >= 1
@@ -205,18 +199,7 @@ def test_experiment_with_another_encoder(pipeline_repo):
         shown = run([sys.executable, "-m", "dvc", "exp", "show", "--csv"], root, env).stdout
         assert "resnet101-random" in shown
         # Prediction rebuilds the same random encoder from the recorded seed (digest checked).
-        image = next((root / "data/raw/images").glob("*.jpg"))
-        predicted = run(
-            [
-                str(Path(sys.executable).parent / "captioning"),
-                "predict",
-                str(image),
-                "--model",
-                "models/soft_attention",
-            ],
-            root,
-            env,
-        )
+        image, predicted = predict_one(root, env, "models/soft_attention")
         assert predicted.stdout.strip().startswith(str(image))
     finally:
         # Back to the baseline for any test that runs after this one.
