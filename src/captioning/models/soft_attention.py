@@ -84,13 +84,20 @@ class SoftAttentionDecoder(Decoder):
         return logits, {**state, "h": h, "c": c}, alpha
 
     def forward(
-        self, features: torch.Tensor, captions: torch.Tensor, rows: torch.Tensor | None = None
+        self,
+        features: torch.Tensor,
+        captions: torch.Tensor,
+        rows: torch.Tensor | None = None,
+        *,
+        sample_prob: float = 0.0,
     ) -> DecoderOutput:
         state = self.start(features, rows)
         steps = captions.size(1) - 1
         logits, alphas = [], []
+        step_logits = None
         for t in range(steps):
-            step_logits, state, alpha = self.step(captions[:, t], state)
+            tokens = self.next_input(captions, t, step_logits, sample_prob)
+            step_logits, state, alpha = self.step(tokens, state)
             logits.append(step_logits)
             alphas.append(alpha)
         alpha_seq = torch.stack(alphas, dim=1)  # (B, T, L)

@@ -84,3 +84,17 @@ def test_shared_image_rows_equal_repeated_features(name):
     repeated = decoder(features[rows], captions)
     torch.testing.assert_close(shared.logits, repeated.logits)
     torch.testing.assert_close(shared.aux_loss, repeated.aux_loss)
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+def test_scheduled_sampling_at_zero_is_teacher_forcing(name):
+    decoder = make(name).eval()
+    features, captions = batch()
+    torch.testing.assert_close(
+        decoder(features, captions, sample_prob=0.0).logits, decoder(features, captions).logits
+    )
+    torch.manual_seed(3)
+    sampled = decoder(features, captions, sample_prob=1.0).logits
+    # the first step never samples (it is fed <start>); later steps see the model's own words
+    torch.testing.assert_close(sampled[:, 0], decoder(features, captions).logits[:, 0])
+    assert not torch.allclose(sampled[:, 1:], decoder(features, captions).logits[:, 1:])
