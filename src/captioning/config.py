@@ -172,6 +172,15 @@ class DecoderConfig:
     dropout: float = 0.3
     feature_dropout: float = 0.3
     alpha_c: float = 1.0
+    # Recurrent cell of the attention decoders (soft_attention, hard_attention).
+    cell: str = "lstm"
+    # m-RNN's multimodal layer (mrnn).
+    multimodal_dim: int = 512
+    # Hard attention's REINFORCE (hard_attention): weight of the location-policy gradient,
+    # entropy bonus, and decay of the moving-average reward baseline (Xu et al. use 0.9).
+    reinforce_weight: float = 1.0
+    entropy_weight: float = 0.01
+    baseline_decay: float = 0.9
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "hidden_dim", "attention_dim", "feature_proj_dim"):
@@ -179,6 +188,11 @@ class DecoderConfig:
         for name in ("dropout", "feature_dropout"):
             _require(0.0 <= getattr(self, name) < 1.0, name, "in [0, 1)")
         _require(self.alpha_c >= 0, "alpha_c", ">= 0")
+        _require(self.cell in ("lstm", "gru"), "cell", "'lstm' or 'gru'")
+        _require(self.multimodal_dim >= 1, "multimodal_dim", ">= 1")
+        _require(self.reinforce_weight >= 0, "reinforce_weight", ">= 0")
+        _require(self.entropy_weight >= 0, "entropy_weight", ">= 0")
+        _require(0.0 <= self.baseline_decay < 1.0, "baseline_decay", "in [0, 1)")
 
 
 @dataclass(frozen=True)

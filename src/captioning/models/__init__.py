@@ -5,14 +5,25 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from captioning.config import DecoderConfig
+from captioning.models.bahdanau_gru import BahdanauGRUDecoder
 from captioning.models.base import Decoder, DecoderOutput, State
+from captioning.models.hard_attention import HardAttentionDecoder
+from captioning.models.mrnn import MultimodalRNNDecoder
+from captioning.models.nic import ShowAndTellDecoder
 from captioning.models.soft_attention import SoftAttentionDecoder
 
 DecoderFactory = Callable[[DecoderConfig, int, int, int], Decoder]
 
 DECODERS: dict[str, DecoderFactory] = {
+    "nic": ShowAndTellDecoder,
+    "mrnn": MultimodalRNNDecoder,
     "soft_attention": SoftAttentionDecoder,
+    "hard_attention": HardAttentionDecoder,
+    "bahdanau_gru": BahdanauGRUDecoder,
 }
+
+# Decoders whose recurrent cell follows ``train.model.cell`` (lstm | gru).
+CELL_CHOICE = frozenset({"soft_attention", "hard_attention"})
 
 
 def build_decoder(
@@ -23,4 +34,4 @@ def build_decoder(
     return DECODERS[name](cfg, vocab_size, feature_dim, num_locations)
 
 
-__all__ = ["DECODERS", "Decoder", "DecoderOutput", "State", "build_decoder"]
+__all__ = ["CELL_CHOICE", "DECODERS", "Decoder", "DecoderOutput", "State", "build_decoder"]

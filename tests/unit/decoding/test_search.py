@@ -1,16 +1,24 @@
+import dataclasses
+
 import pytest
 import torch
 
 from captioning.config import DecoderConfig
 from captioning.decoding.search import beam_search, greedy_search
-from captioning.models import DECODERS, build_decoder
+from captioning.models import CELL_CHOICE, DECODERS, build_decoder
 
 VOCAB, START, END = 13, 1, 2
+# Every decoder, plus the GRU variant of those with a cell switch.
+VARIANTS = [(name, "lstm") for name in sorted(DECODERS)] + [
+    (name, "gru") for name in sorted(CELL_CHOICE)
+]
+IDS = [name if cell == "lstm" else f"{name}-gru" for name, cell in VARIANTS]
 
 
-def decoder_and_features(name: str, n: int = 6):
+def decoder_and_features(name: str, n: int = 6, cell: str = "lstm"):
     torch.manual_seed(3)
     cfg = DecoderConfig(embed_dim=16, hidden_dim=24, attention_dim=12, feature_proj_dim=20)
+    cfg = dataclasses.replace(cfg, cell=cell)
     decoder = build_decoder(name, cfg, vocab_size=VOCAB, feature_dim=8, num_locations=4).eval()
     # Make <end> likely enough that some hypotheses finish early and some run to max_length.
     with torch.no_grad():
@@ -18,9 +26,9 @@ def decoder_and_features(name: str, n: int = 6):
     return decoder, torch.randn(n, 4, 8)
 
 
-@pytest.mark.parametrize("name", sorted(DECODERS))
-def test_beam_one_equals_greedy(name):
-    decoder, features = decoder_and_features(name)
+@pytest.mark.parametrize(("name", "cell"), VARIANTS, ids=IDS)
+def test_beam_one_equals_greedy(name, cell):
+    decoder, features = decoder_and_features(name, cell=cell)
     kwargs = dict(start_id=START, end_id=END, max_length=8)
     greedy = greedy_search(decoder, features, **kwargs)
     beam = beam_search(decoder, features, beam_size=1, **kwargs)
@@ -28,9 +36,9 @@ def test_beam_one_equals_greedy(name):
     assert [h.score for h in greedy] == pytest.approx([h.score for h in beam], abs=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(DECODERS))
-def test_batched_beam_equals_one_image_at_a_time(name):
-    decoder, features = decoder_and_features(name)
+@pytest.mark.parametrize(("name", "cell"), VARIANTS, ids=IDS)
+def test_batched_beam_equals_one_image_at_a_time(name, cell):
+    decoder, features = decoder_and_features(name, cell=cell)
     kwargs = dict(start_id=START, end_id=END, max_length=8, beam_size=4)
     batched = beam_search(decoder, features, **kwargs)
     single = [beam_search(decoder, features[i : i + 1], **kwargs)[0] for i in range(len(features))]
@@ -66,3 +74,22 @@ def test_captions_never_exceed_max_length():
         decoder, features, beam_size=3, **kwargs
     ):
         assert len(hyp.tokens) == 3
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+def test_alphas_only_from_decoders_that_attend(name):
+    # nic and mrnn return alpha None from step: greedy and beam search must still work.
+    decoder, features = decoder_and_features(name)
+    with torch.no_grad():
+        decoder.out.bias[END] -= 100.0  # never ends: every caption has max_length words
+    attends = decoder.step(torch.full((6,), START), decoder.init_state(features))[2] is not None
+    assert attends == (name not in {"nic", "mrnn"})
+    kwargs = dict(start_id=START, end_id=END, max_length=5)
+    for hyp in greedy_search(decoder, features, **kwargs) + beam_search(
+        decoder, features, beam_size=3, **kwargs
+    ):
+        assert len(hyp.tokens) == 5 and all(0 <= token < VOCAB for token in hyp.tokens)
+        if attends:
+            assert hyp.alphas.shape == (5, 4)
+        else:
+            assert hyp.alphas is None

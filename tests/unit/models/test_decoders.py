@@ -1,20 +1,36 @@
-"""Every registered decoder: forward + backward on tiny random input, shapes right, no NaN."""
+"""Every registered decoder (and each GRU variant): forward + backward on tiny random input,
+shapes right, no NaN; step == forward; overfitting; rows sharing; scheduled sampling."""
+
+import dataclasses
 
 import pytest
 import torch
 
-from captioning.config import DecoderConfig
-from captioning.models import DECODERS, build_decoder
+from captioning.config import ConfigError, DecoderConfig, from_dict
+from captioning.models import CELL_CHOICE, DECODERS, build_decoder
 
 SMALL = DecoderConfig(embed_dim=16, hidden_dim=24, attention_dim=12, feature_proj_dim=20)
 VOCAB, FEATURES, LOCATIONS = 11, 32, 9
+# (decoder, cell): every decoder, plus the GRU variant of those with a cell switch.
+VARIANTS = [(name, "lstm") for name in sorted(DECODERS)] + [
+    (name, "gru") for name in sorted(CELL_CHOICE)
+]
+IDS = [name if cell == "lstm" else f"{name}-gru" for name, cell in VARIANTS]
 
 
-def make(name: str):
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # These models are tiny: on 2 busy cores, 2 threads are ~6x slower than one.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make(name: str, cell: str = "lstm", **changes):
     torch.manual_seed(0)
-    return build_decoder(
-        name, SMALL, vocab_size=VOCAB, feature_dim=FEATURES, num_locations=LOCATIONS
-    )
+    cfg = dataclasses.replace(SMALL, cell=cell, **changes)
+    return build_decoder(name, cfg, vocab_size=VOCAB, feature_dim=FEATURES, num_locations=LOCATIONS)
 
 
 def batch(b: int = 3, t: int = 6):
@@ -26,47 +42,81 @@ def batch(b: int = 3, t: int = 6):
     return features, captions
 
 
-@pytest.mark.parametrize("name", sorted(DECODERS))
-def test_forward_backward_shapes_and_finite(name):
-    decoder = make(name)
+def cross_entropy(logits, captions):
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, VOCAB), captions[:, 1:].reshape(-1), ignore_index=0
+    )
+
+
+@pytest.mark.parametrize(("name", "cell"), VARIANTS, ids=IDS)
+def test_forward_backward_shapes_and_finite(name, cell):
+    decoder = make(name, cell)
     features, captions = batch()
     out = decoder(features, captions)
     assert out.logits.shape == (3, 5, VOCAB)
     if out.alphas is not None:
         assert out.alphas.shape == (3, 5, LOCATIONS)
         torch.testing.assert_close(out.alphas.sum(-1), torch.ones(3, 5))
+    assert out.aux_loss.shape == ()
     loss = out.logits.logsumexp(-1).mean() + out.aux_loss
     loss.backward()
     grads = [p.grad for p in decoder.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("name", sorted(DECODERS))
-def test_step_matches_teacher_forced_forward(name):
-    decoder = make(name).eval()
+@pytest.mark.parametrize("name", sorted(CELL_CHOICE))
+def test_cell_switch_builds_a_gru_without_cell_state(name):
+    lstm, gru = make(name, "lstm"), make(name, "gru")
+    assert isinstance(lstm.cell, torch.nn.LSTMCell) and isinstance(gru.cell, torch.nn.GRUCell)
+    features, _ = batch()
+    assert "c" in lstm.init_state(features) and "c" not in gru.init_state(features)
+
+
+@pytest.mark.parametrize(("name", "cell"), VARIANTS, ids=IDS)
+def test_step_matches_teacher_forced_forward(name, cell):
+    decoder = make(name, cell).eval()
     features, captions = batch()
+    out = decoder(features, captions)
+    state = decoder.init_state(features)
+    for t in range(captions.size(1) - 1):
+        step_logits, state, alpha = decoder.step(captions[:, t], state)
+        torch.testing.assert_close(step_logits, out.logits[:, t])
+        assert (alpha is None) == (out.alphas is None)
+        if alpha is not None:
+            torch.testing.assert_close(alpha, out.alphas[:, t])
+
+
+def test_soft_attention_forward_is_its_step_loop_bit_for_bit():
+    # The batched embedding and output layer change the order of work, not one bit of the
+    # result, dropout included (same random draws in the same order).
+    decoder = make("soft_attention")
+    features, captions = batch()
+    torch.manual_seed(7)
     logits = decoder(features, captions).logits
+    torch.manual_seed(7)
     state = decoder.init_state(features)
     for t in range(captions.size(1) - 1):
         step_logits, state, _ = decoder.step(captions[:, t], state)
-        torch.testing.assert_close(step_logits, logits[:, t])
+        assert torch.equal(step_logits, logits[:, t])
 
 
-@pytest.mark.parametrize("name", sorted(DECODERS))
-def test_overfits_a_small_batch(name):
-    decoder = make(name)
+@pytest.mark.parametrize(("name", "cell"), VARIANTS, ids=IDS)
+def test_overfits_a_small_batch(name, cell):
+    # Without dropout: the test checks that every parameter path learns, not the noise.
+    # hard_attention needs no other budget: h0 comes from the image, and the policy sharpens.
+    decoder = make(name, cell, dropout=0.0, feature_dropout=0.0)
     features, captions = batch(b=8, t=7)
     captions[0, 4:] = 0
     optimizer = torch.optim.Adam(decoder.parameters(), lr=1e-2)
     for _ in range(150):
         out = decoder(features, captions)
-        loss = torch.nn.functional.cross_entropy(
-            out.logits.reshape(-1, VOCAB), captions[:, 1:].reshape(-1), ignore_index=0
-        )
+        loss = cross_entropy(out.logits, captions)
         optimizer.zero_grad()
-        loss.backward()
+        (loss + out.aux_loss).backward()
         optimizer.step()
     assert loss.item() < 0.1
+    # Decoding's rule (hard_attention: the argmax location) fits as well as training's.
+    assert cross_entropy(decoder.eval()(features, captions).logits, captions).item() < 0.1
 
 
 def test_unknown_decoder_lists_choices():
@@ -74,9 +124,24 @@ def test_unknown_decoder_lists_choices():
         build_decoder("nope", SMALL, vocab_size=3, feature_dim=4, num_locations=1)
 
 
-@pytest.mark.parametrize("name", sorted(DECODERS))
-def test_shared_image_rows_equal_repeated_features(name):
-    decoder = make(name).eval()
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("cell", "rnn"),
+        ("multimodal_dim", 0),
+        ("reinforce_weight", -1.0),
+        ("entropy_weight", -0.1),
+        ("baseline_decay", 1.0),
+    ],
+)
+def test_decoder_params_are_validated(key, value):
+    with pytest.raises(ConfigError, match=f"train.model.{key}"):
+        from_dict(DecoderConfig, {key: value}, path="params.yaml", prefix="train.model.")
+
+
+@pytest.mark.parametrize(("name", "cell"), VARIANTS, ids=IDS)
+def test_shared_image_rows_equal_repeated_features(name, cell):
+    decoder = make(name, cell).eval()
     features, captions = batch(b=2, t=6)
     captions = torch.cat([captions, captions.flip(0)])  # 4 captions, 2 per image
     rows = torch.tensor([0, 1, 1, 0])
@@ -86,9 +151,9 @@ def test_shared_image_rows_equal_repeated_features(name):
     torch.testing.assert_close(shared.aux_loss, repeated.aux_loss)
 
 
-@pytest.mark.parametrize("name", sorted(DECODERS))
-def test_scheduled_sampling_at_zero_is_teacher_forcing(name):
-    decoder = make(name).eval()
+@pytest.mark.parametrize(("name", "cell"), VARIANTS, ids=IDS)
+def test_scheduled_sampling_at_zero_is_teacher_forcing(name, cell):
+    decoder = make(name, cell).eval()
     features, captions = batch()
     torch.testing.assert_close(
         decoder(features, captions, sample_prob=0.0).logits, decoder(features, captions).logits

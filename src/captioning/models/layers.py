@@ -1,0 +1,109 @@
+"""Pieces the decoders share: recurrent cells by name, feature standardisation, additive
+attention, and the teacher-forced unroll that does the per-batch work once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from captioning.models.base import Decoder, State
+
+CELLS: dict[str, type[nn.RNNCellBase]] = {"lstm": nn.LSTMCell, "gru": nn.GRUCell}
+
+
+def make_cell(kind: str, input_size: int, hidden_size: int) -> nn.RNNCellBase:
+    if kind not in CELLS:
+        raise ValueError(f"unknown cell {kind!r}; choose one of {sorted(CELLS)}")
+    return CELLS[kind](input_size, hidden_size)
+
+
+def cell_step(cell: nn.RNNCellBase, x: torch.Tensor, state: State) -> State:
+    """One step of an LSTM (state h, c) or GRU (state h) cell; returns the updated entries."""
+    if isinstance(cell, nn.LSTMCell):
+        h, c = cell(x, (state["h"], state["c"]))
+        return {"h": h, "c": c}
+    return {"h": cell(x, state["h"])}
+
+
+class FeatureStandardiser(nn.Module):
+    """Per-channel standardisation of cached features (B, L, C), nothing learned.
+
+    Cached CNN features differ in scale by 1000x between channels (ReLU6 outputs of
+    EfficientNet-Lite0); the statistics are taken over every location of every image, so a
+    batch of one image still has L values per channel.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(channels, affine=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.norm(features.float().flatten(0, 1)).view(features.shape)  # (B, L, C)
+
+
+class AdditiveAttention(nn.Module):
+    """Bahdanau's additive score v^T tanh(W1 f_l + W2 h) over L locations.
+
+    soft_attention keeps its own copy of the same math (SoftAttention): its parameter names are
+    fixed by the models trained with it.
+    """
+
+    def __init__(self, feature_dim: int, hidden_dim: int, attention_dim: int) -> None:
+        super().__init__()
+        self.feature_proj = nn.Linear(feature_dim, attention_dim)
+        self.hidden_proj = nn.Linear(hidden_dim, attention_dim)
+        self.score = nn.Linear(attention_dim, 1)
+
+    def precompute(self, features: torch.Tensor) -> torch.Tensor:
+        return self.feature_proj(features)  # (B, L, A), once per batch
+
+    def scores(self, projected: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        energy = torch.tanh(projected + self.hidden_proj(hidden).unsqueeze(1))  # (B, L, A)
+        return self.score(energy).squeeze(-1)  # (B, L)
+
+    def forward(
+        self, features: torch.Tensor, projected: torch.Tensor, hidden: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        alpha = torch.softmax(self.scores(projected, hidden), dim=-1)  # (B, L)
+        context = torch.bmm(alpha.unsqueeze(1), features).squeeze(1)  # (B, D)
+        return context, alpha
+
+
+# recur(embedded word (B, E), state) -> (output features (B, H), new state, per-step extra)
+Recur = Callable[[torch.Tensor, State], tuple[torch.Tensor, State, Any]]
+
+
+def unroll(
+    recur: Recur,
+    embed: nn.Module,
+    out: Callable[[torch.Tensor], torch.Tensor],
+    captions: torch.Tensor,
+    state: State,
+    sample_prob: float,
+) -> tuple[torch.Tensor, list[Any]]:
+    """Teacher-forced unroll: logits (B, T, V) for tokens 1..T and each step's extra.
+
+    Under teacher forcing every word is embedded at once and the output layer runs once over
+    all steps after the loop; only the recurrence is per step. Scheduled sampling needs each
+    step's logits to draw the next input, so it embeds and projects step by step.
+    """
+    steps = captions.size(1) - 1
+    extras: list[Any] = []
+    if sample_prob <= 0.0:
+        embedded = embed(captions[:, :steps])  # (B, T, E)
+        outputs = []
+        for t in range(steps):
+            output, state, extra = recur(embedded[:, t], state)
+            outputs.append(output)
+            extras.append(extra)
+        return out(torch.stack(outputs, dim=1)), extras  # (B, T, V)
+    logits: list[torch.Tensor] = []
+    for t in range(steps):
+        tokens = Decoder.next_input(captions, t, logits[-1] if logits else None, sample_prob)
+        output, state, extra = recur(embed(tokens), state)
+        logits.append(out(output))
+        extras.append(extra)
+    return torch.stack(logits, dim=1), extras
