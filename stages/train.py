@@ -1,4 +1,4 @@
-"""DVC stage `train`: train the configured decoder on cached features."""
+"""DVC stage `train@<decoder>`: train one decoder of train.decoders on cached features."""
 
 import argparse
 from pathlib import Path
@@ -19,11 +19,13 @@ def main() -> None:
         "--shards", type=Path, help="image shards (read when train.fine_tune.enabled)"
     )
     parser.add_argument("--vocab", required=True, type=Path)
+    parser.add_argument("--decoder", help="registered decoder name (default: train.decoder)")
     parser.add_argument("--model", required=True, type=Path, help="output model directory")
     parser.add_argument("--log", required=True, type=Path, help="per-epoch CSV (DVC plot)")
     parser.add_argument(
         "--checkpoints", required=True, type=Path, help="resume state (not a DVC out)"
     )
+    parser.add_argument("--summary", type=Path, help="JSON: parameters, time, best epoch")
     args = parser.parse_args()
     train_tracked(
         load_params(args.params),
@@ -33,6 +35,8 @@ def main() -> None:
         log_path=args.log,
         checkpoint_dir=args.checkpoints,
         shards_dir=args.shards,
+        decoder=args.decoder,
+        summary_path=args.summary,
     )
 
 

@@ -212,6 +212,54 @@ class FineTuneConfig:
         _require(self.shuffle_buffer >= 1, "shuffle_buffer", ">= 1")
 
 
+SAMPLING_SCHEDULES = ("none", "linear", "exponential", "inverse_sigmoid")
+
+
+@dataclass(frozen=True)
+class ScheduledSamplingConfig:
+    """Scheduled sampling (Bengio et al. 2015) over training steps i: the probability of feeding
+    the true word is linear max(min_truth_prob, k - c*i), exponential k**i or inverse sigmoid
+    k / (k + exp(i / k)), floored at min_truth_prob; the model's own sample is fed otherwise."""
+
+    schedule: str = "none"  # none | linear | exponential | inverse_sigmoid
+    k: float = 1.0  # linear: start (<= 1); exponential: decay per step (< 1); inverse_sigmoid: >= 1
+    c: float = 0.0  # linear: decrease per step
+    min_truth_prob: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.schedule in SAMPLING_SCHEDULES, "schedule", " | ".join(SAMPLING_SCHEDULES))
+        _require(0.0 <= self.min_truth_prob <= 1.0, "min_truth_prob", "in [0, 1]")
+        _require(self.c >= 0, "c", ">= 0")
+        if self.schedule == "linear":
+            _require(0.0 <= self.k <= 1.0, "k", "in [0, 1] for the linear schedule")
+        elif self.schedule == "exponential":
+            _require(0.0 < self.k <= 1.0, "k", "in (0, 1] for the exponential schedule")
+        elif self.schedule == "inverse_sigmoid":
+            _require(self.k >= 1.0, "k", ">= 1 for the inverse sigmoid schedule")
+
+
+EARLY_STOPPING_METRICS = ("CIDEr", "BLEU-4")
+
+
+@dataclass(frozen=True)
+class EarlyStoppingConfig:
+    """Greedy captions of the validation split scored every ``every_epochs`` epochs (and after
+    the last); the saved model is the best-scoring epoch's."""
+
+    metric: str = "CIDEr"  # CIDEr | BLEU-4
+    patience: int = 0  # validations without improvement before stopping; 0 = never stop early
+    every_epochs: int = 1
+    batch_size: int = 100  # images per greedy decoding batch
+
+    def __post_init__(self) -> None:
+        _require(
+            self.metric in EARLY_STOPPING_METRICS, "metric", " or ".join(EARLY_STOPPING_METRICS)
+        )
+        _require(self.patience >= 0, "patience", ">= 0 (0 = never stop early)")
+        _require(self.every_epochs >= 1, "every_epochs", ">= 1")
+        _require(self.batch_size >= 1, "batch_size", ">= 1")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     decoder: str = "soft_attention"
@@ -229,6 +277,13 @@ class TrainConfig:
     hard_repeat: int = 2
     num_threads: int = 0
     fine_tune: FineTuneConfig = field(default_factory=FineTuneConfig)
+    # The decoders the DAG trains (one train@<name>, evaluate@<name>, register@<name> each);
+    # ``decoder`` above is the one a single training run builds (the stage sets it per item).
+    decoders: list[str] = field(default_factory=lambda: ["soft_attention"])
+    scheduled_sampling: ScheduledSamplingConfig = field(default_factory=ScheduledSamplingConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    checkpoint_every_steps: int = 0  # resume state every N optimiser steps too; 0 = per epoch
+    log_every_steps: int = 50  # the training loss goes to MLflow every N steps
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "epochs", ">= 1")
@@ -240,6 +295,13 @@ class TrainConfig:
         _require(self.grad_clip > 0, "grad_clip", "> 0")
         _require(self.hard_repeat >= 1, "hard_repeat", ">= 1")
         _require(self.num_threads >= 0, "num_threads", ">= 0 (0 = torch default)")
+        _require(
+            len(self.decoders) >= 1 and len(set(self.decoders)) == len(self.decoders),
+            "decoders",
+            "a non-empty list of distinct decoder names",
+        )
+        _require(self.checkpoint_every_steps >= 0, "checkpoint_every_steps", ">= 0")
+        _require(self.log_every_steps >= 1, "log_every_steps", ">= 1")
 
 
 @dataclass(frozen=True)

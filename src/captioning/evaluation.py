@@ -132,12 +132,13 @@ def _summary(corpus: dict[str, float]) -> str:
 def _attention_figures(
     shards_dir, split, image_ids, hypotheses, vocab, config, cfg: EvaluateConfig, out_dir: Path
 ) -> None:
+    figures = out_dir / "attention"
+    # Always there (a DVC output), empty for a decoder that does not attend (alphas None).
+    figures.mkdir(parents=True, exist_ok=True)
     if cfg.n_attention_figures == 0 or not hypotheses or hypotheses[0].alphas is None:
         return
     wanted = dict(zip(image_ids[: cfg.n_attention_figures], hypotheses, strict=False))
     grid = config["encoder"]["grid"]
-    figures = out_dir / "attention"
-    figures.mkdir(parents=True, exist_ok=True)
     for meta, jpg in iter_samples(shards_dir, split):
         hyp = wanted.pop(meta["image_id"], None)
         if hyp is None:

@@ -14,6 +14,29 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+REPORTS = "reports/decoders/soft_attention"
+
+# A decoder that reports no attention (as nic and mrnn do), registered in the temporary copy of
+# the code: the foreach, evaluate's figures and the comparison must cope with it.
+PLAIN_TEST_DECODER = """
+
+# Added by tests/integration/test_pipeline.py
+from captioning.models.base import DecoderOutput as _Output
+from captioning.models.soft_attention import SoftAttentionDecoder as _Attending
+
+
+class _PlainTestDecoder(_Attending):
+    def step(self, tokens, state):
+        logits, state, _ = super().step(tokens, state)
+        return logits, state, None
+
+    def forward(self, features, captions, rows=None, *, sample_prob=0.0):
+        out = super().forward(features, captions, rows, sample_prob=sample_prob)
+        return _Output(out.logits, None, out.aux_loss)
+
+
+DECODERS["plain_test"] = _PlainTestDecoder
+"""
 
 TINY = {
     "fetch": {"shapes": {"n_train": 48, "n_val": 8, "n_test": 8}},
@@ -48,11 +71,14 @@ def pipeline_repo(tmp_path_factory) -> tuple[Path, dict[str, str]]:
             REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
         )
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    with (root / "src/captioning/models/__init__.py").open("a") as handle:
+        handle.write(PLAIN_TEST_DECODER)
     params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(root / "src"),  # the stages run the copied code
         "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         "DVC_NO_ANALYTICS": "1",
         "GIT_AUTHOR_NAME": "t",
@@ -62,6 +88,7 @@ def pipeline_repo(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     }
     run(["git", "init", "-q"], root, env)
     run([sys.executable, "-m", "dvc", "init", "-q"], root, env)
+    shutil.copytree(REPO / ".dvc/plots", root / ".dvc/plots")  # custom plot templates
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "tiny pipeline"], root, env)
     run([sys.executable, "-m", "dvc", "repro"], root, env)
@@ -71,20 +98,29 @@ def pipeline_repo(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 @pytest.mark.slow
 def test_repro_produces_metrics_model_and_registration(pipeline_repo):
     root, env = pipeline_repo
-    metrics = json.loads((root / "reports/soft_attention/metrics.json").read_text())
+    metrics = json.loads((root / REPORTS / "metrics.json").read_text())
     for decoding in ("greedy", "beam"):
         scores = metrics["test"][decoding]
         for key in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "object_accuracy"):
             assert 0.0 <= scores[key] <= 10.0, (decoding, key, scores)
-    results = json.loads((root / "reports/soft_attention/results.json").read_text())
+    results = json.loads((root / REPORTS / "results.json").read_text())
     assert len(results) == 8 and set(results[0]) == {"image_id", "caption"}
-    assert len(list((root / "reports/soft_attention/attention").glob("*.png"))) == 2
-    log = (root / "reports/soft_attention/train_log.csv").read_text().splitlines()
-    assert log[0] == "epoch,train_loss,val_loss,lr" and len(log) == 3
-    registration = json.loads((root / "reports/soft_attention/registration.json").read_text())
+    assert len(list((root / REPORTS / "attention").glob("*.png"))) == 2
+    log = (root / REPORTS / "train_log.csv").read_text().splitlines()
+    assert log[0] == "epoch,train_loss,val_loss,lr,sample_prob,BLEU-1,BLEU-2,BLEU-3,BLEU-4,CIDEr"
+    assert len(log) == 3
+    summary = json.loads((root / REPORTS / "train_summary.json").read_text())
+    assert summary["decoder"] == "soft_attention" and summary["best_epoch"] in (1, 2)
+    registration = json.loads((root / REPORTS / "registration.json").read_text())
     assert registration["model_name"] == "captioner" and "champion" in registration["aliases"]
+    comparison = json.loads((root / "reports/comparison.json").read_text())
+    assert list(comparison) == ["soft_attention"]
+    assert comparison["soft_attention"]["beam"]["CIDEr"] == metrics["test"]["beam"]["CIDEr"]
+    assert "| `soft_attention` |" in (root / "reports/comparison.md").read_text()
     shown = run([sys.executable, "-m", "dvc", "metrics", "show"], root, env).stdout
-    assert "CIDEr" in shown and "object_accuracy" in shown
+    assert "CIDEr" in shown and "object_accuracy" in shown and "comparison.json" in shown
+    plots = run([sys.executable, "-m", "dvc", "plots", "show", "--json"], root, env).stdout
+    assert "loss curves" in plots and "test CIDEr (beam) per decoder" in plots
 
 
 @pytest.mark.slow
@@ -130,7 +166,7 @@ def test_prefect_flow_runs_stages_through_dvc(pipeline_repo, monkeypatch):
     from prefect.testing.utilities import prefect_test_harness
 
     root, env = pipeline_repo
-    for key in ("MLFLOW_TRACKING_URI", "PATH"):
+    for key in ("MLFLOW_TRACKING_URI", "PATH", "PYTHONPATH"):
         monkeypatch.setenv(key, env[key])
     flows = load_flow_module()
     params = root / "params.yaml"
@@ -194,7 +230,7 @@ def test_experiment_with_another_encoder(pipeline_repo):
         assert meta["pretrained"] is False and meta["init_seed"] == 42
         config = json.loads((root / "models/soft_attention/config.json").read_text())
         assert config["encoder"]["grid"] == 14 and config["encoder"]["channels"] == 2048
-        metrics = json.loads((root / "reports/soft_attention/metrics.json").read_text())
+        metrics = json.loads((root / REPORTS / "metrics.json").read_text())
         assert "CIDEr" in metrics["test"]["beam"]
         shown = run([sys.executable, "-m", "dvc", "exp", "show", "--csv"], root, env).stdout
         assert "resnet101-random" in shown
@@ -205,4 +241,48 @@ def test_experiment_with_another_encoder(pipeline_repo):
         # Back to the baseline for any test that runs after this one.
         (root / "params.yaml").write_text(params)
         (root / "dvc.lock").write_text(lock)
+        run([sys.executable, "-m", "dvc", "checkout", "-q"], root, env)
+
+
+@pytest.mark.slow
+def test_experiment_adding_a_decoder_trains_only_that_one(pipeline_repo):
+    """`dvc exp run -S 'train.decoders=[soft_attention,plain_test]'`: train@, evaluate@ and
+    register@plain_test run, soft_attention's stages do not, and the comparison has both."""
+    root, env = pipeline_repo
+    params, lock = (root / "params.yaml").read_text(), (root / "dvc.lock").read_text()
+    out = run(
+        [
+            sys.executable,
+            "-m",
+            "dvc",
+            "exp",
+            "run",
+            "-n",
+            "two-decoders",
+            "-S",
+            "train.decoders=[soft_attention,plain_test]",
+        ],
+        root,
+        env,
+    ).stdout
+    try:
+        assert "Running stage 'train@plain_test'" in out
+        assert "Running stage 'train@soft_attention'" not in out
+        assert "Running stage 'evaluate@soft_attention'" not in out
+        comparison = json.loads((root / "reports/comparison.json").read_text())
+        assert list(comparison) == ["soft_attention", "plain_test"]
+        table = (root / "reports/comparison.md").read_text()
+        assert "| `plain_test` |" in table and "| `soft_attention` |" in table
+        plain = root / "reports/decoders/plain_test"
+        assert list((plain / "attention").iterdir()) == []  # it does not attend
+        registration = json.loads((plain / "registration.json").read_text())
+        assert registration["model_name"] == "captioner"
+        with (root / "reports/loss_curves.csv").open() as handle:
+            decoders = {line.split(",")[0] for line in handle.read().splitlines()[1:]}
+        assert decoders == {"soft_attention", "plain_test"}
+    finally:
+        (root / "params.yaml").write_text(params)
+        (root / "dvc.lock").write_text(lock)
+        for leftover in ("reports/decoders/plain_test", "models/plain_test"):
+            shutil.rmtree(root / leftover, ignore_errors=True)
         run([sys.executable, "-m", "dvc", "checkout", "-q"], root, env)

@@ -8,8 +8,9 @@ in train mode, so their batch norms adapt (which a from-scratch ``small_cnn`` ne
 Each epoch streams the training shards through a DataLoader (decoding in workers), shuffled by
 shard order and a sample buffer drawn from (seed, epoch); hard scenes are drawn
 ``hard_repeat`` times. The validation split is re-encoded by the current encoder every epoch.
-Checkpoints (encoder + decoder, optimiser, scheduler, RNG states) follow the cached-feature
-loop, so a killed run resumes after its last finished epoch. The model directory gets the
+Checkpoints (encoder + decoder, optimiser, scheduler, scaler, RNG states, best-so-far) and
+validation (greedy val captions, early stopping, best epoch kept) are the cached-feature loop's;
+the loader streams the shards, so a killed run resumes after its last finished epoch. The model directory gets the
 encoder's weights (``encoder.safetensors``) beside the decoder's; prediction and evaluation use
 them instead of the cached features.
 """
@@ -31,7 +32,7 @@ from tqdm import tqdm
 from captioning.config import FeaturesConfig, TrainConfig, to_dict
 from captioning.data.shards import iter_samples
 from captioning.data.vocab import Vocab
-from captioning.devices import autocast, choose_device
+from captioning.devices import choose_device
 from captioning.features.backbones import Encoder
 from captioning.features.cache import encode_split, encoder_identity, load_encoder
 from captioning.features.encoders import EncoderSpec, get_encoder_spec
@@ -39,19 +40,28 @@ from captioning.features.loader import shard_files, start_workers_early, trainin
 from captioning.features.weights import state_digest
 from captioning.models import Decoder, build_decoder
 from captioning.training.batches import CaptionSet, collate
+from captioning.training.checkpoint import (
+    CHECKPOINT_FILE,
+    LoopState,
+    Trainables,
+    resume,
+    save_checkpoint,
+)
 from captioning.training.loop import (
     EpochCallback,
+    StepCallback,
     TrainResult,
-    _epoch_record,
-    _maybe_resume,
-    _save_checkpoint,
     _save_model,
-    _warmup_cosine,
     caption_loss,
-    evaluate_loss,
+    close_epoch,
+    finish,
+    grad_scaler,
     hard_repeats,
-    optimizer_step,
+    take_step,
+    train_record,
 )
+from captioning.training.schedules import warmup_cosine
+from captioning.training.validation import Validator
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +107,7 @@ def train_fine_tuned(
     seed: int,
     checkpoint_dir: str | Path,
     on_epoch: EpochCallback | None = None,
+    on_step: StepCallback | None = None,
 ) -> TrainResult:
     """Train the decoder and the encoder's last blocks on images from ``shards_dir``."""
     started = time.monotonic()
@@ -156,56 +167,63 @@ def train_fine_tuned(
         weight_decay=cfg.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _warmup_cosine(cfg.warmup_steps, steps_per_epoch * cfg.epochs)
+        optimizer, warmup_cosine(cfg.warmup_steps, steps_per_epoch * cfg.epochs)
     )
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-    rng = np.random.default_rng(seed)
+    parts = Trainables(
+        model, optimizer, scheduler, grad_scaler(device), np.random.default_rng(seed)
+    )
     run_config = {
         "decoder": cfg.decoder,
-        "train": to_dict(cfg),
+        "train": train_record(cfg),
         "seed": seed,
         "vocab_size": len(vocab),
         "encoder": identity,  # the starting encoder; replaced by the trained one at the end
     }
-    checkpoint = Path(checkpoint_dir) / "last.pt"
-    start_epoch, history = _maybe_resume(checkpoint, run_config, model, optimizer, scheduler, rng)
+    checkpoint = Path(checkpoint_dir) / CHECKPOINT_FILE
+    state = resume(checkpoint, run_config, parts, cfg.early_stopping.metric)
     val_set: CaptionSet | None = None
+    validator: Validator | None = None
 
-    for epoch in range(start_epoch, cfg.epochs):
+    while state.epoch < cfg.epochs and not state.stopped_early:
         loader = training_loader(
             train_urls,
             spec,
             batch_size=images_per_batch,
             num_workers=ft.num_workers,
             device=device,
-            seed=seed * 1000 + epoch,
+            seed=seed * 1000 + state.epoch,
             shuffle_buffer=ft.shuffle_buffer,
             repeats=repeats,
         )
+        # The loader streams the shards: no batch order to store, so resume is per epoch.
+        state.start_epoch([])
         set_train_mode(encoder, chosen, decoder)
-        train_loss = _train_epoch(
-            model, loader, vocab, spec, optimizer, scheduler, scaler, rng, cfg, device, epoch
-        )
+        _train_epoch(model, loader, vocab, spec, parts, state, cfg, device, on_step)
         encoder.eval()
         val_cache = encode_split(
             shards_dir, "val", encoder, spec, device, num_workers=ft.num_workers
         )
-        if val_set is None:
+        if val_set is None or validator is None:
             val_set = CaptionSet.build(val_cache.captions, vocab)
+            validator = Validator(val_cache.captions, vocab, cfg.early_stopping.batch_size)
         val_x = torch.from_numpy(val_cache.load_in_memory())
-        val_loss = evaluate_loss(decoder, val_x, val_set, images_per_batch, device)
-        record = _epoch_record(epoch, cfg, train_loss, val_loss, scheduler, history)
-        _save_checkpoint(
-            checkpoint, run_config, model, optimizer, scheduler, rng, epoch + 1, history
+        record = close_epoch(
+            state, cfg, parts, decoder, val_x, val_set, validator, images_per_batch, device
         )
+        save_checkpoint(checkpoint, run_config, parts, state)
         if on_epoch is not None:
-            on_epoch(epoch + 1, record)
+            on_epoch(state.epoch, record)
 
+    result = finish(state, model, started, trained)
     encoder.eval()
-    final = {**run_config, "encoder": _trained_identity(identity, encoder, cfg)}
+    final = {
+        **run_config,
+        "encoder": _trained_identity(identity, encoder, cfg),
+        "training": result.summary(cfg.decoder),
+    }
     _save_model(Path(model_dir), decoder, vocab, final, encoder=encoder)
     checkpoint.unlink(missing_ok=True)
-    return TrainResult(history, time.monotonic() - started, trained)
+    return result
 
 
 def _trained_identity(start: dict[str, Any], encoder: Encoder, cfg: TrainConfig) -> dict:
@@ -225,30 +243,31 @@ def _train_epoch(
     loader: Any,
     vocab: Vocab,
     spec: EncoderSpec,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    rng: np.random.Generator,
+    parts: Trainables,
+    state: LoopState,
     cfg: TrainConfig,
     device: torch.device,
-    epoch: int,
-) -> float:
-    total, count = 0.0, 0
+    on_step: StepCallback | None,
+) -> None:
     trained = [p for p in model.parameters() if p.requires_grad]
-    progress = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", mininterval=5.0)
+    progress = tqdm(
+        loader, desc=f"epoch {state.epoch + 1}/{cfg.epochs}", unit="batch", mininterval=5.0
+    )
     for images, infos in progress:
         batch_set = CaptionSet.build([info[3]["captions"] for info in infos], vocab)
-        draws = batch_set.epoch_draws(rng, cfg.seq_per_image)
+        draws = batch_set.epoch_draws(parts.rng, cfg.seq_per_image)
         if not draws:
             continue
         x = spec.normalize(images.to(device, non_blocking=True))  # (B, 3, S, S) channels_last
-        with autocast(device):
+
+        def loss_of(sample_prob: float, x=x, batch_set=batch_set, draws=draws):
             fmap = model.encoder(x)  # (B, C, G, G)
             feats = fmap.flatten(2).transpose(1, 2)  # (B, G*G, C)
             feats, captions, rows = collate(feats, batch_set, draws, pad_id=0)
-            loss = caption_loss(model.decoder, feats, captions.to(device), rows.to(device))
-        optimizer_step(loss, trained, optimizer, scheduler, scaler, cfg.grad_clip)
-        total += loss.item() * captions.size(0)
-        count += captions.size(0)
-        progress.set_postfix(loss=f"{total / count:.3f}", refresh=False)
-    return total / max(count, 1)
+            loss = caption_loss(
+                model.decoder, feats, captions.to(device), rows.to(device), sample_prob=sample_prob
+            )
+            return loss, captions.size(0)
+
+        take_step(loss_of, trained, parts, cfg, state, device, None, on_step)
+        progress.set_postfix(loss=f"{state.loss_sum / state.loss_count:.3f}", refresh=False)

@@ -1,18 +1,26 @@
-"""Teacher-forced training of a registered decoder on cached features.
+"""Training of a registered decoder on cached features.
 
-Resumable: a checkpoint (model, optimiser, scheduler, RNG states, epoch) is written after every
-epoch outside the DVC outputs; a re-run with the same config continues from it.
+Teacher forcing, or scheduled sampling (``train.scheduled_sampling``) over the optimiser steps;
+cross-entropy over real tokens only; AdamW with warmup + cosine LR, gradient clipping and, on
+CUDA, autocast with loss scaling under fp16. After each epoch the validation loss, and every
+``train.early_stopping.every_epochs`` epochs greedy captions of the val split scored with the
+fast BLEU/CIDEr-D: the saved model is the best epoch's, and training stops after ``patience``
+validations without improvement.
+
+Resumable (``training.checkpoint``): a checkpoint after every epoch and every
+``train.checkpoint_every_steps`` steps, outside the DVC outputs; a re-run with the same config
+continues from it, mid-epoch included, to the same weights as an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +32,37 @@ from tqdm import tqdm
 
 from captioning.config import TrainConfig, to_dict
 from captioning.data.vocab import Vocab
-from captioning.devices import autocast, choose_device
+from captioning.devices import autocast, choose_device, pin_memory
 from captioning.features.cache import ENCODER_IDENTITY, ENCODER_WEIGHTS_FILE, FeatureCache
 from captioning.io import atomic_path, write_json
 from captioning.models import Decoder, build_decoder
 from captioning.training.batches import (
     CaptionSet,
     Draw,
+    collate,
     iterate_batches,
     length_grouped_batches,
 )
+from captioning.training.checkpoint import (
+    CHECKPOINT_FILE,
+    LoopState,
+    Trainables,
+    resume,
+    save_checkpoint,
+)
+from captioning.training.schedules import sampling_probability, warmup_cosine
+from captioning.training.validation import Validator
 
 logger = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+# Called after every optimiser step with the run's step count and {loss, sample_prob, lr}.
+StepCallback = Callable[[int, dict[str, float]], None]
+Save = Callable[[], None]
+
+# Fields of TrainConfig that do not change the weights: kept out of the resume hash and the
+# model's config.json (adding a decoder to the DAG must not restart the others).
+_NOT_IN_RUN_CONFIG = ("decoders", "checkpoint_every_steps", "log_every_steps")
 
 
 @dataclass
@@ -45,6 +70,20 @@ class TrainResult:
     history: list[dict[str, float]]
     seconds: float
     parameters: int
+    best: dict[str, Any] = field(default_factory=dict)  # metric, value, epoch
+    stopped_early: bool = False
+
+    def summary(self, decoder: str) -> dict[str, Any]:
+        """What the comparison reads: size, time, best epoch."""
+        return {
+            "decoder": decoder,
+            "parameters": self.parameters,
+            "train_seconds": round(self.seconds, 1),
+            "epochs_run": len(self.history),
+            "best_epoch": self.best.get("epoch", 0),
+            f"best_val_{self.best.get('metric', 'metric')}": self.best.get("value"),
+            "stopped_early": self.stopped_early,
+        }
 
 
 def train_decoder(
@@ -56,6 +95,7 @@ def train_decoder(
     seed: int,
     checkpoint_dir: str | Path,
     on_epoch: EpochCallback | None = None,
+    on_step: StepCallback | None = None,
 ) -> TrainResult:
     """Train ``cfg.decoder`` and write decoder.safetensors, vocab.json and config.json."""
     started = time.monotonic()
@@ -67,10 +107,13 @@ def train_decoder(
     val_cache = FeatureCache.open(features_dir, "val")
     train_x = torch.from_numpy(train_cache.load_in_memory())  # (N, L, C) float16
     val_x = torch.from_numpy(val_cache.load_in_memory())
+    if pin_memory(device):
+        train_x = train_x.pin_memory()  # batches copy to the GPU asynchronously
     train_set = CaptionSet.build(
         train_cache.captions, vocab, [hard_repeats(m, cfg) for m in train_cache.row_meta]
     )
     val_set = CaptionSet.build(val_cache.captions, vocab)
+    validator = Validator(val_cache.captions, vocab, cfg.early_stopping.batch_size)
 
     torch.manual_seed(seed)
     num_locations, feature_dim = train_x.shape[1], train_x.shape[2]
@@ -88,69 +131,164 @@ def train_decoder(
     steps_per_epoch = math.ceil(int(train_set.weights.sum()) / images_per_batch)
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _warmup_cosine(cfg.warmup_steps, steps_per_epoch * cfg.epochs)
+        optimizer, warmup_cosine(cfg.warmup_steps, steps_per_epoch * cfg.epochs)
     )
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-    rng = np.random.default_rng(seed)
+    parts = Trainables(
+        decoder, optimizer, scheduler, grad_scaler(device), np.random.default_rng(seed)
+    )
     run_config = _run_config(cfg, vocab, train_cache.meta, seed)
-    checkpoint = Path(checkpoint_dir) / "last.pt"
-    start_epoch, history = _maybe_resume(checkpoint, run_config, decoder, optimizer, scheduler, rng)
+    checkpoint = Path(checkpoint_dir) / CHECKPOINT_FILE
+    state = resume(checkpoint, run_config, parts, cfg.early_stopping.metric)
 
-    for epoch in range(start_epoch, cfg.epochs):
-        draws = train_set.epoch_draws(rng, cfg.seq_per_image)
-        lengths = [train_set.draw_length(d) for d in draws]
-        batches = [
-            [draws[i] for i in batch]
-            for batch in length_grouped_batches(lengths, images_per_batch, rng)
-        ]
-        train_loss = _train_epoch(
-            decoder, train_x, train_set, batches, optimizer, scheduler, scaler, cfg, device, epoch
+    def save() -> None:
+        save_checkpoint(checkpoint, run_config, parts, state)
+
+    while state.epoch < cfg.epochs and not state.stopped_early:
+        if state.batches is None:
+            state.start_epoch(_draw_batches(train_set, cfg, images_per_batch, parts.rng))
+        _train_epoch(decoder, train_x, train_set, state, parts, cfg, device, save, on_step)
+        record = close_epoch(
+            state, cfg, parts, decoder, val_x, val_set, validator, images_per_batch, device
         )
-        val_loss = evaluate_loss(decoder, val_x, val_set, images_per_batch, device)
-        record = _epoch_record(epoch, cfg, train_loss, val_loss, scheduler, history)
-        _save_checkpoint(
-            checkpoint, run_config, decoder, optimizer, scheduler, rng, epoch + 1, history
-        )
+        save()
         if on_epoch is not None:
-            on_epoch(epoch + 1, record)
+            on_epoch(state.epoch, record)
 
-    _save_model(Path(model_dir), decoder, vocab, run_config)
+    result = finish(state, decoder, started, parameters)
+    _save_model(
+        Path(model_dir), decoder, vocab, {**run_config, "training": result.summary(cfg.decoder)}
+    )
     checkpoint.unlink(missing_ok=True)
-    return TrainResult(history, time.monotonic() - started, parameters)
+    return result
+
+
+def _draw_batches(
+    train_set: CaptionSet, cfg: TrainConfig, images_per_batch: int, rng: np.random.Generator
+) -> list[list[Draw]]:
+    """The epoch's batches: its draws grouped by caption length, in random order."""
+    draws = train_set.epoch_draws(rng, cfg.seq_per_image)
+    lengths = [train_set.draw_length(d) for d in draws]
+    return [
+        [draws[i] for i in batch]
+        for batch in length_grouped_batches(lengths, images_per_batch, rng)
+    ]
 
 
 def _train_epoch(
     decoder: Decoder,
     features: torch.Tensor,
     caption_set: CaptionSet,
-    batches: list[list[Draw]],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
+    state: LoopState,
+    parts: Trainables,
     cfg: TrainConfig,
     device: torch.device,
-    epoch: int,
-) -> float:
+    save: Save,
+    on_step: StepCallback | None,
+) -> None:
+    """The rest of the epoch's batches, from ``state.position``."""
     decoder.train()
-    total, count = 0.0, 0
+    batches = state.batches
+    assert batches is not None
     progress = tqdm(
-        iterate_batches(features, caption_set, batches, pad_id=0),
+        range(state.position, len(batches)),
+        initial=state.position,
         total=len(batches),
-        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
         unit="batch",
         mininterval=5.0,
     )
-    for x, captions, rows in progress:
+    for index in progress:
+        x, captions, rows = collate(features, caption_set, batches[index], pad_id=0)
         x = x.to(device, non_blocking=True)
         captions = captions.to(device, non_blocking=True)
         rows = rows.to(device, non_blocking=True)
-        with autocast(device):
-            loss = caption_loss(decoder, x, captions, rows)
-        optimizer_step(loss, decoder.parameters(), optimizer, scheduler, scaler, cfg.grad_clip)
-        total += loss.item() * captions.size(0)
-        count += captions.size(0)
-        progress.set_postfix(loss=f"{total / count:.3f}", refresh=False)
-    return total / max(count, 1)
+
+        loss_of = partial(_batch_loss, decoder, x, captions, rows)
+        take_step(loss_of, decoder.parameters(), parts, cfg, state, device, save, on_step)
+        progress.set_postfix(loss=f"{state.loss_sum / state.loss_count:.3f}", refresh=False)
+
+
+def _batch_loss(
+    decoder: Decoder,
+    x: torch.Tensor,
+    captions: torch.Tensor,
+    rows: torch.Tensor,
+    sample_prob: float,
+) -> tuple[torch.Tensor, int]:
+    return caption_loss(decoder, x, captions, rows, sample_prob=sample_prob), captions.size(0)
+
+
+def take_step(
+    loss_of: Callable[[float], tuple[torch.Tensor, int]],
+    parameters: Iterable[nn.Parameter],
+    parts: Trainables,
+    cfg: TrainConfig,
+    state: LoopState,
+    device: torch.device,
+    save: Save | None,
+    on_step: StepCallback | None,
+) -> None:
+    """One optimiser step at the schedule's sampling probability; book-keeping; a checkpoint
+    every ``checkpoint_every_steps`` (``save`` None: the caller cannot resume mid-epoch)."""
+    sample_prob = sampling_probability(cfg.scheduled_sampling, state.step)
+    with autocast(device):
+        loss, captions = loss_of(sample_prob)
+    optimizer_step(loss, parameters, parts.optimizer, parts.scheduler, parts.scaler, cfg.grad_clip)
+    value = loss.item()
+    state.step += 1
+    state.position += 1
+    state.loss_sum += value * captions
+    state.loss_count += captions
+    state.sample_prob_sum += sample_prob
+    if (
+        save is not None
+        and cfg.checkpoint_every_steps
+        and state.step % cfg.checkpoint_every_steps == 0
+    ):
+        save()
+    if on_step is not None:
+        lr = parts.scheduler.get_last_lr()[0]
+        on_step(state.step, {"loss": value, "sample_prob": sample_prob, "lr": lr})
+
+
+def close_epoch(
+    state: LoopState,
+    cfg: TrainConfig,
+    parts: Trainables,
+    decoder: Decoder,
+    val_features: torch.Tensor,
+    val_set: CaptionSet,
+    validator: Validator,
+    images_per_batch: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """Validation loss, and every ``every_epochs`` (and at the last epoch) the greedy val
+    captions' scores; the best-so-far weights of ``parts.model``; early stopping. Returns the
+    epoch's record."""
+    epoch = state.epoch
+    train_loss = state.loss_sum / max(state.loss_count, 1)
+    extra = {"sample_prob": state.sample_prob_sum / max(state.position, 1)}
+    val_loss = evaluate_loss(decoder, val_features, val_set, images_per_batch, device)
+    stopping = cfg.early_stopping
+    if (epoch + 1) % stopping.every_epochs == 0 or epoch + 1 == cfg.epochs:
+        scores = validator.scores(decoder, val_features)
+        extra.update(scores)
+        if state.best.update(epoch + 1, scores, parts.model):
+            logger.info("best so far: val %s %.4f", stopping.metric, state.best.value)
+        elif state.best.should_stop(stopping):
+            state.stopped_early = True
+            logger.info(
+                "early stop after epoch %d: val %s has not improved for %d validations "
+                "(best %.4f at epoch %d)",
+                epoch + 1,
+                stopping.metric,
+                state.best.since_best,
+                state.best.value,
+                state.best.epoch,
+            )
+    record = _epoch_record(epoch, cfg, train_loss, val_loss, parts.scheduler, state.history, extra)
+    state.finish_epoch()
+    return record
 
 
 def _epoch_record(
@@ -160,19 +298,44 @@ def _epoch_record(
     val_loss: float,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     history: list[dict[str, float]],
+    extra: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    """The epoch's line of the history (appended) and of the log."""
+    """The epoch's line of the history (appended) and of the log: losses, LR, and ``extra``
+    (the mean scheduled-sampling probability, validation scores)."""
     record = {
         "epoch": epoch + 1,
         "train_loss": train_loss,
         "val_loss": val_loss,
         "lr": scheduler.get_last_lr()[0],
+        **(extra or {}),
     }
     history.append(record)
-    logger.info(
-        "epoch %d/%d train_loss %.4f val_loss %.4f", epoch + 1, cfg.epochs, train_loss, val_loss
-    )
+    shown = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "lr"))
+    logger.info("epoch %d/%d %s", epoch + 1, cfg.epochs, shown)
     return record
+
+
+def finish(state: LoopState, model: nn.Module, started: float, trained: int) -> TrainResult:
+    """Put the best validated weights back into ``model``; the run's result."""
+    if state.best.weights:
+        model.load_state_dict(state.best.weights)
+        logger.info(
+            "keeping epoch %d (val %s %.4f)", state.best.epoch, state.best.metric, state.best.value
+        )
+    return TrainResult(
+        state.history,
+        time.monotonic() - started,
+        trained,
+        best=state.best.summary(),
+        stopped_early=state.stopped_early,
+    )
+
+
+def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling where autocast runs in float16 (CUDA without bf16); bf16 has fp32's range
+    and needs none, and the CPU trains in fp32."""
+    float16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    return torch.amp.GradScaler(device.type, enabled=float16)
 
 
 def optimizer_step(
@@ -198,9 +361,12 @@ def caption_loss(
     features: torch.Tensor,
     captions: torch.Tensor,
     rows: torch.Tensor | None = None,
+    *,
+    sample_prob: float = 0.0,
 ) -> torch.Tensor:
-    """Cross-entropy over real tokens only (padding masked) plus the decoder's regulariser."""
-    output = decoder(features, captions, rows)
+    """Cross-entropy over real tokens only (padding masked) plus the decoder's regulariser;
+    ``sample_prob`` > 0 feeds the decoder's own samples (scheduled sampling)."""
+    output = decoder(features, captions, rows, sample_prob=sample_prob)
     targets = captions[:, 1:]  # (B, T)
     ce = nn.functional.cross_entropy(
         output.logits.reshape(-1, output.logits.size(-1)).float(),
@@ -243,14 +409,9 @@ def hard_repeats(record: dict[str, Any], cfg: TrainConfig) -> int:
     return cfg.hard_repeat if len(record.get("objects", ())) >= cfg.hard_min_objects else 1
 
 
-def _warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
+def train_record(cfg: TrainConfig) -> dict[str, Any]:
+    """The train config as the model and the resume hash record it."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IN_RUN_CONFIG}
 
 
 def _run_config(
@@ -258,64 +419,13 @@ def _run_config(
 ) -> dict[str, Any]:
     return {
         "decoder": cfg.decoder,
-        "train": to_dict(cfg),
+        "train": train_record(cfg),
         "seed": seed,
         "vocab_size": len(vocab),
         "encoder": {k: feature_meta[k] for k in ("encoder", "input_size", "grid", "channels")}
         # how to rebuild the encoder at prediction (caches from before the encoder zoo lack it)
         | {k: feature_meta[k] for k in ENCODER_IDENTITY if k in feature_meta},
     }
-
-
-def _config_hash(run_config: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(run_config, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _save_checkpoint(
-    path: Path,
-    run_config: dict[str, Any],
-    decoder: Decoder,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    rng: np.random.Generator,
-    epoch: int,
-    history: list[dict[str, float]],
-) -> None:
-    state = {
-        "config_hash": _config_hash(run_config),
-        "epoch": epoch,
-        "model": decoder.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "numpy_rng": json.dumps(rng.bit_generator.state),
-        "history": json.dumps(history),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _maybe_resume(
-    path: Path,
-    run_config: dict[str, Any],
-    decoder: Decoder,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    rng: np.random.Generator,
-) -> tuple[int, list[dict[str, float]]]:
-    if not path.is_file():
-        return 0, []
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("config_hash") != _config_hash(run_config):
-        logger.info("ignoring checkpoint %s: it was made with another config", path)
-        return 0, []
-    decoder.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    rng.bit_generator.state = json.loads(state["numpy_rng"])
-    logger.info("resuming from %s after epoch %d", path, state["epoch"])
-    return int(state["epoch"]), json.loads(state["history"])
 
 
 def _save_model(

@@ -1,15 +1,22 @@
-"""The train stage's work: train a decoder inside an MLflow run and write its DVC plot."""
+"""The train stage's work: train a decoder inside an MLflow run and write its DVC plot.
+
+MLflow gets the params, the training loss every ``train.log_every_steps`` steps, per epoch the
+losses, the mean scheduled-sampling probability and the validation BLEU/CIDEr-D, then the best
+epoch and the model directory (the best epoch's weights) as artifacts.
+"""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 from pathlib import Path
 
 import mlflow
 
 from captioning.config import ConfigError, Params, flatten
-from captioning.io import atomic_path
+from captioning.io import atomic_path, write_json
+from captioning.models import DECODERS
 from captioning.registry.tracking import (
     configure_mlflow,
     get_or_create_experiment,
@@ -33,10 +40,17 @@ def train_tracked(
     log_path: Path,
     checkpoint_dir: Path,
     shards_dir: Path | None = None,
+    decoder: str | None = None,
+    summary_path: Path | None = None,
 ) -> TrainResult:
-    """Train on cached features, or, with ``train.fine_tune.enabled``, on the images of
-    ``shards_dir`` with the encoder's last blocks trained too."""
-    cfg = params.train
+    """Train ``decoder`` (default ``train.decoder``) on cached features, or, with
+    ``train.fine_tune.enabled``, on the images of ``shards_dir`` with the encoder's last blocks
+    trained too. ``summary_path`` gets its size, time and best epoch (for the comparison)."""
+    cfg = params.train if decoder is None else dataclasses.replace(params.train, decoder=decoder)
+    if cfg.decoder not in DECODERS:
+        raise ConfigError(
+            f"train.decoders: unknown decoder {cfg.decoder!r}; choose from {sorted(DECODERS)}"
+        )
     if cfg.fine_tune.enabled and shards_dir is None:
         raise ConfigError("train.fine_tune.enabled needs the shards (--shards) to read images")
     root = repo_root()
@@ -55,6 +69,10 @@ def train_tracked(
         def on_epoch(epoch: int, record: dict[str, float]) -> None:
             mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
 
+        def on_step(step: int, report: dict[str, float]) -> None:
+            if step % cfg.log_every_steps == 0:
+                mlflow.log_metrics({f"step_{k}": v for k, v in report.items()}, step=step)
+
         if cfg.fine_tune.enabled:
             assert shards_dir is not None
             result = train_fine_tuned(
@@ -66,6 +84,7 @@ def train_tracked(
                 seed=params.common.seed,
                 checkpoint_dir=checkpoint_dir,
                 on_epoch=on_epoch,
+                on_step=on_step,
             )
         else:
             result = train_decoder(
@@ -76,19 +95,37 @@ def train_tracked(
                 seed=params.common.seed,
                 checkpoint_dir=checkpoint_dir,
                 on_epoch=on_epoch,
+                on_step=on_step,
             )
         write_training_log(log_path, result.history)
-        mlflow.log_metrics({"train_seconds": result.seconds, "parameters": result.parameters})
+        summary = result.summary(cfg.decoder)
+        if summary_path is not None:
+            write_json(summary_path, summary)
+            mlflow.log_artifact(str(summary_path))
+        mlflow.log_metrics(
+            {
+                "train_seconds": result.seconds,
+                "parameters": result.parameters,
+                "best_epoch": result.best.get("epoch", 0),
+                f"best_val_{cfg.early_stopping.metric}": result.best.get("value", 0.0),
+                "stopped_early": float(result.stopped_early),
+            }
+        )
         mlflow.log_artifact(str(log_path))
-        mlflow.log_artifact(str(model_dir / "config.json"))
+        # The model directory holds the best epoch's weights (decoder, encoder if fine-tuned).
+        mlflow.log_artifacts(str(model_dir), artifact_path="best_model")
     logger.info("trained in %.0f s", result.seconds)
     return result
 
 
 def write_training_log(path: Path, history: list[dict[str, float]]) -> None:
-    """One row per epoch; DVC draws it as the loss curve."""
+    """One row per epoch (losses, LR, sampling probability, validation scores where
+    validated); DVC draws it as the loss curve."""
+    fields = ["epoch", "train_loss", "val_loss", "lr"]
+    for record in history:
+        fields.extend(k for k in record if k not in fields)
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["epoch", "train_loss", "val_loss", "lr"])
+        writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         for record in history:
             writer.writerow(record)

@@ -1,17 +1,29 @@
-"""Training on a tiny real feature cache: outputs, reload, and resume after a kill."""
+"""Training on a tiny real feature cache: outputs, reload, validation and early stopping, and
+resume after a kill between or inside epochs."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from captioning.config import DecoderConfig, FeaturesConfig, ShardConfig, TrainConfig, VocabConfig
+from captioning.config import (
+    DecoderConfig,
+    EarlyStoppingConfig,
+    FeaturesConfig,
+    ScheduledSamplingConfig,
+    ShardConfig,
+    TrainConfig,
+    VocabConfig,
+)
 from captioning.data.shards import split_captions, write_shards
 from captioning.data.vocab import build_vocab
 from captioning.features.cache import extract_features
+from captioning.training import validation
 from captioning.training.loop import load_decoder, train_decoder
 
 CFG = TrainConfig(
@@ -20,6 +32,13 @@ CFG = TrainConfig(
     batch_size=4,
     seq_per_image=2,
     warmup_steps=1,
+)
+# 8 images, 2 per batch: 4 steps per epoch. The model's own words are fed more and more often,
+# so resuming must restore the RNG that draws them; a checkpoint every 3 steps.
+SAMPLED = dataclasses.replace(
+    CFG,
+    scheduled_sampling=ScheduledSamplingConfig(schedule="linear", k=1.0, c=0.05),
+    checkpoint_every_steps=3,
 )
 
 
@@ -41,12 +60,16 @@ def workspace(tmp_path_factory) -> Path:
     return root
 
 
-def train(root: Path, name: str, **kwargs):
+class Killed(Exception):
+    pass
+
+
+def train(root: Path, name: str, cfg: TrainConfig = CFG, **kwargs):
     return train_decoder(
         root / "features",
         root / "vocab.json",
         root / "models" / name,
-        CFG,
+        cfg,
         seed=7,
         checkpoint_dir=root / "checkpoints" / name,
         **kwargs,
@@ -68,23 +91,120 @@ def test_training_writes_a_model_that_loads_back(workspace):
     assert not (workspace / "checkpoints" / "plain" / "last.pt").exists()  # removed when done
 
 
-def test_killed_run_resumes_to_the_same_weights(workspace):
-    train(workspace, "reference")
+def weights(root: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_file(str(root / "models" / name / "decoder.safetensors"))
 
-    class Killed(Exception):
-        pass
 
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        torch.testing.assert_close(b[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_history_has_sampling_probability_and_validation_scores(workspace):
+    result = train(workspace, "plain")
+    for record in result.history:
+        assert record["sample_prob"] == 0.0  # no schedule: teacher forcing
+        assert {"BLEU-1", "BLEU-4", "CIDEr"} <= record.keys()
+        assert 0.0 <= record["BLEU-4"] <= 1.0 and record["CIDEr"] >= 0.0
+    ciders = [r["CIDEr"] for r in result.history]
+    assert result.best == {
+        "metric": "CIDEr",
+        "value": max(ciders),
+        "epoch": 1 + ciders.index(max(ciders)),
+    }
+    config = json.loads((workspace / "models" / "plain" / "config.json").read_text())
+    assert config["training"]["best_epoch"] == result.best["epoch"]
+    assert "decoders" not in config["train"]  # the DAG's list is not part of a model
+
+
+@pytest.fixture(scope="module")
+def reference(workspace):
+    """An uninterrupted run with scheduled sampling and step checkpoints; its step reports."""
+    steps: list[tuple[int, dict]] = []
+    result = train(workspace, "reference", SAMPLED, on_step=lambda i, r: steps.append((i, r)))
+    return result, steps
+
+
+def test_scheduled_sampling_follows_the_schedule_per_step(reference):
+    result, steps = reference
+    assert [i for i, _ in steps] == list(range(1, 13))
+    for i, report in steps:
+        assert report["sample_prob"] == pytest.approx(0.05 * (i - 1))  # 1 - (1 - c * step)
+    per_epoch = [r["sample_prob"] for r in result.history]
+    assert per_epoch == pytest.approx([0.075, 0.275, 0.475])  # the epochs' means
+
+
+def test_killed_run_resumes_to_the_same_weights(workspace, reference):
     def kill_after_first_epoch(epoch, record):
         if epoch == 1:
             raise Killed
 
     with pytest.raises(Killed):
-        train(workspace, "resumed", on_epoch=kill_after_first_epoch)
+        train(workspace, "resumed", SAMPLED, on_epoch=kill_after_first_epoch)
     assert (workspace / "checkpoints" / "resumed" / "last.pt").exists()
     assert not (workspace / "models" / "resumed").exists()  # nothing half-written
-    result = train(workspace, "resumed")
-    assert [r["epoch"] for r in result.history] == [1, 2, 3]
-    reference = load_file(str(workspace / "models" / "reference" / "decoder.safetensors"))
-    resumed = load_file(str(workspace / "models" / "resumed" / "decoder.safetensors"))
-    for key, value in reference.items():
-        torch.testing.assert_close(resumed[key], value, rtol=0, atol=0)
+    result = train(workspace, "resumed", SAMPLED)
+    assert result.history == reference[0].history
+    assert_same_weights(weights(workspace, "reference"), weights(workspace, "resumed"))
+    assert not (workspace / "checkpoints" / "resumed" / "last.pt").exists()  # removed when done
+
+
+def test_run_killed_mid_epoch_resumes_from_its_step_checkpoint_to_the_same_weights(
+    workspace, reference
+):
+    """Killed after step 7 (inside epoch 2); the last checkpoint is step 6's: the resumed run
+    redoes step 7 on the same batch with the same sampled words and dropout."""
+
+    def kill_after_step_7(step, report):
+        if step == 7:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(workspace, "mid_epoch", SAMPLED, on_step=kill_after_step_7)
+    saved = torch.load(
+        workspace / "checkpoints" / "mid_epoch" / "last.pt", map_location="cpu", weights_only=True
+    )
+    loop = json.loads(saved["loop"])
+    assert (loop["step"], loop["epoch"], loop["position"]) == (6, 1, 2)
+    resumed_steps: list[int] = []
+    result = train(workspace, "mid_epoch", SAMPLED, on_step=lambda i, r: resumed_steps.append(i))
+    assert resumed_steps == list(range(7, 13))
+    assert result.history == reference[0].history  # same losses, scores, sampling probabilities
+    assert_same_weights(weights(workspace, "reference"), weights(workspace, "mid_epoch"))
+
+
+def test_early_stopping_keeps_the_best_epoch(workspace, monkeypatch):
+    """Scripted validation CIDEr 0.5, 0.9, 0.3, 0.2, ...: with patience 2 the run stops after
+    epoch 4, and the saved model is epoch 2's weights."""
+    cfg = dataclasses.replace(
+        CFG, epochs=6, early_stopping=EarlyStoppingConfig(metric="CIDEr", patience=2)
+    )
+    real_scores = validation.Validator.scores
+
+    def scripted(script):
+        def scores(self, decoder, features):
+            real = real_scores(self, decoder, features)  # decoding still runs
+            return {**real, "CIDEr": next(script)}
+
+        return scores
+
+    monkeypatch.setattr(validation.Validator, "scores", scripted(iter([0.5, 0.9, 0.3, 0.2])))
+    result = train(workspace, "early", cfg)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
+    assert result.stopped_early and result.best == {"metric": "CIDEr", "value": 0.9, "epoch": 2}
+
+    # The same run killed after epoch 2: its checkpoint holds epoch 2's weights.
+    def kill_after_second_epoch(epoch, record):
+        if epoch == 2:
+            raise Killed
+
+    monkeypatch.setattr(validation.Validator, "scores", scripted(iter([0.5, 0.9])))
+    with pytest.raises(Killed):
+        train(workspace, "early_ref", cfg, on_epoch=kill_after_second_epoch)
+    saved = torch.load(
+        workspace / "checkpoints" / "early_ref" / "last.pt", map_location="cpu", weights_only=True
+    )
+    epoch_2 = {k: v for k, v in saved["model"].items()}
+    assert_same_weights(epoch_2, weights(workspace, "early"))
+    assert_same_weights(epoch_2, saved["best"]["weights"])

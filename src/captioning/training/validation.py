@@ -1,0 +1,109 @@
+"""Validation during training: greedy captions of the val split scored with the fast metrics,
+and the best-so-far weights that early stopping keeps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from captioning.config import EarlyStoppingConfig
+from captioning.data.vocab import Vocab, tokenize
+from captioning.decoding.search import greedy_search
+from captioning.metrics.fast import ReferenceIndex
+from captioning.models import Decoder
+
+VALIDATION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr")
+
+
+class Validator:
+    """Greedy decoding of every val image that has captions, scored against all of them.
+
+    References are the captions in our vocabulary's tokenisation (lower-case words, no
+    punctuation), indexed once; the predictions are the decoder's words.
+    """
+
+    def __init__(
+        self, captions_per_image: Sequence[Sequence[str]], vocab: Vocab, batch_size: int
+    ) -> None:
+        self.rows = [i for i, captions in enumerate(captions_per_image) if captions]
+        if not self.rows:
+            raise ValueError("validation: no val image has a caption")
+        self.index = ReferenceIndex(
+            {row: [" ".join(tokenize(c)) for c in captions_per_image[row]] for row in self.rows}
+        )
+        self.vocab = vocab
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def scores(self, decoder: Decoder, features: torch.Tensor) -> dict[str, float]:
+        """Corpus BLEU-1..4 and CIDEr-D of greedy captions of ``features`` (N, L, C)."""
+        was_training = decoder.training
+        decoder.eval()
+        device = next(decoder.parameters()).device
+        predictions: dict[int, str] = {}
+        for start in range(0, len(self.rows), self.batch_size):
+            rows = self.rows[start : start + self.batch_size]
+            batch = features[rows].to(device).float()
+            hypotheses = greedy_search(
+                decoder,
+                batch,
+                start_id=self.vocab.start_id,
+                end_id=self.vocab.end_id,
+                max_length=self.vocab.max_length,
+            )
+            for row, hypothesis in zip(rows, hypotheses, strict=True):
+                predictions[row] = self.vocab.decode(hypothesis.tokens)
+        decoder.train(was_training)
+        corpus, _ = self.index.score(predictions)
+        return corpus
+
+
+@dataclass
+class BestSoFar:
+    """The best validation score so far, its epoch and weights, and the validations since."""
+
+    metric: str
+    value: float = float("-inf")
+    epoch: int = 0
+    since_best: int = 0
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def update(self, epoch: int, scores: dict[str, float], model: nn.Module) -> bool:
+        """Record a validation; keep a CPU copy of the weights if it is the best (strictly)."""
+        value = scores[self.metric]
+        if value > self.value:
+            self.value, self.epoch, self.since_best = value, epoch, 0
+            self.weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            return True
+        self.since_best += 1
+        return False
+
+    def should_stop(self, cfg: EarlyStoppingConfig) -> bool:
+        return cfg.patience > 0 and self.since_best >= cfg.patience
+
+    def summary(self) -> dict[str, Any]:
+        return {"metric": self.metric, "value": self.value, "epoch": self.epoch}
+
+    def to_state(self) -> dict[str, Any]:
+        """For the checkpoint (torch.load(weights_only=True) reads tensors, numbers, strings)."""
+        return {
+            "metric": self.metric,
+            "value": self.value,
+            "epoch": self.epoch,
+            "since_best": self.since_best,
+            "weights": self.weights,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> BestSoFar:
+        return cls(
+            metric=state["metric"],
+            value=float(state["value"]),
+            epoch=int(state["epoch"]),
+            since_best=int(state["since_best"]),
+            weights=dict(state["weights"]),
+        )
