@@ -1,4 +1,8 @@
-"""BLEU-1..4, METEOR, ROUGE-L and CIDEr through pycocoevalcap (the COCO caption evaluation code)."""
+"""BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (+ SPICE when its jars exist) through pycocoevalcap.
+
+pycocoevalcap is the COCO caption evaluation code; its ``Cider`` scorer is CIDEr-D (clipped,
+length-penalised), reported as "CIDEr" as the COCO server does.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from captioning.errors import CaptioningError
+from captioning.metrics.spice import spice_scores
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +34,13 @@ def coco_scores(
     references: Mapping[int, Sequence[str]],
     *,
     meteor: bool = True,
+    spice: bool = False,
 ) -> tuple[dict[str, float], dict[int, dict[str, float]]]:
     """Corpus scores and per-image scores, keyed by image id.
 
     Both mappings must have the same image ids; captions are tokenised with the PTB tokenizer
-    as in the COCO evaluation server.
+    as in the COCO evaluation server. ``spice`` adds SPICE when its CoreNLP jars are installed
+    (``metrics.spice``); otherwise one log line says why it is missing.
     """
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
@@ -71,4 +78,8 @@ def coco_scores(
                 per_image[image_id][name] = float(v)
         if hasattr(scorer, "close"):
             scorer.close()
+    if spice and (found := spice_scores(gts, res)) is not None:
+        corpus["SPICE"] = found[0]
+        for image_id in ids:
+            per_image[image_id]["SPICE"] = found[1][image_id]
     return corpus, per_image
