@@ -44,6 +44,19 @@ def skip_message(missing: Sequence[str], lib_dir: Path) -> str:
     )
 
 
+def spice_available(lib_dir: Path | None = None) -> bool:
+    """True when SPICE can run; otherwise False and one log line saying what is missing."""
+    lib_dir = lib_dir or spice_lib_dir()
+    missing = missing_spice_jars(lib_dir)
+    if missing:
+        logger.warning("%s", skip_message(missing, lib_dir))
+        return False
+    if shutil.which("java") is None:
+        logger.warning("SPICE skipped: no `java` on PATH")
+        return False
+    return True
+
+
 def spice_scores(
     gts: Mapping[Any, list[str]],
     res: Mapping[Any, list[str]],
@@ -54,13 +67,7 @@ def spice_scores(
 
     ``gts``/``res`` are PTB-tokenised as for the other pycocoevalcap scorers.
     """
-    lib_dir = lib_dir or spice_lib_dir()
-    missing = missing_spice_jars(lib_dir)
-    if missing:
-        logger.warning("%s", skip_message(missing, lib_dir))
-        return None
-    if shutil.which("java") is None:
-        logger.warning("SPICE skipped: no `java` on PATH")
+    if not spice_available(lib_dir):
         return None
     try:
         corpus, per_image = _compute(gts, res)

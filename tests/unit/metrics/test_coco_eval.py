@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 import captioning.metrics.spice as spice_module
-from captioning.metrics.coco_eval import JavaMissingError, coco_scores
+from captioning.metrics.coco_eval import JavaMissingError, coco_scores, coco_scores_many
 from captioning.metrics.spice import CORENLP_JARS, missing_spice_jars, spice_scores
 
 REFERENCES = {
@@ -19,8 +19,6 @@ REFERENCES = {
 }
 PREDICTIONS = {1: "a small red circle", 2: "a blue square above a green star", 3: "a red square"}
 METRICS = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
-
-needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="needs a JRE")
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +42,6 @@ def no_spice_jars(tmp_path, monkeypatch):
     return lib
 
 
-@needs_java
 def test_scores_per_image_and_corpus(no_spice_jars, caplog):
     with caplog.at_level(logging.WARNING):
         corpus, per_image = coco_scores(PREDICTIONS, REFERENCES, spice=True)
@@ -61,6 +58,18 @@ def test_scores_per_image_and_corpus(no_spice_jars, caplog):
     assert corpus["CIDEr"] == pytest.approx(mean_cider)
     (record,) = [r for r in caplog.records if "SPICE" in r.getMessage()]
     assert record.exc_info is None
+
+
+def test_several_decodings_score_as_each_alone(no_spice_jars):
+    # The last caption empty: the PTB tokenizer drops its line, and it must still score 0.
+    other = {1: "a red circle", 2: "two white stars", 3: ""}
+    together = coco_scores_many({"a": PREDICTIONS, "b": other}, REFERENCES, meteor=False)
+    corpus, per_image = coco_scores(other, REFERENCES, meteor=False)
+    assert together["b"][0] == pytest.approx(corpus)
+    for image_id, scores in per_image.items():
+        assert together["b"][1][image_id] == pytest.approx(scores)
+    assert together["a"][1][2]["BLEU-4"] == pytest.approx(1.0, abs=1e-3)  # not b's scores
+    assert together["b"][1][3]["CIDEr"] == 0.0 and together["b"][1][3]["BLEU-1"] < 1e-6
 
 
 def test_mismatched_image_ids_are_refused():
@@ -98,7 +107,6 @@ def test_spice_jars_are_the_ones_pycocoevalcap_looks_for():
     assert (spice_module.spice_lib_dir().parent / "spice-1.0.jar").is_file()
 
 
-@needs_java
 def test_spice_runs_when_the_jars_are_present(no_spice_jars, monkeypatch):
     for jar in CORENLP_JARS[:1]:
         (no_spice_jars / jar).write_bytes(b"")
