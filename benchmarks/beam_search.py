@@ -9,6 +9,7 @@ Asserts both give the same captions (an image whose captions differ must be such
 scores within 1e-4); prints captions/s for each and the ratio.
 
     python benchmarks/beam_search.py [--images 500] [--beam 5] [--batch-size 100] [--vocab 1000]
+        [--threads N]
 """
 
 from __future__ import annotations
@@ -39,9 +40,12 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=1000)
     parser.add_argument("--max-length", type=int, default=20)
     parser.add_argument("--logit-scale", type=float, default=20.0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = parser.parse_args()
 
     cfg = load_section(args.params, "train", TrainConfig)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     decoder = build_decoder(
         "soft_attention", cfg.model, vocab_size=args.vocab, feature_dim=1280, num_locations=49
