@@ -8,7 +8,7 @@ many beams tie to within float rounding, which a different batch size can break 
 Asserts both give the same captions (an image whose captions differ must be such a tie: both
 scores within 1e-4); prints captions/s for each and the ratio.
 
-    python benchmarks/beam_search.py [--images 500] [--beam 5] [--batch-size 100] [--vocab 1000]
+    python benchmarks/beam_search.py [--images 500] [--beam 5] [--batch-size 100] [--vocab N]
         [--threads N]
 """
 
@@ -25,10 +25,13 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from captioning.config import TrainConfig, load_section  # noqa: E402
+from captioning.data.sources.shapes import VOCABULARY  # noqa: E402
+from captioning.data.vocab import SPECIALS  # noqa: E402
 from captioning.decoding.search import beam_search  # noqa: E402
 from captioning.models import build_decoder  # noqa: E402
 
 START, END = 1, 2
+DEFAULT_VOCAB = len(SPECIALS) + len(VOCABULARY)  # what the default pipeline trains on
 
 
 def main() -> None:
@@ -37,7 +40,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=100, help="images per batched call")
-    parser.add_argument("--vocab", type=int, default=1000)
+    parser.add_argument(
+        "--vocab", type=int, default=DEFAULT_VOCAB, help="default: the shapes dataset's words"
+    )
     parser.add_argument("--max-length", type=int, default=20)
     parser.add_argument("--logit-scale", type=float, default=20.0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")

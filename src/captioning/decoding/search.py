@@ -223,8 +223,10 @@ def beam_search_n_best(
         log_probs = torch.where(finished.unsqueeze(-1), frozen, log_probs)
         totals = scores.view(-1, 1) + log_probs  # (B*K, V)
         new_lengths = torch.where(finished, lengths, lengths + 1)  # (B*K,)
-        penalty = length_penalty_factor(new_lengths, length_penalty).unsqueeze(1)
-        ranks = (totals / penalty).view(batch, k * vocab)
+        ranks = totals  # (B*K, V)
+        if length_penalty:
+            ranks = totals / length_penalty_factor(new_lengths, length_penalty).unsqueeze(1)
+        ranks = ranks.view(batch, k * vocab)
         flat = ranks.topk(k, dim=-1).indices  # (B, K)
         scores = totals.view(batch, k * vocab).gather(1, flat)  # (B, K)
         origin = (flat // vocab + offsets).view(-1)  # (B*K,) beam each new beam extends
