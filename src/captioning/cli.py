@@ -1,4 +1,9 @@
-"""``captioning`` command line: ``captioning predict IMAGE... [--model URI|DIR]``."""
+"""``captioning`` command line.
+
+``captioning predict IMAGE... [--model URI|DIR] [--beam 3] [--attention out.png]`` prints one
+``file<TAB>caption`` line per image (JPEG or PNG; grayscale, RGBA, CMYK and EXIF-rotated
+images are converted as everywhere else in the pipeline).
+"""
 
 from __future__ import annotations
 
@@ -30,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy)")
     predict.add_argument("--max-length", type=int, default=24, help="maximum caption length")
     predict.add_argument("--scores", action="store_true", help="also print the log-probability")
+    predict.add_argument(
+        "--attention",
+        type=Path,
+        metavar="OUT.png",
+        help="draw per-word attention heat-maps (several images: OUT-<n>-<image name>.png)",
+    )
     predict.add_argument("--batch-size", type=int, default=16, help=argparse.SUPPRESS)
     predict.set_defaults(func=cmd_predict)
     return parser
@@ -57,7 +68,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         try:
             decoded.append((path, load_rgb(path, name=str(path))))
         except ImageDecodeError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {exc}; expected a JPEG or PNG image", file=sys.stderr)
             status = EXIT_BAD_INPUT
     if not decoded:
         return status
@@ -72,12 +83,34 @@ def cmd_predict(args: argparse.Namespace) -> int:
         results = captioner.caption(
             [image for _, image in batch], beam_size=args.beam, max_length=args.max_length
         )
-        for (path, _), result in zip(batch, results, strict=True):
+        for n, ((path, image), result) in enumerate(zip(batch, results, strict=True), start):
             line = f"{path}\t{result.caption}"
             if args.scores:
                 line += f"\t{result.score:.4f}"
             print(line, flush=True)
+            if args.attention is not None:
+                target = attention_path(args.attention, path, n + 1, len(decoded))
+                write_attention(image, result, target, captioner.config["decoder"])
     return status
+
+
+def attention_path(out: Path, image: Path, number: int, count: int) -> Path:
+    """``out`` itself for one image; ``out-<number>-<image stem><suffix>`` for several."""
+    if count == 1:
+        return out
+    return out.with_name(f"{out.stem}-{number}-{image.stem}{out.suffix or '.png'}")
+
+
+def write_attention(image, result, target: Path, decoder_name: str) -> None:
+    if result.attention is None:
+        print(
+            f"note: decoder {decoder_name} does not attend: no heat-map written to {target}",
+            file=sys.stderr,
+        )
+        return
+    from captioning.viz.attention import plot_attention
+
+    plot_attention(image, result.words, result.attention, target, title=result.caption)
 
 
 def load_captioner(model: str):

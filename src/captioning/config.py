@@ -310,12 +310,26 @@ class EvaluateConfig:
     max_length: int = 24
     batch_size: int = 100
     n_attention_figures: int = 4
+    # Beam ranking: score / ((5 + length) / 6) ** length_penalty (GNMT); 0 = plain log-prob.
+    length_penalty: float = 0.0
+    min_length: int = 0  # words before <end> is allowed (greedy and beam)
+    n_best: int = 3  # beam captions per image kept in per_image.json, best first
+    # caption: COCO metrics; word: exact match + character accuracy (a CAPTCHA reader);
+    # auto: word when the vocabulary is character-level.
+    task: str = "auto"
+    spice: bool = True  # when its Stanford CoreNLP jars are installed; skipped otherwise
+    n_gallery: int = 12  # test images in gallery.html (0 = no gallery)
 
     def __post_init__(self) -> None:
         _require(self.beam_size >= 1, "beam_size", ">= 1")
         _require(self.max_length >= 1, "max_length", ">= 1")
         _require(self.batch_size >= 1, "batch_size", ">= 1")
         _require(self.n_attention_figures >= 0, "n_attention_figures", ">= 0")
+        _require(self.length_penalty >= 0, "length_penalty", ">= 0")
+        _require(0 <= self.min_length <= self.max_length, "min_length", "in [0, max_length]")
+        _require(1 <= self.n_best <= self.beam_size, "n_best", "in [1, beam_size]")
+        _require(self.task in ("auto", "caption", "word"), "task", "auto, caption or word")
+        _require(self.n_gallery >= 0, "n_gallery", ">= 0")
 
 
 @dataclass(frozen=True)

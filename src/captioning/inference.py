@@ -48,8 +48,15 @@ class Captioner:
         return torch.from_numpy(features).to(self.device)
 
     def caption(
-        self, images: list[Image.Image], beam_size: int = 3, max_length: int = 24
+        self,
+        images: list[Image.Image],
+        beam_size: int = 3,
+        max_length: int = 24,
+        *,
+        length_penalty: float = 0.0,
+        min_length: int = 0,
     ) -> list[CaptionResult]:
+        """One caption per image, decoded as the evaluate stage decodes (``decoding.search``)."""
         features = self.encode(images)
         hypotheses = decode_batch(
             self.decoder,
@@ -58,6 +65,8 @@ class Captioner:
             end_id=self.vocab.end_id,
             max_length=max_length,
             beam_size=beam_size,
+            length_penalty=length_penalty,
+            min_length=min_length,
         )
         grid = self.config["encoder"]["grid"]
         results = []

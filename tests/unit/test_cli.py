@@ -150,3 +150,134 @@ def test_usage_errors_return_2(capsys):
     assert main(["predict"]) == 2
     assert main(["predict", "x.jpg", "--beam", "0"]) == 2
     assert "usage:" in capsys.readouterr().err
+
+
+# --- every kind of image file, a non-image, attention heat-maps ---
+
+
+def write_image_kind(directory: Path, kind: str) -> Path:
+    """A 64 (wide) x 48 (high) picture saved as ``kind``."""
+    rng = np.random.default_rng(len(kind))
+    rgb = Image.fromarray(rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8))
+    path = directory / f"{kind}.{'png' if 'png' in kind else 'jpg'}"
+    if kind == "rgb_jpeg":
+        rgb.save(path, "JPEG")
+    elif kind == "grayscale_jpeg":
+        rgb.convert("L").save(path, "JPEG")
+    elif kind == "cmyk_jpeg":
+        rgb.convert("CMYK").save(path, "JPEG")
+    elif kind == "exif_rotated_jpeg":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+        rgb.save(path, "JPEG", exif=exif.tobytes())
+    elif kind == "rgb_png":
+        rgb.save(path, "PNG")
+    elif kind == "rgba_png":
+        rgba = rgb.convert("RGBA")
+        rgba.putalpha(Image.fromarray(rng.integers(0, 256, size=(48, 64), dtype=np.uint8)))
+        rgba.save(path, "PNG")
+    elif kind == "palette_png":
+        rgb.convert("P").save(path, "PNG")
+    else:
+        raise ValueError(kind)
+    return path
+
+
+IMAGE_KINDS = [
+    "rgb_jpeg",
+    "grayscale_jpeg",
+    "cmyk_jpeg",
+    "exif_rotated_jpeg",
+    "rgb_png",
+    "rgba_png",
+    "palette_png",
+]
+
+
+@pytest.fixture
+def seen_images(monkeypatch):
+    """Records the (mode, size) of every image the Captioner encodes."""
+    from captioning.inference import Captioner
+
+    seen: list[tuple[str, tuple[int, int]]] = []
+    encode = Captioner.encode
+
+    def spy(self, images):
+        seen.extend((image.mode, image.size) for image in images)
+        return encode(self, images)
+
+    monkeypatch.setattr(Captioner, "encode", spy)
+    return seen
+
+
+def test_predict_every_image_kind_in_one_call(workspace, tmp_path, capsys, seen_images):
+    root, model_dir, _ = workspace
+    paths = [write_image_kind(tmp_path, kind) for kind in IMAGE_KINDS]
+    code = main(["predict", *map(str, paths), "--model", str(model_dir), "--max-length", "2"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    lines = [line.split("\t") for line in out.splitlines()]
+    assert [p for p, _ in lines] == [str(p) for p in paths]  # one line each, in order
+    assert all(is_circles(caption) for _, caption in lines)
+    assert all(mode == "RGB" for mode, _ in seen_images)
+    sizes = dict(zip(IMAGE_KINDS, (size for _, size in seen_images), strict=True))
+    assert sizes.pop("exif_rotated_jpeg") == (48, 64)  # turned upright: now 48 wide, 64 high
+    assert set(sizes.values()) == {(64, 48)}
+
+
+@pytest.mark.parametrize("content", [b"this is not an image\n", b"", b"\xff\xd8\xff\xe0trunc"])
+def test_a_non_image_is_named_with_what_was_expected(workspace, tmp_path, capsys, content):
+    root, model_dir, _ = workspace
+    bad = tmp_path / "photo.jpg"
+    bad.write_bytes(content)
+    code = main(["predict", str(bad), "--model", str(model_dir)])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    (line,) = err.splitlines()
+    assert line.startswith(f"error: {bad}: ") and line.endswith("expected a JPEG or PNG image")
+    assert "Traceback" not in err
+
+
+def test_a_missing_file_is_named(workspace, tmp_path, capsys):
+    _, model_dir, _ = workspace
+    code = main(["predict", str(tmp_path / "nowhere.png"), "--model", str(model_dir)])
+    _, err = capsys.readouterr()
+    assert (
+        code == 2
+        and err
+        == f"error: {tmp_path / 'nowhere.png'}: file not found; expected a JPEG or PNG image\n"
+    )
+
+
+def test_predict_draws_attention_for_one_and_for_several_images(workspace, tmp_path, capsys):
+    _, model_dir, images = workspace
+    one = tmp_path / "one.png"
+    args = ["--model", str(model_dir), "--max-length", "3"]
+    assert main(["predict", str(images[0]), *args, "--attention", str(one)]) == 0
+    assert one.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    several = tmp_path / "maps" / "att.png"
+    several.parent.mkdir()
+    assert main(["predict", *map(str, images), *args, "--attention", str(several)]) == 0
+    assert sorted(p.name for p in several.parent.iterdir()) == ["att-1-img0.png", "att-2-img1.png"]
+    capsys.readouterr()
+
+
+def test_attention_without_an_attending_decoder_is_a_note(workspace, tmp_path, capsys, monkeypatch):
+    from captioning.models.soft_attention import SoftAttentionDecoder
+
+    step = SoftAttentionDecoder.step
+
+    def no_attention(self, tokens, state):  # as nic or mrnn: step() returns alpha None
+        logits, state, _ = step(self, tokens, state)
+        return logits, state, None
+
+    monkeypatch.setattr(SoftAttentionDecoder, "step", no_attention)
+    _, model_dir, images = workspace
+    target = tmp_path / "att.png"
+    code = main(["predict", str(images[0]), "--model", str(model_dir), "--attention", str(target)])
+    out, err = capsys.readouterr()
+    assert code == 0 and is_circles(out.split("\t")[1].strip())
+    assert err == (
+        f"note: decoder soft_attention does not attend: no heat-map written to {target}\n"
+    )
+    assert not target.exists()

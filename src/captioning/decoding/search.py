@@ -1,4 +1,10 @@
-"""Greedy and batched beam search over any registered decoder's step function."""
+"""Greedy, sampling and batched beam search over any registered decoder's step function.
+
+Every search works on a batch of images and only calls the decoder's ``init_state``, ``step``
+and ``reorder_state`` (``models.base.Decoder``). Every caption ends with <end>: the step after
+``max_length`` words allows nothing else, so a score is always log P(words, <end>) and captions
+of different searches compare.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from captioning.models.base import Decoder
+from captioning.models.base import Decoder, State
 
 
 @dataclass
@@ -16,22 +22,119 @@ class Hypothesis:
     alphas: torch.Tensor | None  # (len(tokens), L) attention for each generated word
 
 
+def length_penalty_factor(length: torch.Tensor | int, alpha: float) -> torch.Tensor | float:
+    """GNMT's length penalty (Wu et al. 2016): ((5 + length) / 6) ** alpha; 0 = plain log-prob.
+
+    Beam search ranks hypotheses by ``score / factor``; ``length`` counts <end>. alpha 1 is
+    close to dividing by the length; larger alphas favour longer captions more.
+    """
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def ranking_score(hyp: Hypothesis, alpha: float) -> float:
+    """The score beam search ranks ``hyp`` by (its log-probability when alpha is 0)."""
+    return hyp.score / float(length_penalty_factor(len(hyp.tokens) + 1, alpha))
+
+
+def _allowed(
+    log_probs: torch.Tensor, t: int, end_id: int, min_length: int, max_length: int
+) -> torch.Tensor:
+    """No <end> before ``min_length`` words; nothing but <end> after ``max_length`` words."""
+    if t < min_length:
+        log_probs = log_probs.clone()
+        log_probs[:, end_id] = float("-inf")
+    elif t >= max_length:
+        only_end = torch.full_like(log_probs, float("-inf"))
+        only_end[:, end_id] = log_probs[:, end_id]
+        log_probs = only_end
+    return log_probs
+
+
+def _check_lengths(min_length: int, max_length: int) -> None:
+    if max_length < 1 or not 0 <= min_length <= max_length:
+        raise ValueError(
+            f"expected 0 <= min_length <= max_length and max_length >= 1, "
+            f"got min_length={min_length}, max_length={max_length}"
+        )
+
+
 @torch.no_grad()
 def greedy_search(
-    decoder: Decoder, features: torch.Tensor, *, start_id: int, end_id: int, max_length: int
+    decoder: Decoder,
+    features: torch.Tensor,
+    *,
+    start_id: int,
+    end_id: int,
+    max_length: int,
+    min_length: int = 0,
 ) -> list[Hypothesis]:
     """Pick the most likely word at every step, for a batch of images at once."""
-    batch = features.size(0)
+    return _sequential(decoder, features, start_id, end_id, max_length, min_length, None)
+
+
+@torch.no_grad()
+def sample_search(
+    decoder: Decoder,
+    features: torch.Tensor,
+    *,
+    start_id: int,
+    end_id: int,
+    max_length: int,
+    temperature: float = 1.0,
+    seed: int = 0,
+    min_length: int = 0,
+) -> list[Hypothesis]:
+    """Draw every word from softmax(logits / temperature), reproducibly from ``seed``.
+
+    Temperature 1 samples the model's own distribution, lower is closer to greedy (0 is greedy),
+    higher is more varied. Scores are the model's log-probabilities at temperature 1.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return greedy_search(
+            decoder,
+            features,
+            start_id=start_id,
+            end_id=end_id,
+            max_length=max_length,
+            min_length=min_length,
+        )
+    generator = torch.Generator(device=features.device).manual_seed(seed)
+    sampler = (temperature, generator)
+    return _sequential(decoder, features, start_id, end_id, max_length, min_length, sampler)
+
+
+def _sequential(
+    decoder: Decoder,
+    features: torch.Tensor,
+    start_id: int,
+    end_id: int,
+    max_length: int,
+    min_length: int,
+    sampler: tuple[float, torch.Generator] | None,
+) -> list[Hypothesis]:
+    """One word per image per step, argmax or sampled (greedy and sampling share this)."""
+    _check_lengths(min_length, max_length)
+    batch, device = features.size(0), features.device
     state = decoder.init_state(features)
-    tokens = torch.full((batch,), start_id, dtype=torch.long, device=features.device)
-    done = torch.zeros(batch, dtype=torch.bool, device=features.device)
-    scores = torch.zeros(batch, device=features.device)
+    tokens = torch.full((batch,), start_id, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    scores = torch.zeros(batch, device=device)
     history, alpha_history = [], []
-    for _ in range(max_length + 1):
+    for t in range(max_length + 1):
         logits, state, alpha = decoder.step(tokens, state)
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
-        best, tokens = log_probs.max(dim=-1)
-        scores += torch.where(done, torch.zeros_like(best), best)
+        log_probs = _allowed(
+            torch.log_softmax(logits.float(), -1), t, end_id, min_length, max_length
+        )
+        if sampler is None:
+            tokens = log_probs.argmax(dim=-1)
+        else:
+            temperature, generator = sampler
+            tempered = torch.softmax(log_probs / temperature, dim=-1)  # masked words stay at 0
+            tokens = torch.multinomial(tempered, 1, generator=generator).squeeze(1)
+        chosen = log_probs.gather(1, tokens.unsqueeze(1)).squeeze(1)
+        scores += torch.where(done, torch.zeros_like(chosen), chosen)
         history.append(torch.where(done, torch.full_like(tokens, end_id), tokens))
         if alpha is not None:
             alpha_history.append(alpha)
@@ -40,9 +143,7 @@ def greedy_search(
             break
     steps = torch.stack(history, dim=1)  # (B, T)
     alphas = torch.stack(alpha_history, dim=1) if alpha_history else None  # (B, T, L)
-    return [
-        _hypothesis(steps[i], float(scores[i]), alphas, i, end_id, max_length) for i in range(batch)
-    ]
+    return [_hypothesis(steps[i], float(scores[i]), alphas, i, end_id) for i in range(batch)]
 
 
 @torch.no_grad()
@@ -54,36 +155,84 @@ def beam_search(
     end_id: int,
     max_length: int,
     beam_size: int,
+    length_penalty: float = 0.0,
+    min_length: int = 0,
 ) -> list[Hypothesis]:
+    """The best beam-search caption of every image (see ``beam_search_n_best``)."""
+    n_best = beam_search_n_best(
+        decoder,
+        features,
+        start_id=start_id,
+        end_id=end_id,
+        max_length=max_length,
+        beam_size=beam_size,
+        length_penalty=length_penalty,
+        min_length=min_length,
+        n_best=1,
+    )
+    return [hyps[0] for hyps in n_best]
+
+
+@torch.no_grad()
+def beam_search_n_best(
+    decoder: Decoder,
+    features: torch.Tensor,
+    *,
+    start_id: int,
+    end_id: int,
+    max_length: int,
+    beam_size: int,
+    n_best: int,
+    length_penalty: float = 0.0,
+    min_length: int = 0,
+) -> list[list[Hypothesis]]:
     """Beam search for many images at once; every image keeps its own ``beam_size`` beams.
 
-    A finished hypothesis stays in its beam with its score frozen (it can only extend by <end>
+    Returns, per image, the ``n_best`` final beams, best first by ``ranking_score``. A finished
+    hypothesis stays in its beam with its score and length frozen (it can only extend by <end>
     at no cost), so the result for one image does not depend on the other images in the batch.
+    State tensors that ``step`` hands back unchanged (the same object, e.g. projected image
+    features) are equal across an image's beams, so they are not reordered.
     """
+    _check_lengths(min_length, max_length)
+    if not 1 <= n_best <= beam_size:
+        raise ValueError(f"expected 1 <= n_best <= beam_size ({beam_size}), got {n_best}")
     batch, k = features.size(0), beam_size
     device = features.device
     state = decoder.init_state(features)
     state = decoder.reorder_state(state, torch.arange(batch, device=device).repeat_interleave(k))
+    constant = set(state)  # keys whose rows are equal across the k beams of an image
+    offsets = torch.arange(batch, device=device).unsqueeze(1) * k  # (B, 1)
     tokens = torch.full((batch * k,), start_id, dtype=torch.long, device=device)
     # Only the first beam is live at the start, so the k beams do not start as k copies.
     scores = torch.full((batch, k), float("-inf"), device=device)
     scores[:, 0] = 0.0
+    lengths = torch.zeros(batch * k, device=device)  # tokens emitted, <end> included
     finished = torch.zeros(batch * k, dtype=torch.bool, device=device)
     sequences = torch.empty((batch * k, 0), dtype=torch.long, device=device)
     alpha_seq: torch.Tensor | None = None
-    for _ in range(max_length + 1):
-        logits, state, alpha = decoder.step(tokens, state)
-        log_probs = torch.log_softmax(logits.float(), dim=-1)  # (B*K, V)
+    for t in range(max_length + 1):
+        logits, new_state, alpha = decoder.step(tokens, state)
+        constant = {key for key in constant if new_state.get(key) is state[key]}
+        log_probs = _allowed(
+            torch.log_softmax(logits.float(), -1), t, end_id, min_length, max_length
+        )
         vocab = log_probs.size(-1)
         frozen = torch.full_like(log_probs, float("-inf"))
         frozen[:, end_id] = 0.0
         log_probs = torch.where(finished.unsqueeze(-1), frozen, log_probs)
-        candidates = (scores.view(-1, 1) + log_probs).view(batch, k * vocab)
-        scores, flat = candidates.topk(k, dim=-1)  # (B, K)
-        origin = flat // vocab + torch.arange(batch, device=device).unsqueeze(1) * k  # (B, K)
-        origin = origin.view(-1)
+        totals = scores.view(-1, 1) + log_probs  # (B*K, V)
+        new_lengths = torch.where(finished, lengths, lengths + 1)  # (B*K,)
+        ranks = totals  # (B*K, V)
+        if length_penalty:
+            ranks = totals / length_penalty_factor(new_lengths, length_penalty).unsqueeze(1)
+        ranks = ranks.view(batch, k * vocab)
+        flat = ranks.topk(k, dim=-1).indices  # (B, K)
+        scores = totals.view(batch, k * vocab).gather(1, flat)  # (B, K)
+        origin = (flat // vocab + offsets).view(-1)  # (B*K,) beam each new beam extends
         tokens = (flat % vocab).view(-1)
-        state = decoder.reorder_state(state, origin)
+        lengths = new_lengths[origin]
+        state = _reorder(decoder, new_state, origin, constant)
         sequences = torch.cat([sequences[origin], tokens.unsqueeze(1)], dim=1)
         if alpha is not None:
             step_alpha = alpha[origin].unsqueeze(1)
@@ -93,26 +242,30 @@ def beam_search(
         finished = finished[origin] | (tokens == end_id)
         if bool(finished.all()):
             break
-    best = scores.argmax(dim=-1)  # (B,)
-    rows = best + torch.arange(batch, device=device) * k
+    final = scores / length_penalty_factor(lengths.view(batch, k), length_penalty)  # (B, K)
+    order = final.argsort(dim=-1, descending=True, stable=True)[:, :n_best]  # (B, n_best)
+    rows = (order + offsets).tolist()
     return [
-        _hypothesis(sequences[r], float(scores[i, best[i]]), alpha_seq, int(r), end_id, max_length)
-        for i, r in enumerate(rows.tolist())
+        [
+            _hypothesis(sequences[r], float(scores[i, r - i * k]), alpha_seq, r, end_id)
+            for r in image_rows
+        ]
+        for i, image_rows in enumerate(rows)
     ]
 
 
+def _reorder(decoder: Decoder, state: State, origin: torch.Tensor, constant: set[str]) -> State:
+    if not constant:
+        return decoder.reorder_state(state, origin)
+    moving = decoder.reorder_state({k: v for k, v in state.items() if k not in constant}, origin)
+    return {**{k: state[k] for k in constant}, **moving}
+
+
 def _hypothesis(
-    steps: torch.Tensor,
-    score: float,
-    alphas: torch.Tensor | None,
-    row: int,
-    end_id: int,
-    max_length: int,
+    steps: torch.Tensor, score: float, alphas: torch.Tensor | None, row: int, end_id: int
 ) -> Hypothesis:
     ids = steps.tolist()
-    # max_length + 1 steps let a caption of max_length words end with <end>; a caption that
-    # never ends is cut to max_length words.
-    length = min(ids.index(end_id) if end_id in ids else len(ids), max_length)
+    length = ids.index(end_id) if end_id in ids else len(ids)
     attention = alphas[row, :length].cpu() if alphas is not None else None
     return Hypothesis(tokens=ids[:length], score=score, alphas=attention)
 
@@ -125,11 +278,18 @@ def decode_batch(
     end_id: int,
     max_length: int,
     beam_size: int,
+    length_penalty: float = 0.0,
+    min_length: int = 0,
 ) -> list[Hypothesis]:
     """Greedy when ``beam_size`` is 1, beam search otherwise."""
     if beam_size == 1:
         return greedy_search(
-            decoder, features, start_id=start_id, end_id=end_id, max_length=max_length
+            decoder,
+            features,
+            start_id=start_id,
+            end_id=end_id,
+            max_length=max_length,
+            min_length=min_length,
         )
     return beam_search(
         decoder,
@@ -138,4 +298,6 @@ def decode_batch(
         end_id=end_id,
         max_length=max_length,
         beam_size=beam_size,
+        length_penalty=length_penalty,
+        min_length=min_length,
     )

@@ -1,4 +1,8 @@
-"""BLEU-1..4, METEOR, ROUGE-L and CIDEr through pycocoevalcap (the COCO caption evaluation code)."""
+"""BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (+ SPICE when its jars exist) through pycocoevalcap.
+
+pycocoevalcap is the COCO caption evaluation code; its ``Cider`` scorer is CIDEr-D (clipped,
+length-penalised), reported as "CIDEr" as the COCO server does.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from captioning.errors import CaptioningError
+from captioning.metrics.spice import spice_available, spice_scores
 
 logger = logging.getLogger(__name__)
 
@@ -24,16 +29,36 @@ def require_java() -> None:
         )
 
 
+Scores = tuple[dict[str, float], dict[int, dict[str, float]]]
+
+
 def coco_scores(
     predictions: Mapping[int, str],
     references: Mapping[int, Sequence[str]],
     *,
     meteor: bool = True,
-) -> tuple[dict[str, float], dict[int, dict[str, float]]]:
+    spice: bool = False,
+) -> Scores:
     """Corpus scores and per-image scores, keyed by image id.
 
     Both mappings must have the same image ids; captions are tokenised with the PTB tokenizer
-    as in the COCO evaluation server.
+    as in the COCO evaluation server. ``spice`` adds SPICE when its CoreNLP jars are installed
+    (``metrics.spice``); otherwise one log line says why it is missing.
+    """
+    return coco_scores_many({"": predictions}, references, meteor=meteor, spice=spice)[""]
+
+
+def coco_scores_many(
+    predictions: Mapping[str, Mapping[int, str]],
+    references: Mapping[int, Sequence[str]],
+    *,
+    meteor: bool = True,
+    spice: bool = False,
+) -> dict[str, Scores]:
+    """``coco_scores`` for several decodings of the same images (name -> predictions).
+
+    The references are tokenised once, all predictions in one tokenizer run, and one METEOR
+    JVM scores every decoding: each Java start costs seconds.
     """
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
@@ -41,14 +66,23 @@ def coco_scores(
     from pycocoevalcap.rouge.rouge import Rouge
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    missing = set(references) ^ set(predictions)
-    if missing:
-        raise ValueError(f"predictions and references differ on image ids {sorted(missing)[:5]}")
+    for name, captions in predictions.items():
+        missing = set(references) ^ set(captions)
+        if missing:
+            raise ValueError(
+                f"predictions {name!r} and references differ on image ids {sorted(missing)[:5]}"
+            )
     require_java()
     tokenizer = PTBTokenizer()
     gts = tokenizer.tokenize({i: [{"caption": c} for c in refs] for i, refs in references.items()})
-    res = tokenizer.tokenize({i: [{"caption": predictions[i]}] for i in references})
     ids = list(gts)
+    every = tokenizer.tokenize(
+        {
+            (name, i): [{"caption": captions[i]}]
+            for name, captions in predictions.items()
+            for i in ids
+        }
+    )
     scorers: list[tuple[Any, list[str]]] = [
         (Bleu(4), ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"]),
         (Rouge(), ["ROUGE-L"]),
@@ -56,6 +90,18 @@ def coco_scores(
     ]
     if meteor:
         scorers.insert(1, (Meteor(), ["METEOR"]))
+    spice = spice and spice_available()  # logs why not, once
+    out: dict[str, Scores] = {}
+    for name in predictions:
+        # The tokenizer drops a trailing empty caption's line: an empty caption stays empty.
+        res = {i: every.get((name, i), [""]) for i in ids}
+        out[name] = _score(scorers, gts, res, ids, spice)
+    return out
+
+
+def _score(scorers, gts, res, ids, spice: bool) -> Scores:
+    from pycocoevalcap.bleu.bleu import Bleu
+
     corpus: dict[str, float] = {}
     per_image: dict[int, dict[str, float]] = {i: {} for i in ids}
     for scorer, names in scorers:
@@ -69,6 +115,8 @@ def coco_scores(
             corpus[name] = float(value)
             for image_id, v in zip(ids, values, strict=True):
                 per_image[image_id][name] = float(v)
-        if hasattr(scorer, "close"):
-            scorer.close()
+    if spice and (found := spice_scores(gts, res)) is not None:
+        corpus["SPICE"] = found[0]
+        for image_id in ids:
+            per_image[image_id]["SPICE"] = found[1][image_id]
     return corpus, per_image

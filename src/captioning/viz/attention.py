@@ -1,4 +1,8 @@
-"""Per-word attention heat-maps over the image, as in the TensorFlow tutorial's plot_attention."""
+"""Per-word attention heat-maps over the image, as in the TensorFlow tutorial's plot_attention.
+
+One panel per generated word, laid out in a grid: the image with that step's attention weights
+upsampled smoothly (bicubic on the float weights) to the image size and drawn over it.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,14 @@ from PIL import Image  # noqa: E402
 from captioning.io import atomic_path  # noqa: E402
 
 
+def upsample_attention(weights: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(grid, grid) weights -> (height, width) map in [0, 1], smoothly interpolated."""
+    peak = max(float(weights.max()), 1e-8)
+    heat = Image.fromarray((weights / peak).astype(np.float32), mode="F")
+    smooth = np.asarray(heat.resize(size, Image.Resampling.BICUBIC))
+    return np.clip(smooth, 0.0, 1.0)  # bicubic overshoots a little at sharp peaks
+
+
 def plot_attention(
     image: Image.Image,
     words: Sequence[str],
@@ -25,20 +37,29 @@ def plot_attention(
     title: str = "",
     columns: int = 5,
 ) -> None:
-    """One panel per generated word: the image with that step's attention upsampled over it."""
+    """Save a PNG grid: for each word, the image with its (grid, grid) attention over it.
+
+    ``attention`` is (len(words), grid, grid); an empty caption gives the image alone.
+    """
+    if len(attention) != len(words):
+        raise ValueError(f"{len(words)} words but attention for {len(attention)} steps")
     n = max(len(words), 1)
-    rows = math.ceil(n / columns)
-    figure = plt.figure(figsize=(3 * min(n, columns), 3 * rows + (0.4 if title else 0)))
+    cols = min(n, columns)
+    rows = math.ceil(n / cols)
+    figure = plt.figure(figsize=(3 * cols, 3 * rows + (0.5 if title else 0)))
     size = image.size
+    extent = (0, size[0], size[1], 0)
     for i, word in enumerate(words):
-        axis = figure.add_subplot(rows, min(n, columns), i + 1)
-        heat = Image.fromarray(
-            (attention[i] / max(attention[i].max(), 1e-8) * 255).astype(np.uint8)
-        )
-        heat = heat.resize(size, Image.Resampling.BILINEAR)
-        axis.imshow(image)
-        axis.imshow(np.asarray(heat), cmap="gray", alpha=0.6, extent=(0, size[0], size[1], 0))
+        axis = figure.add_subplot(rows, cols, i + 1)
+        axis.imshow(image, extent=extent)
+        heat = upsample_attention(np.asarray(attention[i], dtype=np.float32), size)
+        axis.imshow(heat, cmap="gray", alpha=0.6, extent=extent, vmin=0.0, vmax=1.0)
         axis.set_title(word, fontsize=12)
+        axis.axis("off")
+    if not words:
+        axis = figure.add_subplot(1, 1, 1)
+        axis.imshow(image, extent=extent)
+        axis.set_title("(empty caption)")
         axis.axis("off")
     if title:
         figure.suptitle(title, fontsize=11)
