@@ -143,17 +143,17 @@ def compare(
     """Paired bootstrap of ``challenger_ref`` against ``champion_ref`` on their shared test set."""
     challenger = resolve_version(client, name, challenger_ref)
     champion = resolve_version(client, name, champion_ref)
-    if challenger.version == champion.version:
+    if str(challenger.version) == str(champion.version):
         raise RegistryError(
             f"{name}: {challenger_ref!r} and {champion_ref!r} are both version "
-            f"{challenger.version}: nothing to compare"
+            f"{str(challenger.version)}: nothing to compare"
         )
     score_a, a = version_scores(client, challenger, default_score)
     score_b, b = version_scores(client, champion, default_score)
     if score_a != score_b:
         raise NotComparable(
-            f"version {challenger.version} is scored on {score_a}, "
-            f"version {champion.version} on {score_b}"
+            f"version {str(challenger.version)} is scored on {score_a}, "
+            f"version {str(champion.version)} on {score_b}"
         )
     x, y = paired_arrays(a, b)
     result = paired_bootstrap(
@@ -164,7 +164,7 @@ def compare(
         seed=gate.seed,
         min_gain=gate.min_gain,
     )
-    return Comparison(name, challenger.version, champion.version, score_a, result)
+    return Comparison(name, str(challenger.version), str(champion.version), score_a, result)
 
 
 def promote(
@@ -190,9 +190,9 @@ def promote(
     by = by or current_user()
     version = resolve_version(client, name, ref)
     champion = champion_version(client, name)
-    before = champion.version if champion else None
-    if champion is not None and champion.version == version.version:
-        return Decision(name, version.version, "already champion", "nothing to do", before)
+    before = str(champion.version) if champion else None
+    if champion is not None and str(champion.version) == str(version.version):
+        return Decision(name, str(version.version), "already champion", "nothing to do", before)
 
     comparison: Comparison | None = None
     if champion is None:
@@ -200,14 +200,14 @@ def promote(
     else:
         try:
             comparison = compare(
-                client, name, version.version, champion.version, gate, default_score
+                client, name, str(version.version), str(champion.version), gate, default_score
             )
             passed = comparison.result.passed
-            why = f"vs champion {champion.version}: {comparison.result.summary()}"
+            why = f"vs champion {str(champion.version)}: {comparison.result.summary()}"
         except (NotComparable, ValueError) as exc:
-            passed, why = False, f"vs champion {champion.version}: cannot compare: {exc}"
+            passed, why = False, f"vs champion {str(champion.version)}: cannot compare: {exc}"
     if comparison is not None:
-        _record_gate(client, name, version.version, comparison)
+        _record_gate(client, name, str(version.version), comparison)
 
     if passed and apply:
         decision = "promoted"
@@ -218,7 +218,7 @@ def promote(
     else:
         decision = "pending review"
     if decision in ("promoted", "forced"):
-        _move_champion(client, name, version.version, before)
+        _move_champion(client, name, str(version.version), before)
     tags = {
         "promotion.decision": decision,
         "promotion.reason": why[:7000],
@@ -228,10 +228,10 @@ def promote(
     if reason:
         tags["promotion.note"] = reason
     for key, value in tags.items():
-        client.set_model_version_tag(name, version.version, key, value)
-    log_event(client, name, version.version, f"promote by {by}: {decision}; {why}")
-    logger.info("%s version %s: %s (%s)", name, version.version, decision, why)
-    return Decision(name, version.version, decision, why, before, comparison)
+        client.set_model_version_tag(name, str(version.version), key, value)
+    log_event(client, name, str(version.version), f"promote by {by}: {decision}; {why}")
+    logger.info("%s version %s: %s (%s)", name, str(version.version), decision, why)
+    return Decision(name, str(version.version), decision, why, before, comparison)
 
 
 def rollback(
@@ -244,15 +244,15 @@ def rollback(
     by = by or current_user()
     target = resolve_version(client, name, ref)
     champion = champion_version(client, name)
-    before = champion.version if champion else None
-    if before == target.version:
-        raise RegistryError(f"{name}: version {target.version} is already champion")
+    before = str(champion.version) if champion else None
+    if before == str(target.version):
+        raise RegistryError(f"{name}: version {str(target.version)} is already champion")
     if WAS_CHAMPION_TAG not in target.tags:
         raise RegistryError(
-            f"{name}: version {target.version} was never champion; a version that has not "
+            f"{name}: version {str(target.version)} was never champion; a version that has not "
             "been champion goes through `promote` (the gate) or `promote --force --reason`"
         )
-    _move_champion(client, name, target.version, before)
+    _move_champion(client, name, str(target.version), before)
     stamp = _now()
     for key, value in {
         "rollback.by": by,
@@ -260,15 +260,15 @@ def rollback(
         "rollback.at": stamp,
         "rollback.from_version": before or "none",
     }.items():
-        client.set_model_version_tag(name, target.version, key, value)
-    line = f"rollback by {by}: champion {before or 'none'} -> {target.version}; {reason}"
-    log_event(client, name, target.version, line)
+        client.set_model_version_tag(name, str(target.version), key, value)
+    line = f"rollback by {by}: champion {before or 'none'} -> {str(target.version)}; {reason}"
+    log_event(client, name, str(target.version), line)
     if before is not None:
         client.set_model_version_tag(name, before, "rolled_back.by", by)
         client.set_model_version_tag(name, before, "rolled_back.reason", reason)
         log_event(client, name, before, line)
     logger.info("%s: %s", name, line)
-    return Decision(name, target.version, "rolled back", reason, before)
+    return Decision(name, str(target.version), "rolled back", reason, before)
 
 
 def log_event(client: mlflow.MlflowClient, name: str, version: str, line: str) -> None:
