@@ -115,3 +115,33 @@ def test_blocks_give_the_same_interval_as_one_draw(monkeypatch: pytest.MonkeyPat
 def test_bad_input(a, b, kwargs, match):
     with pytest.raises(ValueError, match=match):
         paired_bootstrap(np.array(a), np.array(b), **{**OPTS, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("gate", "key", "expected"),
+    [
+        ("confidence: 1.0", "register.gate.confidence", "in [0.5, 1)"),
+        ("resamples: 10", "register.gate.resamples", ">= 100"),
+        ("min_gain: -0.1", "register.gate.min_gain", ">= 0"),
+        ("min_gian: 0.1", "register.gate.min_gian", "unknown key"),
+    ],
+)
+def test_gate_params_are_checked_at_load(tmp_path, gate, key, expected):
+    from captioning.config import ConfigError, load_params
+
+    params = tmp_path / "params.yaml"
+    params.write_text(f"register:\n  gate:\n    {gate}\n")
+    with pytest.raises(ConfigError) as info:
+        load_params(params)
+    message = str(info.value)
+    assert str(params) in message and key in message and expected in message
+
+
+def test_repo_params_load_with_the_gate_section():
+    from pathlib import Path
+
+    from captioning.config import load_params
+
+    cfg = load_params(Path(__file__).resolve().parents[3] / "params.yaml").register
+    assert (cfg.decoding, cfg.promote_metric, cfg.auto_promote) == ("beam", "CIDEr", True)
+    assert cfg.gate.resamples >= 1000 and 0.5 <= cfg.gate.confidence < 1
