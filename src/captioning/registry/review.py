@@ -195,6 +195,8 @@ def promote(
         return Decision(name, str(version.version), "already champion", "nothing to do", before)
 
     comparison: Comparison | None = None
+    # An alias moved by hand (e.g. in the UI) went past the gate: the record says so.
+    set_by_hand = champion is not None and WAS_CHAMPION_TAG not in champion.tags
     if champion is None:
         passed, why = True, "no champion yet"
     else:
@@ -208,6 +210,9 @@ def promote(
             passed, why = False, f"vs champion {str(champion.version)}: cannot compare: {exc}"
     if comparison is not None:
         _record_gate(client, name, str(version.version), comparison)
+    if set_by_hand:
+        why += f" (champion {before} was set outside `captioning registry`)"
+        logger.warning("%s: champion %s was set outside the gate", name, before)
 
     if passed and apply:
         decision = "promoted"

@@ -197,3 +197,12 @@ def test_generic_over_model_name_and_metric(tmp_path: Path, monkeypatch: pytest.
         client.get_model_version("captcha-reader", "3").tags["gate.score"] == "greedy.exact_match"
     )
     mlflow.set_tracking_uri(None)
+
+
+def test_a_champion_set_by_hand_is_named_in_the_next_record(registry, capsys):
+    """Moving the alias in the UI bypasses the gate; the next promotion says so."""
+    registry.set_registered_model_alias("captioner", "champion", "2")
+    assert main(["registry", "promote", "3"]) == 0
+    assert "(champion 2 was set outside `captioning registry`)" in capsys.readouterr().out
+    reason = registry.get_model_version("captioner", "3").tags["promotion.reason"]
+    assert "vs champion 2: passes" in reason and "set outside" in reason
