@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--batch-size", type=int, default=16, help=argparse.SUPPRESS)
     predict.set_defaults(func=cmd_predict)
+    from captioning.registry.commands import add_registry_commands
+
+    add_registry_commands(commands)
     return parser
 
 

@@ -333,12 +333,41 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    """The promotion gate: a paired bootstrap over the test images (registry/gate.py)."""
+
+    confidence: float = 0.95  # two-sided percentile interval of the mean per-image gain
+    resamples: int = 10000
+    seed: int = 0
+    # The interval's lower end must be above this (in units of the per-image score).
+    min_gain: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(0.5 <= self.confidence < 1.0, "confidence", "in [0.5, 1)")
+        _require(self.resamples >= 100, "resamples", ">= 100")
+        _require(self.seed >= 0, "seed", ">= 0")
+        _require(self.min_gain >= 0.0, "min_gain", ">= 0 (a gate that admits a loss is no gate)")
+
+
+@dataclass(frozen=True)
 class RegisterConfig:
     model_name: str = "captioner"
     experiment: str = "captioning"
     # The test metric a challenger must beat the champion on to be promoted.
     promote_metric: str = "CIDEr"
     beam_size: int = 3
+    # Whose per-image scores the gate compares: per_image.json entry[decoding][promote_metric]
+    # (CIDEr there is pycocoevalcap's CIDEr-D); e.g. greedy + exact_match for a CAPTCHA reader.
+    decoding: str = "beam"
+    # The stage promotes a challenger that passes the gate; false: reviewers run
+    # `captioning registry promote` themselves (the gate's numbers are logged either way).
+    auto_promote: bool = True
+    gate: GateConfig = field(default_factory=GateConfig)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.model_name.strip()), "model_name", "a non-empty name")
+        _require(bool(self.promote_metric.strip()), "promote_metric", "a metric name")
+        _require(bool(self.decoding.strip()), "decoding", "a decoding name, e.g. beam")
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,28 @@
-"""Log a trained captioner to MLflow, register it, and promote it if it beats the champion.
+"""Log a trained model to MLflow, register it as ``challenger``, and run the promotion gate.
 
-Every new version gets the alias ``challenger``. ``champion`` moves to it only if there is no
-champion yet or the new version's ``test.beam.<promote_metric>`` is strictly greater than the
-champion's. The value is stored on each version as a tag so it is read back without the run.
+Every version carries what a reviewer needs: test (and validation) metrics, params, encoder and
+decoder, git commit, the dvc.lock hashes of its data and features, the Prefect flow-run id, a
+model card (its description), the per-image test scores the gate compares, the attention
+figures, a signature and an input example. ``champion`` moves only through ``review.promote``
+(here when ``register.auto_promote`` is set; by hand with ``captioning registry promote``).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.exceptions import MlflowException
 
-from captioning.config import RegisterConfig, flatten_dict
+from captioning.config import RegisterConfig, flatten, flatten_dict
 from captioning.io import write_json
+from captioning.registry.model_card import CardInputs, render_model_card
+from captioning.registry.per_image import ImageScores, read_per_image
 from captioning.registry.pyfunc import log_captioner
+from captioning.registry.review import CHALLENGER, PER_IMAGE_ARTIFACT, SCORE_TAG, promote
 from captioning.registry.tracking import (
     configure_mlflow,
     get_or_create_experiment,
@@ -29,22 +33,9 @@ from captioning.registry.tracking import (
 
 logger = logging.getLogger(__name__)
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 LINEAGE_STAGES = ("fetch", "shard", "vocab", "features")
 PER_DECODER_STAGES = ("train", "evaluate")
 MAX_PARAM_LENGTH = 6000
-
-
-def decide_promotion(new: float, champion: float | None) -> tuple[bool, str]:
-    """Promote iff there is no (valid) champion value or ``new`` is strictly greater."""
-    if math.isnan(new):
-        return False, f"new value is NaN; champion {champion}"
-    if champion is None or math.isnan(champion):
-        return True, f"no champion value to beat; new {new:.6g}"
-    if new > champion:
-        return True, f"new {new:.6g} > champion {champion:.6g}"
-    return False, f"new {new:.6g} <= champion {champion:.6g}"
 
 
 def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -67,7 +58,8 @@ def lineage_stages(root: Path, decoder: str) -> tuple[str, ...]:
 
 
 def promote_key(cfg: RegisterConfig) -> str:
-    return f"test.beam.{cfg.promote_metric}"
+    """The corpus metric shown next to the gate, e.g. ``test.beam.CIDEr``."""
+    return f"test.{cfg.decoding}.{cfg.promote_metric}"
 
 
 def register_model(
@@ -78,8 +70,12 @@ def register_model(
     out_path: Path,
     root: Path | None = None,
     example_image: bytes | None = None,
+    per_image_path: Path | None = None,
+    figures_dir: Path | None = None,
+    train_log: Path | None = None,
+    data_source: str = "unknown",
 ) -> dict:
-    """Log, register, alias and maybe promote; write and return the decision record."""
+    """Log, register as challenger, run the gate; write and return the decision record."""
     model_dir, metrics_path = Path(model_dir), Path(metrics_path)
     root = Path(root) if root is not None else repo_root()
     config = _read_json(model_dir / "config.json")
@@ -87,70 +83,111 @@ def register_model(
     key = promote_key(cfg)
     if key not in metrics:
         raise ValueError(f"{metrics_path}: no numeric {key!r} to decide promotion on")
-    new_value = metrics[key]
+    score_name = f"{cfg.decoding}.{cfg.promote_metric}"
+    per_image: ImageScores | None = None
+    if per_image_path is not None:  # read first: a malformed file fails before anything is logged
+        per_image = read_per_image(Path(per_image_path), cfg.decoding, cfg.promote_metric)
+    metrics.update(validation_metrics(train_log))
     decoder = str(config.get("decoder", model_dir.name))
+    encoder = _encoder_name(config)
+    figures = sorted(Path(figures_dir).glob("*.png")) if figures_dir is not None else []
 
     configure_mlflow(root)
     experiment_id = get_or_create_experiment(cfg.experiment, root)
-    tags = lineage_tags(root, lineage_stages(root, decoder))
-    tags.update(decoder=decoder, encoder=_encoder_name(config))
+    lineage = lineage_tags(root, lineage_stages(root, decoder))
+    tags = {**lineage, "decoder": decoder, "encoder": encoder, "model_name": cfg.model_name}
+    card = render_model_card(
+        CardInputs(
+            model_name=cfg.model_name,
+            decoder=decoder,
+            encoder=encoder,
+            config=config,
+            test_metrics={k[5:]: v for k, v in metrics.items() if k.startswith("test.")},
+            val_metrics={k[4:]: v for k, v in metrics.items() if k.startswith("val.")},
+            lineage=lineage,
+            data_source=data_source,
+            n_test_images=len(per_image) if per_image else None,
+            test_set=per_image.test_set if per_image else None,
+            gate_score=score_name,
+            figures=[f"figures/attention/{f.name}" for f in figures],
+        )
+    )
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{decoder}") as run:
-        mlflow.log_params({k: str(v)[:MAX_PARAM_LENGTH] for k, v in flatten_dict(config).items()})
+        params = {**flatten_dict(config), **flatten(cfg, "register.")}
+        mlflow.log_params({k: str(v)[:MAX_PARAM_LENGTH] for k, v in params.items()})
         mlflow.log_metrics(metrics)
         mlflow.set_tags(tags)
         mlflow.log_artifact(str(metrics_path), artifact_path="reports")
         mlflow.log_artifact(str(model_dir / "config.json"), artifact_path="reports")
+        if per_image_path is not None:
+            # Under the name the gate reads back, whatever the file is called here.
+            mlflow.log_text(Path(per_image_path).read_text(encoding="utf-8"), PER_IMAGE_ARTIFACT)
+        if train_log is not None and Path(train_log).is_file():
+            mlflow.log_artifact(str(train_log), artifact_path="reports")
+        for figure in figures:
+            mlflow.log_artifact(str(figure), artifact_path="figures/attention")
+        mlflow.log_text(card, "model_card.md")
         info = log_captioner(model_dir, example_image=example_image)
         run_id = run.info.run_id
 
     client = mlflow.MlflowClient()
-    version = mlflow.register_model(
-        info.model_uri, cfg.model_name, tags={key: repr(new_value), "decoder": decoder}
-    ).version
+    version_tags = {**tags, key: repr(metrics[key]), SCORE_TAG: score_name}
+    if per_image is not None:
+        version_tags["test_set.references"] = per_image.test_set
+        version_tags["test_set.n_images"] = str(len(per_image))
+    registered = mlflow.register_model(info.model_uri, cfg.model_name, tags=version_tags)
+    version = str(registered.version)
+    client.update_model_version(cfg.model_name, version, description=card)
     client.set_registered_model_alias(cfg.model_name, CHALLENGER, version)
-    champion_version, champion_value = _champion(client, cfg.model_name, key)
-    promoted, reason = decide_promotion(new_value, champion_value)
-    if champion_version is not None:
-        reason += f" (champion is version {champion_version})"
-    if promoted:
-        client.set_registered_model_alias(cfg.model_name, CHAMPION, version)
-    decision = "promoted" if promoted else "kept"
-    client.set_model_version_tag(cfg.model_name, version, "promotion.decision", decision)
-    client.set_model_version_tag(cfg.model_name, version, "promotion.reason", reason)
-    client.set_tag(run_id, "promotion.decision", decision)
-    logger.info("%s version %s: %s (%s)", cfg.model_name, version, decision, reason)
+    decision = promote(
+        client,
+        cfg.model_name,
+        version,
+        cfg.gate,
+        score_name,
+        by="register stage",
+        apply=cfg.auto_promote,
+    )
+    client.set_tag(run_id, "promotion.decision", decision.decision)
 
     aliases = client.get_model_version(cfg.model_name, version).aliases
     record = {
         "model_name": cfg.model_name,
-        "version": str(version),
+        "version": version,
         "run_id": run_id,
         "aliases": sorted(aliases),
-        "decision": decision,
-        "reason": reason,
+        "decision": decision.decision,
+        "reason": decision.reason,
+        "champion_before": decision.champion_before,
         "metric": key,
-        "new_value": new_value,
-        "champion_value": champion_value,
+        "new_value": metrics[key],
+        "gate_score": score_name,
+        "gate": decision.comparison.result.to_dict() if decision.comparison else None,
     }
     write_json(out_path, record)
     return record
 
 
-def _champion(client: mlflow.MlflowClient, name: str, key: str) -> tuple[str | None, float | None]:
-    """The current champion's version and its promote-metric value (None if unknown)."""
+def validation_metrics(train_log: Path | None) -> dict[str, float]:
+    """``val.loss_last``, ``val.loss_best`` and ``val.best_epoch`` from the train stage's CSV."""
+    if train_log is None or not Path(train_log).is_file():
+        return {}
+    with open(train_log, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val_loss") not in (None, "")]
+    if not rows:
+        return {}
     try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None, None
-    raw = champion.tags.get(key)
-    if raw is None and champion.run_id:
-        # A version registered without the tag: fall back to its run's metric.
-        raw = client.get_run(champion.run_id).data.metrics.get(key)
-    try:
-        return champion.version, float(raw) if raw is not None else None
-    except ValueError:
-        logger.warning("champion %s has a non-numeric %s tag %r", champion.version, key, raw)
-        return champion.version, None
+        losses = [(float(r["val_loss"]), int(float(r["epoch"]))) for r in rows]
+    except (KeyError, ValueError) as exc:
+        raise ValueError(
+            f"{train_log}: expected numeric 'epoch' and 'val_loss' columns ({exc})"
+        ) from None
+    best, best_epoch = min(losses)
+    return {
+        "val.loss_last": losses[-1][0],
+        "val.loss_best": best,
+        "val.best_epoch": float(best_epoch),
+    }
 
 
 def _encoder_name(config: dict[str, Any]) -> str:

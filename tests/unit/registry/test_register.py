@@ -1,4 +1,4 @@
-"""Registration, the champion/challenger promotion rule and the pyfunc round trip.
+"""Registration: what every version carries, the promotion gate at registration, the pyfunc.
 
 The real ``Captioner`` needs a trained decoder and encoder weights; a stand-in module
 ``captioning.inference`` is put in ``sys.modules`` (in this process, and in a subprocess for the
@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
 import subprocess
 import sys
 import textwrap
@@ -22,9 +21,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from registry_helpers import N_IMAGES, champion_scores, make_model, shifted, write_store_root
 
 from captioning.config import RegisterConfig
-from captioning.registry.register import decide_promotion, lineage_stages, register_model
+from captioning.registry.register import lineage_stages, register_model
 
 FAKE_INFERENCE = textwrap.dedent(
     """
@@ -79,70 +79,33 @@ def jpeg_bytes(colour: tuple[int, int, int], seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
-def make_model(root: Path, decoder: str, cider: float) -> tuple[Path, Path]:
-    model_dir = root / "models" / decoder
-    model_dir.mkdir(parents=True)
-    (model_dir / "decoder.safetensors").write_bytes(b"stand-in weights")
-    (model_dir / "vocab.json").write_text(json.dumps({"itos": ["<pad>", "a"]}))
-    config = {
-        "decoder": decoder,
-        "seed": 42,
-        "train": {"epochs": 3, "model": {"hidden_dim": 8}},
-        "encoder": {"encoder": "efficientnet_lite0", "grid": 7, "channels": 320},
-    }
-    (model_dir / "config.json").write_text(json.dumps(config))
-    metrics_path = root / "reports" / decoder / "metrics.json"
-    metrics_path.parent.mkdir(parents=True)
-    scores = {"BLEU-4": 0.3, "CIDEr": cider, "object_accuracy": 0.9}
-    metrics = {"test": {"greedy": scores, "beam": scores}, "val": {"beam": scores}}
-    metrics_path.write_text(json.dumps(metrics))
-    return model_dir, metrics_path
-
-
-@pytest.mark.parametrize(
-    ("new", "champion", "promoted"),
-    [
-        (0.5, None, True),
-        (0.5, 0.4, True),
-        (0.5, 0.5, False),  # strictly greater
-        (0.4, 0.5, False),
-        (0.0, math.nan, True),  # a champion without a usable value is beaten
-        (math.nan, None, False),  # a NaN never becomes champion
-        (math.nan, 0.1, False),
-    ],
-)
-def test_decide_promotion(new, champion, promoted):
-    decision, reason = decide_promotion(new, champion)
-    assert decision is promoted
-    assert reason
-    if champion is not None and not math.isnan(champion) and not math.isnan(new):
-        assert f"{new:.6g}" in reason and f"{champion:.6g}" in reason
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory):
-    """Three registrations: first (0.5) -> champion, worse (0.4) -> kept, better (0.6) -> promoted."""
+    """Three registrations: a -> champion (first), b (worse) -> refused, c (better) -> promoted."""
     root = tmp_path_factory.mktemp("registry")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        mp.setenv("CAPTIONING_PREFECT_FLOW_RUN_ID", "flow-run-1234")
         mp.setitem(sys.modules, "captioning.inference", fake_inference_module())
         mp.setattr(sys, "path", list(sys.path))  # pyfunc.load_model prepends the model's code dir
-        (root / "dvc.yaml").write_text("stages: {}\n")
-        (root / "dvc.lock").write_text(
-            "schema: '2.0'\nstages:\n  fetch:\n    cmd: x\n    outs:\n"
-            "    - path: data/raw\n      hash: md5\n      md5: abc.dir\n"
-            "  train@a:\n    cmd: x\n    outs:\n"
-            "    - path: models/a\n      hash: md5\n      md5: def.dir\n"
-        )
+        write_store_root(root)
+        base = champion_scores()
+        scores = {
+            "a": base,
+            "b": shifted(base, -0.3, 0.2, seed=1),
+            "c": shifted(base, +0.6, 0.3, seed=2),
+        }
         records = []
-        for i, (decoder, cider) in enumerate([("a", 0.5), ("b", 0.4), ("c", 0.6)]):
-            model_dir, metrics_path = make_model(root, decoder, cider)
-            out = root / "reports" / decoder / "registered.json"
+        for i, (decoder, values) in enumerate(scores.items()):
+            paths = make_model(root, decoder, values, figures=2 if i == 0 else 0)
+            out = root / "reports" / decoder / "registration.json"
             example = jpeg_bytes((200, 30, 30)) if i == 0 else None
             records.append(
-                register_model(model_dir, metrics_path, CFG, out_path=out, example_image=example)
+                register_model(
+                    **paths, cfg=CFG, out_path=out, example_image=example, data_source="shapes"
+                )
             )
         yield root, records
         mlflow.set_tracking_uri(None)
@@ -152,30 +115,42 @@ def test_first_version_becomes_champion(registry):
     root, (first, _, _) = registry
     assert first["version"] == "1"
     assert first["decision"] == "promoted"
-    assert first["champion_value"] is None
+    assert first["champion_before"] is None and first["gate"] is None
+    assert "no champion yet" in first["reason"]
     assert first["aliases"] == ["challenger", "champion"]
-    assert json.loads((root / "reports" / "a" / "registered.json").read_text()) == first
+    assert json.loads((root / "reports" / "a" / "registration.json").read_text()) == first
 
 
-def test_worse_version_stays_challenger(registry):
+def test_worse_version_is_refused_with_the_numbers(registry):
     _, (_, second, _) = registry
-    assert second["decision"] == "kept"
-    assert (second["new_value"], second["champion_value"]) == (0.4, 0.5)
+    assert second["decision"] == "refused"
     assert second["aliases"] == ["challenger"]
+    gate = second["gate"]
+    assert gate["passed"] is False and gate["n_images"] == N_IMAGES
+    assert gate["mean_diff"] < 0 and gate["ci_high"] < 0
     version = mlflow.MlflowClient().get_model_version("captioner", second["version"])
-    assert version.tags["promotion.decision"] == "kept"
-    assert "0.4" in version.tags["promotion.reason"] and "0.5" in version.tags["promotion.reason"]
-    assert version.tags["test.beam.CIDEr"] == "0.4"
+    tags = version.tags
+    assert tags["promotion.decision"] == "refused"
+    assert tags["promotion.by"] == "register stage"
+    assert tags["gate.vs_version"] == "1" and tags["gate.passed"] == "false"
+    assert float(tags["gate.mean_diff"]) == pytest.approx(gate["mean_diff"], rel=1e-5)
+    assert float(tags["gate.ci_low"]) == pytest.approx(gate["ci_low"], rel=1e-5)
+    assert tags["gate.n_images"] == str(N_IMAGES)
+    assert {"gate.p_value", "gate.win_fraction", "gate.confidence", "gate.resamples"} <= set(tags)
+    assert f"{gate['mean_diff']:+.4f}" in tags["promotion.reason"]
+    assert "refused" in version.description.split("## Registry log")[1]
 
 
 def test_better_version_is_promoted(registry):
     _, (first, _, third) = registry
     assert third["decision"] == "promoted"
-    assert (third["new_value"], third["champion_value"]) == (0.6, 0.5)
+    assert third["champion_before"] == "1"
+    assert third["gate"]["passed"] and third["gate"]["ci_low"] > 0
     client = mlflow.MlflowClient()
     assert str(client.get_model_version_by_alias("captioner", "champion").version) == "3"
     assert str(client.get_model_version_by_alias("captioner", "challenger").version) == "3"
-    assert client.get_model_version("captioner", first["version"]).aliases == []
+    old = client.get_model_version("captioner", first["version"])
+    assert old.aliases == [] and old.tags["champion.replaced_by"] == "3"
 
 
 def test_run_carries_params_metrics_tags_and_reports(registry):
@@ -186,16 +161,52 @@ def test_run_carries_params_metrics_tags_and_reports(registry):
     assert client.get_experiment(run.info.experiment_id).name == "captioning"
     assert run.data.params["train.model.hidden_dim"] == "8"
     assert run.data.params["encoder.grid"] == "7"
-    assert run.data.metrics["test.beam.CIDEr"] == 0.5
-    assert run.data.metrics["val.beam.BLEU-4"] == 0.3
+    assert run.data.params["register.gate.resamples"] == str(CFG.gate.resamples)
+    assert run.data.metrics["test.beam.CIDEr"] == pytest.approx(float(champion_scores().mean()))
+    assert run.data.metrics["val.loss_best"] == 0.7 and run.data.metrics["val.best_epoch"] == 2
+    assert run.data.metrics["val.loss_last"] == 0.75
     tags = run.data.tags
     assert tags["decoder"] == "a" and tags["encoder"] == "efficientnet_lite0"
-    assert len(tags["dvc.fetch.outs"]) == 12
+    assert len(tags["dvc.fetch.outs"]) == len(tags["dvc.features.outs"]) == 12
     assert len(tags["dvc.train:a.outs"]) == 12  # foreach stage train@a in dvc.lock
     assert tags["dvc.evaluate.outs"] == tags["dvc.shard.outs"] == "missing"
+    assert tags["prefect.flow_run_id"] == "flow-run-1234"
     assert {"git.commit", "git.dirty", "promotion.decision"} <= set(tags)
     reports = {f.path for f in client.list_artifacts(first["run_id"], "reports")}
-    assert reports == {"reports/metrics.json", "reports/config.json"}
+    assert reports == {
+        "reports/metrics.json",
+        "reports/config.json",
+        "reports/per_image.json",
+        "reports/train_log.csv",
+    }
+    figures = {f.path for f in client.list_artifacts(first["run_id"], "figures/attention")}
+    assert figures == {"figures/attention/0.png", "figures/attention/1.png"}
+
+
+def test_version_carries_lineage_card_signature_and_example(registry):
+    root, (first, _, _) = registry
+    client = mlflow.MlflowClient()
+    version = client.get_model_version("captioner", first["version"])
+    tags = version.tags
+    assert tags["git.commit"] and tags["encoder"] == "efficientnet_lite0" and tags["decoder"] == "a"
+    assert len(tags["dvc.features.outs"]) == 12 and tags["prefect.flow_run_id"] == "flow-run-1234"
+    assert tags["gate.score"] == "beam.CIDEr" and tags["test_set.n_images"] == str(N_IMAGES)
+    card = version.description
+    for heading in ("## Data", "## Training", "## Metrics", "## Figures", "## Limitations"):
+        assert heading in card
+    assert "source: `shapes`" in card and "| val | loss_best | 0.7000 |" in card
+    assert "figures/attention/0.png" in card and "object_accuracy_3obj" in card
+    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{first['run_id']}/model_card.md"))
+    assert local.read_text() == card.split("\n\n## Registry log")[0]
+    info = mlflow.models.get_model_info("models:/captioner/1")
+    assert info.signature.inputs.input_names() == ["image"]
+    assert [c.name for c in info.signature.outputs.inputs] == ["caption", "score"]
+    model_dir = Path(
+        mlflow.artifacts.download_artifacts("models:/captioner/1", dst_path=str(root / "dl"))
+    )
+    example = json.loads((model_dir / "serving_input_example.json").read_text())
+    assert list(example) == ["dataframe_split"]
+    assert example["dataframe_split"]["columns"] == ["image"]
 
 
 def test_pyfunc_round_trip_from_champion(registry):
@@ -231,8 +242,9 @@ def test_model_loads_without_captioning_installed(registry):
     image = base64.b64encode(jpeg_bytes((20, 220, 20))).decode()
     script = textwrap.dedent(
         f"""
-        import sys, types
-        sys.path = [p for p in sys.path if p.rstrip("/") != {installed!r}]
+        import os, sys, types
+        # Every copy goes: this checkout's and an editable install's (a .pth path).
+        sys.path = [p for p in sys.path if not os.path.isdir(os.path.join(p, "captioning"))]
         try:
             import captioning
         except ModuleNotFoundError:
@@ -274,7 +286,20 @@ def test_lineage_stages_follow_dvc_lock(tmp_path: Path):
 
 def test_missing_promote_metric_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    model_dir, metrics_path = make_model(tmp_path, "a", 0.5)
-    metrics_path.write_text(json.dumps({"test": {"greedy": {"CIDEr": 0.5}}}))
+    paths = make_model(tmp_path, "a", champion_scores())
+    paths["metrics_path"].write_text(json.dumps({"test": {"greedy": {"CIDEr": 0.5}}}))
     with pytest.raises(ValueError, match=r"test\.beam\.CIDEr"):
-        register_model(model_dir, metrics_path, CFG, out_path=tmp_path / "r.json", root=tmp_path)
+        register_model(**paths, cfg=CFG, out_path=tmp_path / "r.json", root=tmp_path)
+
+
+def test_malformed_per_image_file_fails_before_anything_is_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    paths = make_model(tmp_path, "a", champion_scores())
+    entries = json.loads(paths["per_image_path"].read_text())
+    del entries[3]["beam"]["CIDEr"]
+    paths["per_image_path"].write_text(json.dumps(entries))
+    with pytest.raises(ValueError, match=r"per_image\.json: entry \[3\]\.beam: expected a number"):
+        register_model(**paths, cfg=CFG, out_path=tmp_path / "r.json", root=tmp_path)
+    assert not (tmp_path / "mlflow.db").exists()

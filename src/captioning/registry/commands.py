@@ -1,0 +1,132 @@
+"""``captioning registry compare | promote | rollback``: the reviewer's side of the registry.
+
+The gate's knobs (confidence, resamples, seed, min gain), the model name and the score come from
+the ``register`` section of params.yaml, so the command gives the numbers the stage gave.
+Exit codes: 0 done, 1 promotion refused by the gate, 2 a request that cannot be carried out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_REFUSED = 1
+EXIT_BAD_REQUEST = 2
+
+
+def add_registry_commands(commands: argparse._SubParsersAction) -> None:
+    registry = commands.add_parser("registry", help="compare, promote and roll back versions")
+    actions = registry.add_subparsers(dest="registry_command", required=True)
+
+    compare = actions.add_parser("compare", help="paired bootstrap of two versions")
+    compare.add_argument("challenger", nargs="?", default="challenger", help="version or alias")
+    compare.add_argument("champion", nargs="?", default="champion", help="version or alias")
+    compare.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    compare.set_defaults(func=cmd_compare)
+
+    promote = actions.add_parser("promote", help="move champion to a version that passes the gate")
+    promote.add_argument("version", nargs="?", default="challenger", help="version or alias")
+    promote.add_argument("--force", action="store_true", help="promote even if the gate refuses")
+    promote.add_argument("--reason", default="", help="why (required with --force; recorded)")
+    promote.add_argument("--by", help="who decides (default: $USER)")
+    promote.set_defaults(func=cmd_promote)
+
+    rollback = actions.add_parser("rollback", help="move champion back to an earlier champion")
+    rollback.add_argument("version", help="the version number to bring back")
+    rollback.add_argument("--reason", required=True, help="why (recorded on both versions)")
+    rollback.add_argument("--by", help="who decides (default: $USER)")
+    rollback.set_defaults(func=cmd_rollback)
+
+    for action in (compare, promote, rollback):
+        action.add_argument("--params", type=Path, help="params.yaml (default: ./params.yaml)")
+        action.add_argument("--name", help="registered model name (default: register.model_name)")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from captioning.registry import review
+
+    def run(client, cfg, name):
+        comparison = review.compare(
+            client, name, args.challenger, args.champion, cfg.gate, _score(cfg)
+        )
+        if args.json:
+            payload = {
+                "name": name,
+                "challenger": comparison.challenger,
+                "champion": comparison.champion,
+                "score": comparison.score,
+                **comparison.result.to_dict(),
+            }
+            print(json.dumps(payload, indent=2))
+        else:
+            print(comparison.report())
+        return 0
+
+    return _with_registry(args, run)
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from captioning.registry import review
+
+    if args.force and not args.reason.strip():
+        print("error: --force needs --reason (it is recorded on the version)", file=sys.stderr)
+        return EXIT_BAD_REQUEST
+
+    def run(client, cfg, name):
+        decision = review.promote(
+            client,
+            name,
+            args.version,
+            cfg.gate,
+            _score(cfg),
+            force=args.force,
+            reason=args.reason,
+            by=args.by,
+        )
+        if decision.comparison is not None:
+            print(decision.comparison.report())
+        print(f"{name} version {decision.version}: {decision.decision} ({decision.reason})")
+        if decision.champion_moved:
+            print(f"champion: {decision.champion_before or 'none'} -> {decision.version}")
+        return EXIT_REFUSED if decision.decision == "refused" else 0
+
+    return _with_registry(args, run)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from captioning.registry import review
+
+    def run(client, cfg, name):
+        decision = review.rollback(client, name, args.version, reason=args.reason, by=args.by)
+        print(f"{name}: champion {decision.champion_before or 'none'} -> {decision.version}")
+        return 0
+
+    return _with_registry(args, run)
+
+
+def _with_registry(args: argparse.Namespace, run) -> int:
+    """Load the register params, point MLflow at the repo's store, run, report errors plainly."""
+    import mlflow
+
+    from captioning.config import ConfigError, RegisterConfig, load_params
+    from captioning.registry.per_image import NotComparable
+    from captioning.registry.review import RegistryError
+    from captioning.registry.tracking import configure_mlflow
+
+    try:
+        params_path = args.params or Path("params.yaml")
+        if args.params is None and not params_path.is_file():
+            cfg = RegisterConfig()
+        else:
+            cfg = load_params(params_path).register
+        configure_mlflow()
+        return run(mlflow.MlflowClient(), cfg, args.name or cfg.model_name)
+    except (ConfigError, RegistryError, NotComparable, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_REQUEST
+
+
+def _score(cfg) -> str:
+    return f"{cfg.decoding}.{cfg.promote_metric}"

@@ -1,0 +1,110 @@
+"""A tiny captioner trained through the pipeline's own code (layout -> shards -> features ->
+vocab -> train), registered in a temporary SQLite MLflow store, and a free local port."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import torch
+
+from captioning.config import (
+    DecoderConfig,
+    FeaturesConfig,
+    RegisterConfig,
+    ShardConfig,
+    TrainConfig,
+    VocabConfig,
+)
+from captioning.data.shards import split_captions, write_shards
+from captioning.data.vocab import build_vocab
+from captioning.features.cache import extract_features
+from captioning.registry.register import register_model
+from captioning.training.loop import train_decoder
+
+# One step per epoch; lr and no dropout so that 12 steps learn "a picture number ...".
+TRAIN = TrainConfig(
+    model=DecoderConfig(
+        embed_dim=16,
+        hidden_dim=16,
+        attention_dim=8,
+        feature_proj_dim=16,
+        dropout=0.0,
+        feature_dropout=0.0,
+    ),
+    epochs=12,
+    batch_size=8,
+    lr=0.05,
+    warmup_steps=1,
+)
+
+
+def train_tiny_captioner(root: Path) -> Path:
+    """models/soft_attention from 8 training images (features of a random-weight small CNN)."""
+    from conftest import make_layout
+
+    make_layout(root / "raw", {"train": 8, "val": 2, "test": 2})
+    write_shards(root / "raw", root / "shards", ShardConfig())
+    torch.manual_seed(0)
+    features = FeaturesConfig(encoder="small_cnn", pretrained=False, batch_size=8, num_workers=0)
+    extract_features(root / "shards", root / "features", features, seed=0)
+    vocab, _ = build_vocab(split_captions(root / "shards", "train"), VocabConfig())
+    vocab.save(root / "vocab.json")
+    model_dir = root / "models" / "soft_attention"
+    train_decoder(
+        root / "features",
+        root / "vocab.json",
+        model_dir,
+        TRAIN,
+        seed=7,
+        checkpoint_dir=root / "checkpoints",
+    )
+    return model_dir
+
+
+def register(root: Path, model_dir: Path, cider: float, cfg: RegisterConfig | None = None) -> dict:
+    """Register ``model_dir`` with a one-number metrics file (no per-image scores); the input
+    example is the first test image if there are shards."""
+    from captioning.data.shards import iter_samples
+
+    example = None
+    if (root / "shards").is_dir():
+        example = next(jpg for _, jpg in iter_samples(root / "shards", "test"))
+    (root / "dvc.yaml").touch()
+    metrics = root / f"metrics-{cider}.json"
+    metrics.write_text(json.dumps({"test": {"beam": {"CIDEr": cider}}}))
+    return register_model(
+        model_dir,
+        metrics,
+        cfg or RegisterConfig(),
+        out_path=root / f"registration-{cider}.json",
+        root=root,
+        example_image=example,
+        data_source="tiny",
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout: float, alive=lambda: True) -> None:
+    """Poll ``url`` until it answers 200; fail early if ``alive()`` turns false."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"server died before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
