@@ -58,17 +58,18 @@ spawn() {
     echo "$name started (pid $!, log $STATE/logs/$name.log)"
 }
 
-# Stop a process group by the pid in its pid file: SIGINT (twice: a process worker ignores
-# the first), then SIGTERM, then SIGKILL if it is still there after the grace periods.
+# Stop a process group by the pid in its pid file: SIGINT, SIGINT again after 3 s (a process
+# worker ignores the first), SIGTERM after 10 s more, SIGKILL if it is still there after 10 s.
 stop() {
-    local name="$1" pidfile="$STATE/$1.pid" pid
+    local name="$1" pidfile="$STATE/$1.pid" pid signal wait
     if ! alive "$pidfile"; then
         echo "$name not running"; rm -f "$pidfile"; return 0
     fi
     pid="$(cat "$pidfile")"
-    for signal in INT INT TERM KILL; do
+    for step in INT:6 INT:20 TERM:20 KILL:0; do
+        signal="${step%%:*}" wait="${step##*:}"
         kill "-$signal" -- "-$pid" 2>/dev/null || true
-        for _ in $(seq 1 20); do
+        for _ in $(seq 0 "$wait"); do
             kill -0 -- "-$pid" 2>/dev/null || break 2
             sleep 0.5
         done
