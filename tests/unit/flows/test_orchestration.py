@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from toy_dvc import REPO, dvc, make_toy_repo
 
 from captioning import orchestration
 from captioning.config import ConfigError
@@ -20,7 +21,11 @@ from captioning.orchestration import (
     run_overrides,
     stage_error,
 )
-from conftest import REPO, dvc, make_toy_repo
+
+
+@pytest.fixture
+def toy_repo(tmp_path):
+    return make_toy_repo(tmp_path / "toy")
 
 
 def test_plan_follows_the_real_dvc_yaml(tmp_path):

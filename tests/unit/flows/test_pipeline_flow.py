@@ -7,9 +7,14 @@ import shutil
 
 import pytest
 import yaml
+from toy_dvc import REPO, dvc, make_toy_repo
 
 from captioning.orchestration import DvcStageRunner, StageFailed, StageResult
-from conftest import REPO, dvc, make_toy_repo
+
+
+@pytest.fixture
+def toy_repo(tmp_path):
+    return make_toy_repo(tmp_path / "toy")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,7 @@
-"""A toy DVC repository (stages named like the real ones, trivial commands) for the flow tests."""
+"""A toy DVC repository (stages named like the real ones, trivial commands) for the flow tests.
+
+Not a conftest.py: tests elsewhere `from conftest import ...` the top-level one.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[3]
@@ -92,8 +94,3 @@ def make_toy_repo(root: Path, dvc_yaml: dict = TOY_DVC) -> Path:
     subprocess.run(["git", "add", "-A"], cwd=root, env=env, check=True)
     subprocess.run(["git", "commit", "-qm", "toy"], cwd=root, env=env, check=True)
     return root
-
-
-@pytest.fixture
-def toy_repo(tmp_path: Path) -> Path:
-    return make_toy_repo(tmp_path / "toy")
