@@ -40,3 +40,15 @@ mlflow-ui: install
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \
 		--workers 1 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlartifacts
+
+## Prefect on this machine (scripts/prefect-local.sh): server on 127.0.0.1 with SQLite in
+## .prefect/, the process work pool, the `gpu` concurrency limit, deployments, a worker.
+.PHONY: prefect-up prefect-down prefect-server prefect-setup prefect-deploy prefect-worker
+prefect-up: install
+	scripts/prefect-local.sh up
+
+prefect-down:
+	scripts/prefect-local.sh down
+
+prefect-server prefect-setup prefect-deploy prefect-worker: install
+	scripts/prefect-local.sh $(@:prefect-%=%)

@@ -1,63 +1,102 @@
-"""Prefect flow `captioning-pipeline`: run the DVC stages in DAG order, one task per stage.
+"""Prefect flow `captioning-pipeline`: the DVC stages in DAG order, one task per stage.
 
-Each task calls `dvc repro --single-item <stage>`, so DVC stays the one truth of what is up to
-date: an unchanged stage does no work, and the run leaves dvc.lock as `dvc repro` would.
-Deployments, schedules and work pools build on this flow (see README).
+DVC stays the one truth of what is up to date: the stages and their order come from dvc.yaml,
+each task runs `dvc repro --single-item <stage>` (an unchanged stage does no work), and the run's
+parameters are written into params.yaml first, as `dvc exp run -S` would, so that afterwards
+dvc.lock matches and `dvc status` is clean. The library part is `captioning.orchestration`;
+deployments are in prefect.yaml (see README, "Scheduling with Prefect").
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import logging
 from pathlib import Path
+from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.runtime import flow_run
+from captioning import runtime
+
+runtime.setup()
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.runtime import flow_run  # noqa: E402
+from prefect.states import Failed  # noqa: E402
+from prefect.tasks import exponential_backoff  # noqa: E402
+
+from captioning import orchestration  # noqa: E402
+from captioning.orchestration import StageFailed  # noqa: E402, F401  (re-exported for callers)
 
 REPO = Path(__file__).resolve().parents[1]
-# DAG order of dvc.yaml; GPU-heavy stages carry the `gpu` tag for a concurrency limit.
-STAGES = ("fetch", "shard", "vocab", "features", "train", "evaluate", "register")
-GPU_STAGES = {"features", "train", "evaluate"}
+# Downloads resume, so a retry of `fetch` after a network error costs little: 10, 20, 40 s.
+FETCH_RETRIES = 3
+FETCH_BACKOFF_SECONDS = 10.0
+
+# What runs a stage; tests put a double here (e.g. a fetch that fails once).
+stage_runner: orchestration.StageRunner = orchestration.DvcStageRunner()
 
 
-class StageFailed(RuntimeError):
-    """A DVC stage exited non-zero; the message is the stage's own error output."""
+@task(cache_policy=NO_CACHE)  # DVC decides what is up to date, not Prefect's cache
+def dvc_stage(stage: str, repo: Path) -> str:
+    """One DVC stage; "ran" or "skipped" (DVC found nothing changed)."""
+    logger = get_run_logger()
+    env = {orchestration.FLOW_RUN_ENV: str(flow_run.get_id() or "")}
+    result = stage_runner(stage, repo, env=env, log=logger.info)
+    return "ran" if result.ran else "skipped"
 
 
-def run_stage(stage: str, repo: Path = REPO) -> str:
-    """Reproduce one stage with DVC and return its output; raise StageFailed with its stderr."""
-    env = {**os.environ, "CAPTIONING_PREFECT_FLOW_RUN_ID": str(flow_run.get_id() or "")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    result = subprocess.run(
-        [sys.executable, "-m", "dvc", "repro", "--single-item", stage],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
-        raise StageFailed(f"stage {stage!r} failed:\n{tail}")
-    return result.stdout
+def stage_task(stage: str):
+    """The task of one stage: named after it, `gpu`-tagged, retried with backoff if `fetch`."""
+    options: dict[str, Any] = {"name": f"dvc-{stage}", "tags": orchestration.stage_tags(stage)}
+    if orchestration.base_name(stage) == "fetch":
+        options["retries"] = FETCH_RETRIES
+        options["retry_delay_seconds"] = exponential_backoff(FETCH_BACKOFF_SECONDS)
+        options["retry_jitter_factor"] = 0.2
+    return dvc_stage.with_options(**options)
 
 
 @flow(name="captioning-pipeline", log_prints=False)
-def captioning_pipeline(repo: str = str(REPO)) -> dict[str, str]:
-    """Run every stage in order; returns which stages ran and which were up to date."""
+def captioning_pipeline(
+    dataset: str | None = None,
+    encoder: str | None = None,
+    decoder: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    targets: list[str] | None = None,
+    repo: str = str(REPO),
+):
+    """Run the DVC stages up to ``targets`` (default: all) with these parameters.
+
+    dataset, encoder and decoder set fetch.source, features.encoder and train.decoder (with a
+    foreach train stage, decoder picks its variant); ``overrides`` sets any other params.yaml
+    keys, e.g. {"train.epochs": 30}. Returns each stage's outcome: "ran" or "skipped".
+    """
     logger = get_run_logger()
+    root = Path(repo)
+    plan = orchestration.plan_stages(root, targets or (), decoder)
+    named = {"dataset": dataset, "encoder": encoder}
+    if not plan.decoder_is_variant:
+        named["decoder"] = decoder
+    params = orchestration.run_overrides(overrides, **named)
+    changes = orchestration.apply_params(root / "params.yaml", params)
+    logger.info("stages: %s", ", ".join(plan.stages))
     outcome: dict[str, str] = {}
-    for stage in STAGES:
-        stage_task = task(
-            run_stage,
-            name=f"dvc-{stage}",
-            tags=["gpu"] if stage in GPU_STAGES else [],
-            retries=2 if stage == "fetch" else 0,
-            retry_delay_seconds=[10, 60] if stage == "fetch" else 0,
-        )
-        output = stage_task(stage, Path(repo))
-        outcome[stage] = "skipped" if "didn't change" in output else "ran"
-        logger.info("stage %s: %s", stage, outcome[stage])
+    failure = None
+    try:
+        for stage in plan.stages:
+            outcome[stage] = stage_task(stage)(stage, root)
+            logger.info("stage %s: %s", stage, outcome[stage])
+    except StageFailed as exc:
+        failure = exc
+        outcome[exc.stage] = "failed"
+    create_markdown_artifact(
+        key="captioning-run",
+        markdown=orchestration.summary_markdown(changes, outcome, params, failure),
+        description="params written, stage outcomes, the equivalent `dvc exp run`",
+    )
+    if failure is not None:
+        # The flow run's state message is the stage's own error, not a generic one.
+        return Failed(message=str(failure), data=failure)
     return outcome
 
 

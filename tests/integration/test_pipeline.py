@@ -173,7 +173,8 @@ def test_prefect_flow_runs_stages_through_dvc(pipeline_repo, monkeypatch):
     original = params.read_text()
     with prefect_test_harness():
         outcome = flows.captioning_pipeline(repo=str(root))
-        assert outcome == {stage: "skipped" for stage in flows.STAGES}
+        assert set(outcome.values()) == {"skipped"}
+        assert any(stage.startswith("register") for stage in outcome)
         # A broken stage fails the flow run with the stage's own message.
         broken = yaml.safe_load(original)
         broken["vocab"]["min_freq"] = 0

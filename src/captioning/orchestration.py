@@ -1,0 +1,290 @@
+"""Running DVC stages from a scheduler (the Prefect flows in flows/) with DVC as the one truth.
+
+What to run comes from DVC's own DAG (stage names and order, foreach variants included), each
+stage runs as ``dvc repro --single-item <stage>`` (DVC skips it when nothing changed and updates
+dvc.lock when it runs), and a run's parameters are written into params.yaml before the stages
+run, as ``dvc exp run -S key=value`` does: afterwards params.yaml, dvc.lock and the outputs agree
+and ``dvc status`` is clean.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import copy
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from captioning.config import ConfigError, Params, from_dict
+
+logger = logging.getLogger(__name__)
+
+# Stages whose base name is here run on the GPU machine under the `gpu` concurrency limit.
+GPU_STAGES = frozenset({"features", "train", "evaluate"})
+GPU_TAG = "gpu"
+# The stage whose foreach variants are decoders (train@soft_attention, ...).
+DECODER_STAGE = "train"
+FLOW_RUN_ENV = "CAPTIONING_PREFECT_FLOW_RUN_ID"
+# Flow parameters that are shorthands for one params.yaml key.
+NAMED_PARAMS = {
+    "dataset": "fetch.source",
+    "encoder": "features.encoder",
+    "decoder": "train.decoder",
+}
+
+_STAGE_ERROR = re.compile(r"^\S+ (?:ERROR|CRITICAL) captioning[\w.]*: (?P<message>.+)$")
+_DVC_ERROR = re.compile(r"^ERROR: (?P<message>.+)$")
+
+
+class StageFailed(RuntimeError):
+    """A DVC stage exited non-zero; ``error`` is the stage's own one-line error."""
+
+    def __init__(self, stage: str, error: str) -> None:
+        super().__init__(stage, error)  # both in args: the exception pickles (Prefect results)
+        self.stage = stage
+        self.error = error
+
+    def __str__(self) -> str:
+        return f"stage {self.stage!r} failed: {self.error}"
+
+
+def base_name(stage: str) -> str:
+    """``train@soft_attention`` -> ``train``; ``fetch`` -> ``fetch``."""
+    return stage.partition("@")[0]
+
+
+def stage_tags(stage: str) -> list[str]:
+    """Prefect tags of a stage's task: ``gpu`` for the GPU-heavy ones."""
+    return [GPU_TAG] if base_name(stage) in GPU_STAGES else []
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The stages of one run in DAG order, and whether ``decoder`` picked foreach variants."""
+
+    stages: list[str]
+    decoder_is_variant: bool = False
+
+
+def plan_stages(root: Path, targets: Sequence[str] = (), decoder: str | None = None) -> RunPlan:
+    """The DVC stages to run, upstream first, as ``dvc repro [targets]`` would consider them.
+
+    ``targets`` are DVC targets (``evaluate``, ``train@soft_attention``; empty: the whole DAG),
+    each with everything upstream of it. If ``train`` is a foreach stage, ``decoder`` keeps only
+    that variant of every foreach stage (and drops what depends on the other variants, e.g. a
+    comparison of all decoders); otherwise the decoder is a parameter (``train.decoder``).
+    """
+    import networkx as nx
+    from dvc.repo import Repo
+    from dvc.repo.reproduce import plan_repro
+
+    # Stage addresses and targets are relative to the cwd: plan from the repo, where they run.
+    with contextlib.chdir(root), Repo(".") as repo:
+        graph = repo.index.graph  # edges go from a stage to the stages it depends on
+        chosen = [stage for target in targets for stage in repo.stage.collect(target)]
+        ordered = plan_repro(graph, chosen or None)
+        names = {stage: stage.addressing for stage in graph.nodes}
+        variants = {
+            name.partition("@")[2] for name in names.values() if base_name(name) == DECODER_STAGE
+        } - {""}
+        if not decoder or not variants:
+            return RunPlan([names[stage] for stage in ordered])
+        if decoder not in variants:
+            raise ConfigError(
+                f"dvc.yaml: no stage {DECODER_STAGE}@{decoder}; decoders: {sorted(variants)}"
+            )
+        others = [s for s, n in names.items() if n.partition("@")[2] in variants - {decoder}]
+        dropped = set(others).union(*(nx.ancestors(graph, stage) for stage in others))
+        return RunPlan([names[s] for s in ordered if s not in dropped], decoder_is_variant=True)
+
+
+def run_overrides(
+    overrides: Mapping[str, Any] | None = None, **named: str | None
+) -> dict[str, Any]:
+    """Dotted params.yaml keys -> values for a run: ``overrides`` plus the named shorthands.
+
+    ``named`` takes the keys of NAMED_PARAMS (``dataset="captcha"`` -> ``fetch.source``); a
+    shorthand that contradicts an explicit override is an error rather than a silent choice.
+    """
+    merged = dict(overrides or {})
+    for name, value in named.items():
+        if name not in NAMED_PARAMS:
+            raise TypeError(f"unknown shorthand {name!r}; expected one of {sorted(NAMED_PARAMS)}")
+        if value is None:
+            continue
+        key = NAMED_PARAMS[name]
+        if key in merged and merged[key] != value:
+            raise ConfigError(
+                f"parameter {name}={value!r} contradicts override {key}={merged[key]!r}"
+            )
+        merged[key] = value
+    return merged
+
+
+@dataclass(frozen=True)
+class ParamChange:
+    key: str
+    old: Any
+    new: Any
+
+
+def apply_params(params_path: Path, overrides: Mapping[str, Any]) -> list[ParamChange]:
+    """Write ``overrides`` (dotted keys) into params.yaml, keeping its comments; return changes.
+
+    The whole resulting file is validated first, so a typo or a bad value fails here with the
+    file, key, expected and found, and never lands in params.yaml.
+    """
+    params_path = Path(params_path)
+    if not overrides:
+        return []
+    current = yaml.safe_load(params_path.read_text(encoding="utf-8")) or {}
+    proposed = copy.deepcopy(current)
+    changes = []
+    for key, value in overrides.items():
+        old = _set_dotted(proposed, key, value, params_path)
+        if old != value:
+            changes.append(ParamChange(key, old, value))
+    from_dict(Params, proposed, path=params_path, prefix="")
+    if changes:
+        from dvc.utils.serialize import modify_yaml  # DVC's round-trip writer, as `-S` uses
+
+        with modify_yaml(params_path) as data:
+            for change in changes:
+                _set_dotted(data, change.key, change.new, params_path)
+        logger.info("%s: %s", params_path, ", ".join(f"{c.key}={c.new!r}" for c in changes))
+    return changes
+
+
+def _set_dotted(data: dict, key: str, value: Any, path: Path) -> Any:
+    """Set ``a.b.c`` in nested dicts (creating missing levels); return the old value or None."""
+    *parents, leaf = key.split(".")
+    node = data
+    for i, part in enumerate(parents):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            where = ".".join(parents[: i + 1])
+            raise ConfigError(f"{path}: key {where!r} is a value, cannot set {key!r} below it")
+    old = node.get(leaf)
+    node[leaf] = value
+    return old
+
+
+def dvc_set_args(overrides: Mapping[str, Any]) -> list[str]:
+    """The ``dvc exp run`` arguments setting the same params: ``["-S", "train.epochs=1", ...]``."""
+    args: list[str] = []
+    for key, value in overrides.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        args += ["-S", f"{key}={text}"]
+    return args
+
+
+def stage_error(output: str) -> str:
+    """The stage's own one-line error from its output (DVC's, or the traceback's last line)."""
+    lines = [line.rstrip() for line in output.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if match := _STAGE_ERROR.match(line):
+            return match["message"]
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
+    if starts:
+        for line in lines[starts[-1] + 1 :]:
+            if not line[0].isspace():
+                return line
+    for line in reversed(lines):
+        if match := _DVC_ERROR.match(line):
+            return match["message"]
+    return " | ".join(lines[-3:]) or "no output"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: str
+    ran: bool  # False: DVC found it up to date and did nothing
+    output: str
+
+
+class StageRunner(Protocol):
+    def __call__(
+        self, stage: str, root: Path, *, env: Mapping[str, str], log: Callable[[str], None]
+    ) -> StageResult: ...
+
+
+class DvcStageRunner:
+    """Runs ``dvc repro --single-item <stage>``, streaming its output lines to ``log``."""
+
+    def __init__(self, tail_lines: int = 400) -> None:
+        self.tail_lines = tail_lines
+
+    def __call__(
+        self, stage: str, root: Path, *, env: Mapping[str, str], log: Callable[[str], None]
+    ) -> StageResult:
+        root = Path(root)
+        command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
+        tail: collections.deque[str] = collections.deque(maxlen=self.tail_lines)
+        with subprocess.Popen(
+            command,
+            cwd=root,
+            env=stage_env(root, env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        ) as process:
+            assert process.stdout is not None
+            for line in process.stdout:
+                tail.append(line.rstrip("\n"))
+                log(tail[-1])
+        output = "\n".join(tail)
+        if process.returncode != 0:
+            raise StageFailed(stage, stage_error(output))
+        return StageResult(stage, ran=not _was_skipped(stage, output), output=output)
+
+
+def stage_env(root: Path, extra: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a stage: ours, ``extra``, this Python's bin first and the repo's src.
+
+    The stages' ``python`` must be this interpreter, and they must import the checkout's
+    ``src/`` (the code dvc.yaml hashes as their deps), not another install of the package.
+    """
+    env = {**os.environ, **extra, "DVC_NO_ANALYTICS": "1"}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    src = Path(root).resolve() / "src"
+    if src.is_dir():
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
+    return env
+
+
+def _was_skipped(stage: str, output: str) -> bool:
+    return f"Stage '{stage}' didn't change, skipping" in output and "Running stage" not in output
+
+
+def summary_markdown(
+    changes: Iterable[ParamChange],
+    outcome: Mapping[str, str],
+    overrides: Mapping[str, Any],
+    failure: StageFailed | None = None,
+) -> str:
+    """A run's record: the params it set, what each stage did, the equivalent DVC command."""
+    lines = ["# captioning pipeline run", "", "## Parameters written to params.yaml", ""]
+    changes = list(changes)
+    if changes:
+        lines += ["| key | before | now |", "|---|---|---|"]
+        lines += [f"| `{c.key}` | `{c.old!r}` | `{c.new!r}` |" for c in changes]
+    else:
+        lines.append("none (params.yaml as it was)")
+    lines += ["", "## Stages", "", "| stage | outcome |", "|---|---|"]
+    lines += [f"| `{stage}` | {result} |" for stage, result in outcome.items()]
+    if failure is not None:
+        lines += ["", f"**Failed:** {failure}"]
+    command = " ".join(["dvc", "exp", "run", *dvc_set_args(overrides)])
+    lines += ["", f"Same with DVC alone: `{command}`"]
+    return "\n".join(lines) + "\n"

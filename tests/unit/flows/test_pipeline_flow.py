@@ -1,0 +1,170 @@
+"""The `captioning-pipeline` flow on toy DVC repositories, against Prefect's test server."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+
+import pytest
+import yaml
+from toy_dvc import REPO, dvc, make_toy_repo
+
+from captioning.orchestration import DvcStageRunner, StageFailed, StageResult
+
+
+@pytest.fixture
+def toy_repo(tmp_path):
+    return make_toy_repo(tmp_path / "toy")
+
+
+@pytest.fixture(scope="module")
+def flows():
+    from prefect.testing.utilities import prefect_test_harness
+
+    spec = importlib.util.spec_from_file_location("pipeline_flow", REPO / "flows" / "pipeline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with prefect_test_harness(server_startup_timeout=120):
+        yield module
+
+
+def task_runs(flow_run_id) -> dict[str, object]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {run.name: run for run in runs}
+
+
+def read_flow_run(flow_run_id):
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id)
+
+
+def run_summary(flow_run_id) -> str:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return artifact.data
+
+
+def test_run_with_params_runs_one_decoder_tags_gpu_and_records_everything(flows, toy_repo):
+    state = flows.captioning_pipeline(
+        repo=str(toy_repo),
+        decoder="x",
+        encoder="small_cnn",
+        overrides={"train.epochs": 3},
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    assert state.result() == {
+        "fetch": "ran",
+        "shard": "ran",
+        "features": "ran",
+        "train@x": "ran",
+        "evaluate@x": "ran",
+    }
+    params = yaml.safe_load((toy_repo / "params.yaml").read_text())
+    assert params["features"]["encoder"] == "small_cnn" and params["train"]["epochs"] == 3
+    # dvc.lock agrees with params.yaml and the outputs: nothing of this run is out of date.
+    assert "up to date" in dvc(toy_repo, "status", "evaluate@x").lower()
+
+    flow_run_id = state.state_details.flow_run_id
+    tags = {name.rsplit("-", 1)[0]: run.tags for name, run in task_runs(flow_run_id).items()}
+    assert tags == {
+        "dvc-fetch": [],
+        "dvc-shard": [],
+        "dvc-features": ["gpu"],
+        "dvc-train@x": ["gpu"],
+        "dvc-evaluate@x": ["gpu"],
+    }
+    recorded = read_flow_run(flow_run_id).parameters
+    assert recorded["overrides"] == {"train.epochs": 3} and recorded["decoder"] == "x"
+    summary = run_summary(flow_run_id)
+    assert "| `features.encoder` | `'efficientnet_lite0'` | `'small_cnn'` |" in summary
+    assert "dvc exp run -S train.epochs=3 -S features.encoder=small_cnn" in summary
+
+    # The same params again: DVC finds the stages up to date and none does any work.
+    again = flows.captioning_pipeline(
+        repo=str(toy_repo), encoder="small_cnn", overrides={"train.epochs": 3}, targets=["features"]
+    )
+    assert again == {"fetch": "skipped", "shard": "skipped", "features": "skipped"}
+
+
+class FetchFailsOnce:
+    """The real runner, except that the first `fetch` fails as a dropped download would."""
+
+    def __init__(self) -> None:
+        self.real = DvcStageRunner()
+        self.calls: list[str] = []
+
+    def __call__(self, stage, root, *, env, log) -> StageResult:
+        self.calls.append(stage)
+        if stage == "fetch" and self.calls.count("fetch") == 1:
+            raise StageFailed(stage, "http://mirror/x.zip: connection reset by peer")
+        return self.real(stage, root, env=env, log=log)
+
+
+def test_a_fetch_that_fails_once_is_retried(flows, toy_repo, monkeypatch):
+    runner = FetchFailsOnce()
+    monkeypatch.setattr(flows, "stage_runner", runner)
+    monkeypatch.setattr(flows, "FETCH_BACKOFF_SECONDS", 0.0)
+    state = flows.captioning_pipeline(repo=str(toy_repo), targets=["shard"], return_state=True)
+    assert state.is_completed(), state.message
+    assert runner.calls == ["fetch", "fetch", "shard"]
+    (fetch_run,) = [
+        r for n, r in task_runs(state.state_details.flow_run_id).items() if "fetch" in n
+    ]
+    assert fetch_run.run_count == 2 and fetch_run.state.is_completed()
+    assert (toy_repo / "shards.txt").read_text() == "raw"
+
+
+def test_a_stage_error_is_the_failed_flow_runs_message(flows, tmp_path):
+    # The real vocab stage, given params it refuses.
+    dag = {
+        "stages": {
+            "fetch": {"cmd": "python -c \"open('raw.txt', 'w').write('r')\"", "outs": ["raw.txt"]},
+            "vocab": {
+                "cmd": "python stages/vocab.py --shards raw.txt --out vocab.json",
+                "deps": ["raw.txt"],
+                "params": ["vocab.min_freq"],
+                "outs": ["vocab.json"],
+            },
+        }
+    }
+    root = tmp_path / "broken"
+    root.mkdir()
+    shutil.copytree(REPO / "stages", root / "stages")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["vocab"]["min_freq"] = 0
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    make_toy_repo(root, dag)
+    # The params file is broken before the run: the flow sets nothing, the stage finds it.
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    state = flows.captioning_pipeline(repo=str(root), return_state=True)
+    expected = "stage 'vocab' failed: params.yaml: key 'vocab.min_freq': expected >= 1, found 0"
+    assert state.is_failed() and state.message == expected
+    assert read_flow_run(state.state_details.flow_run_id).state.message == expected
+    with pytest.raises(StageFailed, match="expected >= 1, found 0"):
+        state.result()
+    assert "| `fetch` | ran |" in run_summary(state.state_details.flow_run_id)
+
+
+def test_a_bad_override_fails_before_any_stage_runs(flows, toy_repo):
+    before = (toy_repo / "params.yaml").read_text()
+    state = flows.captioning_pipeline(
+        repo=str(toy_repo), overrides={"train.epoch": 3}, return_state=True
+    )
+    assert state.is_failed() and "unknown key 'train.epoch'" in state.message
+    assert (toy_repo / "params.yaml").read_text() == before
+    assert not (toy_repo / "raw.txt").exists()
