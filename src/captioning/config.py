@@ -222,9 +222,17 @@ class TrainConfig:
     hard_repeat: int = 2
     num_threads: int = 0
     fine_tune: FineTuneConfig = field(default_factory=FineTuneConfig)
+    # >1: data-parallel training, one process per device under torchrun (training/distributed.py)
+    devices: int = 1
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "epochs", ">= 1")
+        _require(self.devices >= 1, "devices", ">= 1")
+        _require(
+            self.devices == 1 or not self.fine_tune.enabled,
+            "devices",
+            "1 when fine_tune.enabled (data-parallel training covers cached features only)",
+        )
         _require(self.batch_size >= 1, "batch_size", ">= 1")
         _require(self.seq_per_image >= 1, "seq_per_image", ">= 1")
         _require(self.lr > 0, "lr", "> 0")

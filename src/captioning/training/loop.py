@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from captioning.config import TrainConfig, to_dict
 from captioning.data.vocab import Vocab
-from captioning.devices import autocast, choose_device
+from captioning.devices import autocast
 from captioning.features.cache import ENCODER_IDENTITY, ENCODER_WEIGHTS_FILE, FeatureCache
 from captioning.io import atomic_path, write_json
 from captioning.models import Decoder, build_decoder
@@ -34,6 +34,7 @@ from captioning.training.batches import (
     iterate_batches,
     length_grouped_batches,
 )
+from captioning.training.distributed import DistContext, init_distributed
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ def train_decoder(
     started = time.monotonic()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    device = choose_device()
+    ctx = init_distributed()
+    device = ctx.device
     vocab = Vocab.load(vocab_path)
     train_cache = FeatureCache.open(features_dir, "train")
     val_cache = FeatureCache.open(features_dir, "val")
@@ -81,6 +83,7 @@ def train_decoder(
         feature_dim=feature_dim,
         num_locations=num_locations,
     ).to(device)
+    model = ctx.wrap(decoder)  # DDP under torchrun; the decoder itself otherwise
     parameters = sum(p.numel() for p in decoder.parameters())
     logger.info("%s decoder: %.2f M parameters on %s", cfg.decoder, parameters / 1e6, device)
 
@@ -103,24 +106,44 @@ def train_decoder(
             [draws[i] for i in batch]
             for batch in length_grouped_batches(lengths, images_per_batch, rng)
         ]
+        batches = ctx.shard_batches(batches)  # this rank's part of each batch
         train_loss = _train_epoch(
-            decoder, train_x, train_set, batches, optimizer, scheduler, scaler, cfg, device, epoch
+            model,
+            train_x,
+            train_set,
+            batches,
+            optimizer,
+            scheduler,
+            scaler,
+            cfg,
+            device,
+            epoch,
+            ctx,
         )
-        val_loss = evaluate_loss(decoder, val_x, val_set, images_per_batch, device)
+        # Rank 0 alone validates, checkpoints and writes; the others wait for it.
+        val_loss = (
+            evaluate_loss(decoder, val_x, val_set, images_per_batch, device)
+            if ctx.is_main
+            else float("nan")
+        )
         record = _epoch_record(epoch, cfg, train_loss, val_loss, scheduler, history)
-        _save_checkpoint(
-            checkpoint, run_config, decoder, optimizer, scheduler, rng, epoch + 1, history
-        )
-        if on_epoch is not None:
-            on_epoch(epoch + 1, record)
+        if ctx.is_main:
+            _save_checkpoint(
+                checkpoint, run_config, decoder, optimizer, scheduler, rng, epoch + 1, history
+            )
+            if on_epoch is not None:
+                on_epoch(epoch + 1, record)
+        ctx.barrier()
 
-    _save_model(Path(model_dir), decoder, vocab, run_config)
-    checkpoint.unlink(missing_ok=True)
+    if ctx.is_main:
+        _save_model(Path(model_dir), decoder, vocab, run_config)
+        checkpoint.unlink(missing_ok=True)
+    ctx.barrier()
     return TrainResult(history, time.monotonic() - started, parameters)
 
 
 def _train_epoch(
-    decoder: Decoder,
+    decoder: nn.Module,
     features: torch.Tensor,
     caption_set: CaptionSet,
     batches: list[list[Draw]],
@@ -130,6 +153,7 @@ def _train_epoch(
     cfg: TrainConfig,
     device: torch.device,
     epoch: int,
+    ctx: DistContext | None = None,
 ) -> float:
     decoder.train()
     total, count = 0.0, 0
@@ -139,14 +163,20 @@ def _train_epoch(
         desc=f"epoch {epoch + 1}/{cfg.epochs}",
         unit="batch",
         mininterval=5.0,
+        disable=ctx is not None and not ctx.is_main,
     )
     for x, captions, rows in progress:
         x = x.to(device, non_blocking=True)
         captions = captions.to(device, non_blocking=True)
         rows = rows.to(device, non_blocking=True)
         with autocast(device):
-            loss = caption_loss(decoder, x, captions, rows)
+            if ctx is not None and ctx.enabled:
+                loss = rank_share_loss(decoder, x, captions, rows, ctx)
+            else:
+                loss = caption_loss(decoder, x, captions, rows)
         optimizer_step(loss, decoder.parameters(), optimizer, scheduler, scaler, cfg.grad_clip)
+        if ctx is not None and ctx.enabled:
+            loss = loss.detach() / ctx.world  # this rank's share of the batch loss, for the log
         total += loss.item() * captions.size(0)
         count += captions.size(0)
         progress.set_postfix(loss=f"{total / count:.3f}", refresh=False)
@@ -208,6 +238,29 @@ def caption_loss(
         ignore_index=0,
     )
     return ce + output.aux_loss
+
+
+def rank_share_loss(
+    model: nn.Module,
+    features: torch.Tensor,
+    captions: torch.Tensor,
+    rows: torch.Tensor,
+    ctx: DistContext,
+) -> torch.Tensor:
+    """This rank's share of the global batch's ``caption_loss``, times ``world`` (DDP averages
+    gradients): summed over the ranks it is the single-process loss of the whole batch. The
+    regulariser is taken as a mean over captions, as every decoder's is."""
+    output = model(features, captions, rows)
+    targets = captions[:, 1:]
+    ce_sum = nn.functional.cross_entropy(
+        output.logits.reshape(-1, output.logits.size(-1)).float(),
+        targets.reshape(-1),
+        ignore_index=0,
+        reduction="sum",
+    )
+    tokens = ctx.total(float((targets != 0).sum()))
+    share = captions.size(0) / ctx.total(float(captions.size(0)))
+    return ctx.world * (ce_sum / max(tokens, 1.0) + output.aux_loss * share)
 
 
 @torch.no_grad()

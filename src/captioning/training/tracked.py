@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -39,6 +41,9 @@ def train_tracked(
     cfg = params.train
     if cfg.fine_tune.enabled and shards_dir is None:
         raise ConfigError("train.fine_tune.enabled needs the shards (--shards) to read images")
+    if int(os.environ.get("RANK", "0")) != 0:
+        # Under torchrun only rank 0 records the run and writes the outputs.
+        return _train(params, features_dir, vocab_path, model_dir, checkpoint_dir, shards_dir, None)
     root = repo_root()
     configure_mlflow(root)
     experiment_id = get_or_create_experiment(params.register.experiment, root)
@@ -55,34 +60,48 @@ def train_tracked(
         def on_epoch(epoch: int, record: dict[str, float]) -> None:
             mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
 
-        if cfg.fine_tune.enabled:
-            assert shards_dir is not None
-            result = train_fine_tuned(
-                shards_dir,
-                vocab_path,
-                model_dir,
-                cfg,
-                params.features,
-                seed=params.common.seed,
-                checkpoint_dir=checkpoint_dir,
-                on_epoch=on_epoch,
-            )
-        else:
-            result = train_decoder(
-                features_dir,
-                vocab_path,
-                model_dir,
-                cfg,
-                seed=params.common.seed,
-                checkpoint_dir=checkpoint_dir,
-                on_epoch=on_epoch,
-            )
+        result = _train(
+            params, features_dir, vocab_path, model_dir, checkpoint_dir, shards_dir, on_epoch
+        )
         write_training_log(log_path, result.history)
         mlflow.log_metrics({"train_seconds": result.seconds, "parameters": result.parameters})
         mlflow.log_artifact(str(log_path))
         mlflow.log_artifact(str(model_dir / "config.json"))
     logger.info("trained in %.0f s", result.seconds)
     return result
+
+
+def _train(
+    params: Params,
+    features_dir: Path,
+    vocab_path: Path,
+    model_dir: Path,
+    checkpoint_dir: Path,
+    shards_dir: Path | None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None,
+) -> TrainResult:
+    cfg = params.train
+    if cfg.fine_tune.enabled:
+        assert shards_dir is not None
+        return train_fine_tuned(
+            shards_dir,
+            vocab_path,
+            model_dir,
+            cfg,
+            params.features,
+            seed=params.common.seed,
+            checkpoint_dir=checkpoint_dir,
+            on_epoch=on_epoch,
+        )
+    return train_decoder(
+        features_dir,
+        vocab_path,
+        model_dir,
+        cfg,
+        seed=params.common.seed,
+        checkpoint_dir=checkpoint_dir,
+        on_epoch=on_epoch,
+    )
 
 
 def write_training_log(path: Path, history: list[dict[str, float]]) -> None:
