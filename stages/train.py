@@ -31,7 +31,7 @@ def main() -> None:
     if params.train.devices > 1 and "LOCAL_RANK" not in os.environ:
         # One process per device: this same command, once per rank, under torchrun.
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        launch += ["--nproc_per_node", str(params.train.devices), *sys.argv]
+        launch += ["--nproc_per_node", str(params.train.devices), "--", *sys.argv]
         os.execv(sys.executable, launch)
     train_tracked(
         params,
