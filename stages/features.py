@@ -21,8 +21,16 @@ def main() -> None:
         runtime.start_forkserver(["captioning.features.loader"])
     from captioning.features.cache import extract_features
 
+    cfg, seed = params.features, params.common.seed
+    run_shards = None
+    if cfg.engine == "dask":
+        from captioning.features.distributed import dask_shard_runner
+
+        run_shards = dask_shard_runner(
+            cfg, seed, address=cfg.dask_address, n_workers=cfg.dask_workers
+        )
     # The seed only matters for pretrained: false (random weights, rebuilt from it at predict).
-    extract_features(args.shards, args.out, params.features, seed=params.common.seed)
+    extract_features(args.shards, args.out, cfg, seed=seed, run_shards=run_shards)
 
 
 if __name__ == "__main__":

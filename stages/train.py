@@ -1,6 +1,8 @@
 """DVC stage `train@<decoder>`: train one decoder of train.decoders on cached features."""
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from captioning import runtime
@@ -27,8 +29,14 @@ def main() -> None:
     )
     parser.add_argument("--summary", type=Path, help="JSON: parameters, time, best epoch")
     args = parser.parse_args()
+    params = load_params(args.params)
+    if params.train.devices > 1 and "LOCAL_RANK" not in os.environ:
+        # One process per device: this same command, once per rank, under torchrun.
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        launch += ["--nproc_per_node", str(params.train.devices), "--", *sys.argv]
+        os.execv(sys.executable, launch)
     train_tracked(
-        load_params(args.params),
+        params,
         features_dir=args.features,
         vocab_path=args.vocab,
         model_dir=args.model,

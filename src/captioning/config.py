@@ -149,10 +149,17 @@ class FeaturesConfig:
     weights_path: str | None = None
     batch_size: int = 32
     num_workers: int = 1
+    # local: this process (+ num_workers decoding workers); dask: one Prefect task per shard
+    # on a Dask cluster (features/distributed.py). The cache is the same either way.
+    engine: str = "local"
+    dask_address: str = ""  # a running scheduler, e.g. tcp://10.0.0.5:8786; "" = LocalCluster
+    dask_workers: int = 2  # worker processes of the LocalCluster
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "batch_size", ">= 1")
         _require(self.num_workers >= 0, "num_workers", ">= 0")
+        _require(self.engine in ("local", "dask"), "engine", "local or dask")
+        _require(self.dask_workers >= 1, "dask_workers", ">= 1")
         _require(
             self.weights_path is None or self.pretrained,
             "weights_path",
@@ -284,9 +291,17 @@ class TrainConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     checkpoint_every_steps: int = 0  # resume state every N optimiser steps too; 0 = per epoch
     log_every_steps: int = 50  # the training loss goes to MLflow every N steps
+    # >1: data-parallel training, one process per device under torchrun (training/distributed.py)
+    devices: int = 1
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "epochs", ">= 1")
+        _require(self.devices >= 1, "devices", ">= 1")
+        _require(
+            self.devices == 1 or not self.fine_tune.enabled,
+            "devices",
+            "1 when fine_tune.enabled (data-parallel training covers cached features only)",
+        )
         _require(self.batch_size >= 1, "batch_size", ">= 1")
         _require(self.seq_per_image >= 1, "seq_per_image", ">= 1")
         _require(self.lr > 0, "lr", "> 0")

@@ -99,6 +99,9 @@ INDEX_SCHEMA = pa.schema(
 )
 
 ShardCallback = Callable[[Shard], None]
+# Encodes the pending shards into the work directory elsewhere (e.g. on a Dask cluster: see
+# features/distributed.py) and returns how many images it encoded.
+ShardRunner = Callable[[Sequence[Shard], dict[str, list[Shard]], Path], int]
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,6 +362,7 @@ def extract_features(
     splits: Sequence[str] | None = None,
     seed: int | None = None,
     on_shard: ShardCallback | None = None,
+    run_shards: ShardRunner | None = None,
 ) -> dict[str, Any]:
     """Encode every image of the shards in ``shard_dir`` into a feature cache at ``out_dir``.
 
@@ -366,7 +370,9 @@ def extract_features(
     With ``cfg.pretrained=False`` the encoder is randomly initialised from ``seed`` (recorded,
     so prediction can rebuild it) or, if None, from torch's current RNG state. An unfinished
     run with the same fingerprint is resumed from its last complete shard; ``on_shard`` is
-    called after each shard is written. Returns a summary (counts, timings).
+    called after each shard is written. ``run_shards`` encodes the pending shards somewhere
+    else (every shard's rows and index written into the work directory, as here); the cache is
+    the same. Returns a summary (counts, timings).
     """
     shard_dir, out_dir = Path(shard_dir), Path(out_dir)
     spec = get_encoder_spec(cfg.encoder)
@@ -423,7 +429,10 @@ def extract_features(
     )
 
     start = time.perf_counter()
-    encoded, startup = _encode_shards(pending, writers, model, spec, cfg, device, on_shard)
+    if run_shards is None:
+        encoded, startup = _encode_shards(pending, writers, model, spec, cfg, device, on_shard)
+    else:
+        encoded, startup = run_shards(pending, plans, work), 0.0
     seconds = time.perf_counter() - start
     for writer in writers.values():
         writer.finish(work)

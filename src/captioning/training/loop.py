@@ -32,10 +32,11 @@ from tqdm import tqdm
 
 from captioning.config import TrainConfig, to_dict
 from captioning.data.vocab import Vocab
-from captioning.devices import autocast, choose_device, pin_memory
+from captioning.devices import autocast, pin_memory
 from captioning.features.cache import ENCODER_IDENTITY, ENCODER_WEIGHTS_FILE, FeatureCache
 from captioning.io import atomic_path, write_json
 from captioning.models import Decoder, build_decoder
+from captioning.training.distributed import DistContext, init_distributed
 from captioning.training.batches import (
     CaptionSet,
     Draw,
@@ -101,7 +102,8 @@ def train_decoder(
     started = time.monotonic()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    device = choose_device()
+    ctx = init_distributed()  # one rank of a torchrun launch, or the only process
+    device = ctx.device
     vocab = Vocab.load(vocab_path)
     train_cache = FeatureCache.open(features_dir, "train")
     val_cache = FeatureCache.open(features_dir, "val")
@@ -124,6 +126,7 @@ def train_decoder(
         feature_dim=feature_dim,
         num_locations=num_locations,
     ).to(device)
+    model = ctx.wrap(decoder)  # DDP under torchrun (the same parameters); the decoder otherwise
     parameters = sum(p.numel() for p in decoder.parameters())
     logger.info("%s decoder: %.2f M parameters on %s", cfg.decoder, parameters / 1e6, device)
 
@@ -141,24 +144,35 @@ def train_decoder(
     state = resume(checkpoint, run_config, parts, cfg.early_stopping.metric)
 
     def save() -> None:
-        save_checkpoint(checkpoint, run_config, parts, state)
+        if ctx.is_main:  # one writer; every rank resumes from the same file
+            save_checkpoint(checkpoint, run_config, parts, state)
 
     while state.epoch < cfg.epochs and not state.stopped_early:
         if state.batches is None:
-            state.start_epoch(_draw_batches(train_set, cfg, images_per_batch, parts.rng))
-        _train_epoch(decoder, train_x, train_set, state, parts, cfg, device, save, on_step)
-        record = close_epoch(
-            state, cfg, parts, decoder, val_x, val_set, validator, images_per_batch, device
-        )
+            batches = _draw_batches(train_set, cfg, images_per_batch, parts.rng)
+            state.start_epoch(ctx.merge_small_batches(batches))  # global batches, every rank
+        _train_epoch(model, train_x, train_set, state, parts, cfg, device, save, on_step, ctx)
+        if ctx.is_main:  # rank 0 validates; the others wait, then follow its stopping decision
+            record = close_epoch(
+                state, cfg, parts, decoder, val_x, val_set, validator, images_per_batch, device
+            )
+        else:
+            state.finish_epoch()
+        state.stopped_early = ctx.agree(state.stopped_early)
         save()
-        if on_epoch is not None:
+        if on_epoch is not None and ctx.is_main:
             on_epoch(state.epoch, record)
 
     result = finish(state, decoder, started, parameters)
-    _save_model(
-        Path(model_dir), decoder, vocab, {**run_config, "training": result.summary(cfg.decoder)}
-    )
-    checkpoint.unlink(missing_ok=True)
+    if ctx.is_main:
+        _save_model(
+            Path(model_dir),
+            decoder,
+            vocab,
+            {**run_config, "training": result.summary(cfg.decoder)},
+        )
+        checkpoint.unlink(missing_ok=True)
+    ctx.barrier()
     return result
 
 
@@ -175,7 +189,7 @@ def _draw_batches(
 
 
 def _train_epoch(
-    decoder: Decoder,
+    decoder: nn.Module,
     features: torch.Tensor,
     caption_set: CaptionSet,
     state: LoopState,
@@ -184,8 +198,10 @@ def _train_epoch(
     device: torch.device,
     save: Save,
     on_step: StepCallback | None,
+    ctx: DistContext,
 ) -> None:
-    """The rest of the epoch's batches, from ``state.position``."""
+    """The rest of the epoch's batches, from ``state.position``; under DDP this rank's part of
+    each."""
     decoder.train()
     batches = state.batches
     assert batches is not None
@@ -196,14 +212,19 @@ def _train_epoch(
         desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
         unit="batch",
         mininterval=5.0,
+        disable=not ctx.is_main,
     )
     for index in progress:
-        x, captions, rows = collate(features, caption_set, batches[index], pad_id=0)
+        x, captions, rows = collate(features, caption_set, ctx.shard(batches[index]), pad_id=0)
         x = x.to(device, non_blocking=True)
         captions = captions.to(device, non_blocking=True)
         rows = rows.to(device, non_blocking=True)
 
-        loss_of = partial(_batch_loss, decoder, x, captions, rows)
+        loss_of = (
+            partial(_rank_share_loss, decoder, x, captions, rows, ctx)
+            if ctx.enabled
+            else partial(_batch_loss, decoder, x, captions, rows)
+        )
         take_step(loss_of, decoder.parameters(), parts, cfg, state, device, save, on_step)
         progress.set_postfix(loss=f"{state.loss_sum / state.loss_count:.3f}", refresh=False)
 
@@ -216,6 +237,33 @@ def _batch_loss(
     sample_prob: float,
 ) -> tuple[torch.Tensor, int]:
     return caption_loss(decoder, x, captions, rows, sample_prob=sample_prob), captions.size(0)
+
+
+def _rank_share_loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    captions: torch.Tensor,
+    rows: torch.Tensor,
+    ctx: DistContext,
+    sample_prob: float,
+) -> tuple[torch.Tensor, int]:
+    """This rank's share of the global batch's ``caption_loss``, times ``world`` (DDP averages
+    the gradients): summed over the ranks it is the single-process loss of the whole batch. The
+    regulariser is a mean over captions in every decoder, so it is weighted by the rank's share
+    of the captions. (Logged per rank it is close to the batch's mean loss: the shares are
+    about 1/world each.)"""
+    output = model(x, captions, rows, sample_prob=sample_prob)
+    targets = captions[:, 1:]
+    ce_sum = nn.functional.cross_entropy(
+        output.logits.reshape(-1, output.logits.size(-1)).float(),
+        targets.reshape(-1),
+        ignore_index=0,
+        reduction="sum",
+    )
+    tokens = ctx.total(float((targets != 0).sum()))
+    share = captions.size(0) / ctx.total(float(captions.size(0)))
+    loss = ctx.world * (ce_sum / max(tokens, 1.0) + output.aux_loss * share)
+    return loss, captions.size(0)
 
 
 def take_step(

@@ -10,11 +10,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
+import os
 from pathlib import Path
 
 import mlflow
 
-from captioning.config import ConfigError, Params, flatten
+from captioning.config import ConfigError, Params, TrainConfig, flatten
 from captioning.io import atomic_path, write_json
 from captioning.models import DECODERS
 from captioning.registry.tracking import (
@@ -24,7 +25,7 @@ from captioning.registry.tracking import (
     repo_root,
 )
 from captioning.training.fine_tune import train_fine_tuned
-from captioning.training.loop import TrainResult, train_decoder
+from captioning.training.loop import EpochCallback, StepCallback, TrainResult, train_decoder
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ def train_tracked(
         )
     if cfg.fine_tune.enabled and shards_dir is None:
         raise ConfigError("train.fine_tune.enabled needs the shards (--shards) to read images")
+    if int(os.environ.get("RANK", "0")) != 0:
+        # Under torchrun only rank 0 records the run and writes the outputs.
+        return _train(cfg, params, features_dir, vocab_path, model_dir, checkpoint_dir, shards_dir)
     root = repo_root()
     configure_mlflow(root)
     experiment_id = get_or_create_experiment(params.register.experiment, root)
@@ -73,30 +77,17 @@ def train_tracked(
             if step % cfg.log_every_steps == 0:
                 mlflow.log_metrics({f"step_{k}": v for k, v in report.items()}, step=step)
 
-        if cfg.fine_tune.enabled:
-            assert shards_dir is not None
-            result = train_fine_tuned(
-                shards_dir,
-                vocab_path,
-                model_dir,
-                cfg,
-                params.features,
-                seed=params.common.seed,
-                checkpoint_dir=checkpoint_dir,
-                on_epoch=on_epoch,
-                on_step=on_step,
-            )
-        else:
-            result = train_decoder(
-                features_dir,
-                vocab_path,
-                model_dir,
-                cfg,
-                seed=params.common.seed,
-                checkpoint_dir=checkpoint_dir,
-                on_epoch=on_epoch,
-                on_step=on_step,
-            )
+        result = _train(
+            cfg,
+            params,
+            features_dir,
+            vocab_path,
+            model_dir,
+            checkpoint_dir,
+            shards_dir,
+            on_epoch=on_epoch,
+            on_step=on_step,
+        )
         write_training_log(log_path, result.history)
         summary = result.summary(cfg.decoder)
         if summary_path is not None:
@@ -116,6 +107,43 @@ def train_tracked(
         mlflow.log_artifacts(str(model_dir), artifact_path="best_model")
     logger.info("trained in %.0f s", result.seconds)
     return result
+
+
+def _train(
+    cfg: TrainConfig,
+    params: Params,
+    features_dir: Path,
+    vocab_path: Path,
+    model_dir: Path,
+    checkpoint_dir: Path,
+    shards_dir: Path | None,
+    *,
+    on_epoch: EpochCallback | None = None,
+    on_step: StepCallback | None = None,
+) -> TrainResult:
+    if cfg.fine_tune.enabled:
+        assert shards_dir is not None
+        return train_fine_tuned(
+            shards_dir,
+            vocab_path,
+            model_dir,
+            cfg,
+            params.features,
+            seed=params.common.seed,
+            checkpoint_dir=checkpoint_dir,
+            on_epoch=on_epoch,
+            on_step=on_step,
+        )
+    return train_decoder(
+        features_dir,
+        vocab_path,
+        model_dir,
+        cfg,
+        seed=params.common.seed,
+        checkpoint_dir=checkpoint_dir,
+        on_epoch=on_epoch,
+        on_step=on_step,
+    )
 
 
 def write_training_log(path: Path, history: list[dict[str, float]]) -> None:

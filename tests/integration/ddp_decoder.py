@@ -1,0 +1,21 @@
+"""The soft-attention decoder for the DDP test, less two things that cannot match on the CPU:
+its BatchNorm (the ranks' statistics come from their halves of the batch; SyncBatchNorm needs
+CUDA) and the attention score's bias, whose gradient is zero in exact arithmetic (softmax
+ignores a shift), so that Adam turns float noise in it into steps of +-lr."""
+
+from torch import nn
+
+from captioning.models import DECODERS
+from captioning.models.soft_attention import SoftAttentionDecoder
+
+NAME = "soft_attention_without_norm"
+
+
+class SoftAttentionWithoutNorm(SoftAttentionDecoder):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.feature_norm = nn.Identity()
+        self.attention.score = nn.Linear(self.attention.score.in_features, 1, bias=False)
+
+
+DECODERS.setdefault(NAME, SoftAttentionWithoutNorm)
