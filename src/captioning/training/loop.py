@@ -36,7 +36,6 @@ from captioning.devices import autocast, pin_memory
 from captioning.features.cache import ENCODER_IDENTITY, ENCODER_WEIGHTS_FILE, FeatureCache
 from captioning.io import atomic_path, write_json
 from captioning.models import Decoder, build_decoder
-from captioning.training.distributed import DistContext, init_distributed
 from captioning.training.batches import (
     CaptionSet,
     Draw,
@@ -51,6 +50,7 @@ from captioning.training.checkpoint import (
     resume,
     save_checkpoint,
 )
+from captioning.training.distributed import DistContext, init_distributed
 from captioning.training.schedules import sampling_probability, warmup_cosine
 from captioning.training.validation import Validator
 
