@@ -53,21 +53,32 @@ class Comparison:
 
     def report(self) -> str:
         r = self.result
-        return "\n".join(
-            [
-                f"{self.name}: version {self.challenger} vs version {self.champion} on "
-                f"{r.n_images} test images, per-image {self.score}",
-                f"  mean              {r.challenger_mean:.4f} vs {r.champion_mean:.4f}",
-                f"  mean difference   {r.mean_diff:+.4f}",
-                f"  {r.confidence:.0%} CI            [{r.ci_low:+.4f}, {r.ci_high:+.4f}] "
-                f"(paired bootstrap over images, {r.resamples} resamples, seed {r.seed})",
-                f"  p (gain <= {r.min_gain:g})   {r.p_value:.4f}",
-                f"  per image         {r.n_better} better, {r.n_tied} tied, {r.n_worse} worse "
+        verdict = "PASS" if r.passed else "FAIL"
+        rows = [
+            ("mean", f"{r.challenger_mean:.4f} vs {r.champion_mean:.4f}"),
+            ("mean difference", f"{r.mean_diff:+.4f}"),
+            (
+                f"{r.confidence:.0%} CI",
+                f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}] (paired bootstrap over images, "
+                f"{r.resamples} resamples, seed {r.seed})",
+            ),
+            (f"p (gain <= {r.min_gain:g})", f"{r.p_value:.4f}"),
+            (
+                "per image",
+                f"{r.n_better} better, {r.n_tied} tied, {r.n_worse} worse "
                 f"(win fraction {r.win_fraction:.3f})",
-                f"  gate              {'PASS' if r.passed else 'FAIL'}: lower bound "
-                f"{r.ci_low:+.4f} {'>' if r.passed else '<='} min gain {r.min_gain:g}",
-            ]
+            ),
+            (
+                "gate",
+                f"{verdict}: lower bound {r.ci_low:+.4f} {'>' if r.passed else '<='} "
+                f"min gain {r.min_gain:g}",
+            ),
+        ]
+        head = (
+            f"{self.name}: version {self.challenger} vs version {self.champion} on "
+            f"{r.n_images} test images, per-image {self.score}"
         )
+        return "\n".join([head, *(f"  {label:<18}{value}" for label, value in rows)])
 
 
 @dataclass(frozen=True)
