@@ -43,8 +43,11 @@ class MultimodalRNNDecoder(Decoder):
     def embed_words(self, tokens: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.embedding2(self.dropout(self.embedding(tokens))))  # (..., E)
 
-    def multimodal(self, words: torch.Tensor, recurrent: torch.Tensor, image: torch.Tensor):
-        return self.dropout(scaled_tanh(self.word_mm(words) + self.recurrent_mm(recurrent) + image))
+    def multimodal(
+        self, words: torch.Tensor, recurrent: torch.Tensor, image: torch.Tensor
+    ) -> torch.Tensor:
+        joined = self.word_mm(words) + self.recurrent_mm(recurrent) + image  # (..., M)
+        return self.dropout(scaled_tanh(joined))
 
     def init_state(self, features: torch.Tensor) -> State:
         image = self.image_mm(self.standardise(features).mean(dim=1))  # (B, M): V_I I, once

@@ -18,15 +18,6 @@ VARIANTS = [(name, "lstm") for name in sorted(DECODERS)] + [
 IDS = [name if cell == "lstm" else f"{name}-gru" for name, cell in VARIANTS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These models are tiny: on 2 busy cores, 2 threads are ~6x slower than one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make(name: str, cell: str = "lstm", **changes):
     torch.manual_seed(0)
     cfg = dataclasses.replace(SMALL, cell=cell, **changes)

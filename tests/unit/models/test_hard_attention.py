@@ -104,3 +104,54 @@ def test_decoding_attends_to_the_most_likely_location():
     torch.testing.assert_close(after["h"], h)
     # and it is deterministic, unlike training
     torch.testing.assert_close(decoder.step(captions[:, 0], state)[1]["h"], h)
+
+
+def train_on_decoys(reinforce_weight: float, entropy_weight: float, steps: int = 400):
+    """Captions of one word, found at location 0; the other locations hold decoy words, so
+    neither h0 (from the mean feature) nor a random location tells which word is meant."""
+    vocab, locations = 16, 4
+
+    def data(n: int, generator: torch.Generator):
+        words = torch.randint(4, vocab, (n, locations), generator=generator)
+        features = torch.nn.functional.one_hot(words, vocab).float()  # (n, L, V)
+        captions = torch.stack([torch.ones(n).long(), words[:, 0], torch.full((n,), 2)], 1)
+        return features, captions
+
+    torch.manual_seed(0)
+    cfg = DecoderConfig(
+        embed_dim=16,
+        hidden_dim=32,
+        attention_dim=16,
+        feature_proj_dim=32,
+        dropout=0.0,
+        feature_dropout=0.0,
+        reinforce_weight=reinforce_weight,
+        entropy_weight=entropy_weight,
+    )
+    decoder = build_decoder(
+        "hard_attention", cfg, vocab_size=vocab, feature_dim=vocab, num_locations=locations
+    )
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        features, captions = data(64, generator)
+        out = decoder(features, captions)
+        ce = torch.nn.functional.cross_entropy(
+            out.logits.reshape(-1, vocab), captions[:, 1:].reshape(-1), ignore_index=0
+        )
+        optimizer.zero_grad()
+        (ce + out.aux_loss).backward()
+        optimizer.step()
+    features, captions = data(256, generator)
+    with torch.no_grad():
+        out = decoder.eval()(features, captions)
+    accuracy = float((out.logits[:, 0].argmax(-1) == captions[:, 1]).float().mean())
+    return float(out.alphas[:, 0, 0].mean()), accuracy
+
+
+def test_reinforce_learns_where_to_look():
+    attention_on_word, accuracy = train_on_decoys(reinforce_weight=1.0, entropy_weight=0.01)
+    assert attention_on_word > 0.8 and accuracy > 0.95
+    # Without the policy gradient the locations stay uniform and the word is a guess.
+    attention_on_word, accuracy = train_on_decoys(reinforce_weight=0.0, entropy_weight=0.0)
+    assert abs(attention_on_word - 0.25) < 0.05 and accuracy < 0.8
