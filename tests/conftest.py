@@ -73,3 +73,19 @@ def file_server(tmp_path: Path):
     server = FileServer(root)
     yield server
     server.close()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread_for_tiny_decoders(request):
+    """The decoders of tests/unit/models are tiny: on 2 busy cores, 2 threads ran them ~6x
+    slower than one. (A fixture here, not a conftest.py there: tests import this module's
+    helpers as ``conftest``, which a second conftest.py would shadow.)"""
+    import torch
+
+    if "models" not in request.path.parts:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
