@@ -87,7 +87,8 @@ def sample_search(
     """Draw every word from softmax(logits / temperature), reproducibly from ``seed``.
 
     Temperature 1 samples the model's own distribution, lower is closer to greedy (0 is greedy),
-    higher is more varied. Scores are the model's log-probabilities at temperature 1.
+    higher is more varied. Scores are the model's log-probabilities at temperature 1. One
+    generator draws for the whole batch: the same seed and batch give the same captions.
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
