@@ -1,4 +1,4 @@
-"""DVC stage `evaluate`: greedy + beam decoding of the test split, COCO metrics, figures."""
+"""DVC stage `evaluate`: greedy + beam decoding of the test split, metrics, gallery, heat-maps."""
 
 import argparse
 

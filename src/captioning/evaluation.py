@@ -86,10 +86,10 @@ def evaluate_model(
     image_ids = list(cache.image_ids)
     references = {i: list(c) for i, c in zip(image_ids, cache.captions, strict=True)}
 
-    n_best = _decode_all(decoder, vocab, features, cfg, desc=f"{split}")
+    searched = _decode_all(decoder, vocab, features, cfg, desc=split)
     decoded = {
-        "greedy": [hyps[0] for hyps in n_best["greedy"]],
-        "beam": [h[0] for h in n_best["beam"]],
+        "greedy": [hyps[0] for hyps in searched["greedy"]],
+        "beam": [hyps[0] for hyps in searched["beam"]],
     }
 
     objects = None
@@ -112,7 +112,7 @@ def evaluate_model(
                 **scores[image_id],
             }
         logger.info("%s %s: %s", split, name, _summary(corpus))
-    for image_id, hyps in zip(image_ids, n_best["beam"], strict=True):
+    for image_id, hyps in zip(image_ids, searched["beam"], strict=True):
         per_image[image_id]["beam"]["n_best"] = [
             {"caption": caption_text(vocab, h.tokens, task), "log_prob": h.score} for h in hyps
         ]

@@ -87,7 +87,8 @@ def sample_search(
     """Draw every word from softmax(logits / temperature), reproducibly from ``seed``.
 
     Temperature 1 samples the model's own distribution, lower is closer to greedy (0 is greedy),
-    higher is more varied. Scores are the model's log-probabilities at temperature 1.
+    higher is more varied. Scores are the model's log-probabilities at temperature 1. One
+    generator draws for the whole batch: the same seed and batch give the same captions.
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -192,7 +193,8 @@ def beam_search_n_best(
     hypothesis stays in its beam with its score and length frozen (it can only extend by <end>
     at no cost), so the result for one image does not depend on the other images in the batch.
     State tensors that ``step`` hands back unchanged (the same object, e.g. projected image
-    features) are equal across an image's beams, so they are not reordered.
+    features) are equal across an image's beams, so they are not reordered; an image whose
+    beams have all ended leaves the batch, so long captions do not keep short ones' rows busy.
     """
     _check_lengths(min_length, max_length)
     if not 1 <= n_best <= beam_size:
@@ -202,7 +204,7 @@ def beam_search_n_best(
     state = decoder.init_state(features)
     state = decoder.reorder_state(state, torch.arange(batch, device=device).repeat_interleave(k))
     constant = set(state)  # keys whose rows are equal across the k beams of an image
-    offsets = torch.arange(batch, device=device).unsqueeze(1) * k  # (B, 1)
+    images = torch.arange(batch, device=device)  # the input image of each image still searched
     tokens = torch.full((batch * k,), start_id, dtype=torch.long, device=device)
     # Only the first beam is live at the start, so the k beams do not start as k copies.
     scores = torch.full((batch, k), float("-inf"), device=device)
@@ -211,7 +213,10 @@ def beam_search_n_best(
     finished = torch.zeros(batch * k, dtype=torch.bool, device=device)
     sequences = torch.empty((batch * k, 0), dtype=torch.long, device=device)
     alpha_seq: torch.Tensor | None = None
+    results: list[list[Hypothesis]] = [[] for _ in range(batch)]
     for t in range(max_length + 1):
+        n = len(images)
+        offsets = torch.arange(n, device=device).unsqueeze(1) * k  # (N, 1)
         logits, new_state, alpha = decoder.step(tokens, state)
         constant = {key for key in constant if new_state.get(key) is state[key]}
         log_probs = _allowed(
@@ -221,15 +226,15 @@ def beam_search_n_best(
         frozen = torch.full_like(log_probs, float("-inf"))
         frozen[:, end_id] = 0.0
         log_probs = torch.where(finished.unsqueeze(-1), frozen, log_probs)
-        totals = scores.view(-1, 1) + log_probs  # (B*K, V)
-        new_lengths = torch.where(finished, lengths, lengths + 1)  # (B*K,)
-        ranks = totals  # (B*K, V)
+        totals = scores.view(-1, 1) + log_probs  # (N*K, V)
+        new_lengths = torch.where(finished, lengths, lengths + 1)  # (N*K,)
+        ranks = totals  # (N*K, V)
         if length_penalty:
             ranks = totals / length_penalty_factor(new_lengths, length_penalty).unsqueeze(1)
-        ranks = ranks.view(batch, k * vocab)
-        flat = ranks.topk(k, dim=-1).indices  # (B, K)
-        scores = totals.view(batch, k * vocab).gather(1, flat)  # (B, K)
-        origin = (flat // vocab + offsets).view(-1)  # (B*K,) beam each new beam extends
+        ranks = ranks.view(n, k * vocab)
+        flat = ranks.topk(k, dim=-1).indices  # (N, K)
+        scores = totals.view(n, k * vocab).gather(1, flat)  # (N, K)
+        origin = (flat // vocab + offsets).view(-1)  # (N*K,) beam each new beam extends
         tokens = (flat % vocab).view(-1)
         lengths = new_lengths[origin]
         state = _reorder(decoder, new_state, origin, constant)
@@ -240,18 +245,34 @@ def beam_search_n_best(
                 step_alpha if alpha_seq is None else torch.cat([alpha_seq[origin], step_alpha], 1)
             )
         finished = finished[origin] | (tokens == end_id)
-        if bool(finished.all()):
+        done = finished.view(n, k).all(dim=1)  # (N,) every beam of the image has ended
+        if t == max_length:  # the last step: live beams ended; -inf ones (tiny vocab) never do
+            done = torch.ones_like(done)
+        if not bool(done.any()):
+            continue
+        final = scores / length_penalty_factor(lengths.view(n, k), length_penalty)  # (N, K)
+        order = final.argsort(dim=-1, descending=True, stable=True)[:, :n_best]
+        for slot in done.nonzero().squeeze(1).tolist():
+            results[int(images[slot])] = [
+                _hypothesis(sequences[r], float(scores[slot, r - slot * k]), alpha_seq, r, end_id)
+                for r in (order[slot] + slot * k).tolist()
+            ]
+        if bool(done.all()):
             break
-    final = scores / length_penalty_factor(lengths.view(batch, k), length_penalty)  # (B, K)
-    order = final.argsort(dim=-1, descending=True, stable=True)[:, :n_best]  # (B, n_best)
-    rows = (order + offsets).tolist()
-    return [
-        [
-            _hypothesis(sequences[r], float(scores[i, r - i * k]), alpha_seq, r, end_id)
-            for r in image_rows
-        ]
-        for i, image_rows in enumerate(rows)
-    ]
+        # Drop the images whose beams have all ended: the others' steps get cheaper.
+        keep = (~done).nonzero().squeeze(1)  # (N',)
+        rows = (keep.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)  # (N'*K,)
+        state = decoder.reorder_state(state, rows)
+        images, scores = images[keep], scores[keep]
+        tokens, lengths, finished, sequences = (
+            tokens[rows],
+            lengths[rows],
+            finished[rows],
+            sequences[rows],
+        )
+        if alpha_seq is not None:
+            alpha_seq = alpha_seq[rows]
+    return results
 
 
 def _reorder(decoder: Decoder, state: State, origin: torch.Tensor, constant: set[str]) -> State:

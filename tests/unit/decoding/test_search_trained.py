@@ -238,3 +238,21 @@ def test_sample_scores_are_model_log_probabilities():
         ):
             exact = enumerate_captions(decoder, features[i : i + 1], 3, 0)
             assert hyp.score == pytest.approx(exact[tuple(hyp.tokens)], abs=1e-4)
+
+
+def test_images_whose_beams_all_ended_leave_the_batch(trained_decoder, test_features):
+    rows = []
+    step = trained_decoder.step
+
+    def counting_step(tokens, state):
+        rows.append(len(tokens))
+        return step(tokens, state)
+
+    trained_decoder.step = counting_step
+    try:
+        beam_search(trained_decoder, test_features, max_length=8, beam_size=3, **IDS)
+    finally:
+        del trained_decoder.step
+    assert rows[0] == 3 * len(test_features)
+    assert rows == sorted(rows, reverse=True) and rows[-1] < rows[0]
+    assert all(r % 3 == 0 for r in rows)  # whole images leave, never single beams
