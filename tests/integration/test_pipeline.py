@@ -21,6 +21,8 @@ REPORTS = "reports/decoders/soft_attention"
 PLAIN_TEST_DECODER = """
 
 # Added by tests/integration/test_pipeline.py
+import torch as _torch
+
 from captioning.models.base import DecoderOutput as _Output
 from captioning.models.soft_attention import SoftAttentionDecoder as _Attending
 
@@ -31,8 +33,13 @@ class _PlainTestDecoder(_Attending):
         return logits, state, None
 
     def forward(self, features, captions, rows=None, *, sample_prob=0.0):
-        out = super().forward(features, captions, rows, sample_prob=sample_prob)
-        return _Output(out.logits, None, out.aux_loss)
+        state = self.start(features, rows)
+        logits, step_logits = [], None
+        for t in range(captions.size(1) - 1):
+            tokens = self.next_input(captions, t, step_logits, sample_prob)
+            step_logits, state, _ = self.step(tokens, state)
+            logits.append(step_logits)
+        return _Output(_torch.stack(logits, dim=1), None, features.new_zeros(()))
 
 
 DECODERS["plain_test"] = _PlainTestDecoder
