@@ -256,7 +256,7 @@ class EarlyStoppingConfig:
     metric: str = "CIDEr"  # CIDEr | BLEU-4
     patience: int = 0  # validations without improvement before stopping; 0 = never stop early
     every_epochs: int = 1
-    batch_size: int = 100  # images per greedy decoding batch
+    batch_size: int = 500  # images per greedy decoding batch (few large steps: the CPU is op-bound)
 
     def __post_init__(self) -> None:
         _require(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,12 @@ class LoopState:
     sample_prob_sum: float = 0.0  # scheduled sampling probability, summed over the epoch's steps
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
+    prior_seconds: float = 0.0  # training time of the sessions before this one (resumed runs)
+    session_started: float = field(default_factory=time.monotonic)
+
+    def seconds(self) -> float:
+        """Training time of the whole run, across resumes."""
+        return self.prior_seconds + time.monotonic() - self.session_started
 
     def start_epoch(self, batches: list[list[Draw]]) -> None:
         self.batches, self.position = batches, 0
@@ -65,6 +72,7 @@ class LoopState:
                 "sample_prob_sum": self.sample_prob_sum,
                 "history": self.history,
                 "stopped_early": self.stopped_early,
+                "seconds": self.seconds(),
             }
         )
 
@@ -85,6 +93,7 @@ class LoopState:
             sample_prob_sum=raw["sample_prob_sum"],
             history=raw["history"],
             stopped_early=raw["stopped_early"],
+            prior_seconds=raw["seconds"],
         )
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -110,7 +109,6 @@ def train_fine_tuned(
     on_step: StepCallback | None = None,
 ) -> TrainResult:
     """Train the decoder and the encoder's last blocks on images from ``shards_dir``."""
-    started = time.monotonic()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = choose_device()
@@ -214,7 +212,7 @@ def train_fine_tuned(
         if on_epoch is not None:
             on_epoch(state.epoch, record)
 
-    result = finish(state, model, started, trained)
+    result = finish(state, model, trained)
     encoder.eval()
     final = {
         **run_config,

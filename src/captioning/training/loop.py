@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -99,7 +98,6 @@ def train_decoder(
     on_step: StepCallback | None = None,
 ) -> TrainResult:
     """Train ``cfg.decoder`` and write decoder.safetensors, vocab.json and config.json."""
-    started = time.monotonic()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     ctx = init_distributed()  # one rank of a torchrun launch, or the only process
@@ -163,7 +161,7 @@ def train_decoder(
         if on_epoch is not None and ctx.is_main:
             on_epoch(state.epoch, record)
 
-    result = finish(state, decoder, started, parameters)
+    result = finish(state, decoder, parameters)
     if ctx.is_main:
         _save_model(
             Path(model_dir),
@@ -363,7 +361,7 @@ def _epoch_record(
     return record
 
 
-def finish(state: LoopState, model: nn.Module, started: float, trained: int) -> TrainResult:
+def finish(state: LoopState, model: nn.Module, trained: int) -> TrainResult:
     """Put the best validated weights back into ``model``; the run's result."""
     if state.best.weights:
         model.load_state_dict(state.best.weights)
@@ -372,7 +370,7 @@ def finish(state: LoopState, model: nn.Module, started: float, trained: int) -> 
         )
     return TrainResult(
         state.history,
-        time.monotonic() - started,
+        state.seconds(),
         trained,
         best=state.best.summary(),
         stopped_early=state.stopped_early,
