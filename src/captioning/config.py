@@ -172,6 +172,9 @@ class DecoderConfig:
     dropout: float = 0.3
     feature_dropout: float = 0.3
     alpha_c: float = 1.0
+    # soft_attention: the attention query also sees the word just fed, so the object whose colour
+    # was just named is the one attended for its shape (False: Xu et al.'s query, h alone).
+    attend_with_word: bool = False
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "hidden_dim", "attention_dim", "feature_proj_dim"):

@@ -27,9 +27,16 @@ class SoftAttention(nn.Module):
         return self.feature_proj(features)  # (B, L, A)
 
     def forward(
-        self, features: torch.Tensor, projected: torch.Tensor, hidden: torch.Tensor
+        self,
+        features: torch.Tensor,
+        projected: torch.Tensor,
+        hidden: torch.Tensor,
+        query_extra: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        energy = torch.tanh(projected + self.hidden_proj(hidden).unsqueeze(1))  # (B, L, A)
+        query = self.hidden_proj(hidden)  # (B, A)
+        if query_extra is not None:
+            query = query + query_extra
+        energy = torch.tanh(projected + query.unsqueeze(1))  # (B, L, A)
         alpha = torch.softmax(self.score(energy).squeeze(-1), dim=-1)  # (B, L)
         context = torch.bmm(alpha.unsqueeze(1), features).squeeze(1)  # (B, D)
         return context, alpha
@@ -52,6 +59,13 @@ class SoftAttentionDecoder(Decoder):
         nn.init.normal_(self.position, std=0.02)
         self.embedding = nn.Embedding(vocab_size, cfg.embed_dim)
         self.attention = SoftAttention(d, cfg.hidden_dim, cfg.attention_dim)
+        # h_{t-1} holds a distribution over the objects it may name next; the word fed says which
+        # one was named, so the query needs it to attend the same object for the next word.
+        self.word_query = (
+            nn.Linear(cfg.embed_dim, cfg.attention_dim, bias=False)
+            if cfg.attend_with_word
+            else None
+        )
         self.init_h = nn.Linear(d, cfg.hidden_dim)
         self.init_c = nn.Linear(d, cfg.hidden_dim)
         self.f_beta = nn.Linear(cfg.hidden_dim, d)
@@ -76,9 +90,11 @@ class SoftAttentionDecoder(Decoder):
         }
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
-        context, alpha = self.attention(state["feats"], state["projected"], state["h"])
+        embedded = self.embedding(tokens)  # (B, E)
+        word = None if self.word_query is None else self.word_query(embedded)
+        context, alpha = self.attention(state["feats"], state["projected"], state["h"], word)
         gated = torch.sigmoid(self.f_beta(state["h"])) * context  # (B, D)
-        x = torch.cat([self.embedding(tokens), gated], dim=-1)  # (B, E + D)
+        x = torch.cat([embedded, gated], dim=-1)  # (B, E + D)
         h, c = self.cell(x, (state["h"], state["c"]))
         logits = self.out(self.dropout(h))  # (B, V)
         return logits, {**state, "h": h, "c": c}, alpha
