@@ -188,6 +188,9 @@ class DecoderConfig:
     reinforce_weight: float = 1.0
     entropy_weight: float = 0.01
     baseline_decay: float = 0.9
+    # soft_attention: the attention query also sees the word just fed, so the object whose colour
+    # was just named is the one attended for its shape (False: Xu et al.'s query, h alone).
+    attend_with_word: bool = False
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "hidden_dim", "attention_dim", "feature_proj_dim"):

@@ -29,9 +29,16 @@ class SoftAttention(nn.Module):
         return self.feature_proj(features)  # (B, L, A)
 
     def forward(
-        self, features: torch.Tensor, projected: torch.Tensor, hidden: torch.Tensor
+        self,
+        features: torch.Tensor,
+        projected: torch.Tensor,
+        hidden: torch.Tensor,
+        query_extra: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        energy = torch.tanh(projected + self.hidden_proj(hidden).unsqueeze(1))  # (B, L, A)
+        query = self.hidden_proj(hidden)  # (B, A)
+        if query_extra is not None:
+            query = query + query_extra
+        energy = torch.tanh(projected + query.unsqueeze(1))  # (B, L, A)
         alpha = torch.softmax(self.score(energy).squeeze(-1), dim=-1)  # (B, L)
         context = torch.bmm(alpha.unsqueeze(1), features).squeeze(1)  # (B, D)
         return context, alpha
@@ -54,6 +61,13 @@ class SoftAttentionDecoder(Decoder):
         nn.init.normal_(self.position, std=0.02)
         self.embedding = nn.Embedding(vocab_size, cfg.embed_dim)
         self.attention = SoftAttention(d, cfg.hidden_dim, cfg.attention_dim)
+        # h_{t-1} holds a distribution over the objects it may name next; the word fed says which
+        # one was named, so the query needs it to attend the same object for the next word.
+        self.word_query = (
+            nn.Linear(cfg.embed_dim, cfg.attention_dim, bias=False)
+            if cfg.attend_with_word
+            else None
+        )
         self.init_h = nn.Linear(d, cfg.hidden_dim)
         if cfg.cell == "lstm":
             self.init_c = nn.Linear(d, cfg.hidden_dim)
@@ -84,7 +98,8 @@ class SoftAttentionDecoder(Decoder):
         self, embedded: torch.Tensor, state: State
     ) -> tuple[torch.Tensor, State, torch.Tensor]:
         """One step up to the output layer: (B, E) word embedding -> (B, H) dropped-out h."""
-        context, alpha = self.attention(state["feats"], state["projected"], state["h"])
+        word = None if self.word_query is None else self.word_query(embedded)  # (B, A)
+        context, alpha = self.attention(state["feats"], state["projected"], state["h"], word)
         gated = torch.sigmoid(self.f_beta(state["h"])) * context  # (B, D)
         x = torch.cat([embedded, gated], dim=-1)  # (B, E + D)
         state = {**state, **cell_step(self.cell, x, state)}

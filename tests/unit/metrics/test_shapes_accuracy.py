@@ -50,10 +50,10 @@ def test_correct_captions(caption: str, objects: list[dict]) -> None:
 @pytest.mark.parametrize(
     ("caption", "objects", "why"),
     [
-        ("a small green circle", ONE, "wrong colour"),
+        ("a small yellow circle", ONE, "wrong colour"),
         ("a small red square", ONE, "wrong shape"),
         ("a red circle", TWO, "missing object"),
-        ("a red circle and a blue square and a green star", TWO, "extra object"),
+        ("a red circle and a blue square and a yellow star", TWO, "extra object"),
         ("a red circle and a red circle", ONE, "object named twice"),
         ("a red circle above a blue square and a white circle", THREE, "colour on wrong shape"),
         ("a red circle and a blue square", THREE, "missing third"),
@@ -68,7 +68,7 @@ def test_object_accuracy_and_breakdown() -> None:
     objects = {1: ONE, 2: ONE, 3: TWO, 4: TWO, 5: THREE, 6: TWO}
     predictions = {
         1: "a red circle",  # right
-        2: "a green circle",  # wrong colour
+        2: "a yellow circle",  # wrong colour
         3: "a blue square to the right of a red circle",  # right
         4: "a red circle",  # missing object
         5: "a red circle a blue square and a white star",  # right
