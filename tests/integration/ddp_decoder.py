@@ -3,6 +3,9 @@ its BatchNorm (the ranks' statistics come from their halves of the batch; SyncBa
 CUDA) and the attention score's bias, whose gradient is zero in exact arithmetic (softmax
 ignores a shift), so that Adam turns float noise in it into steps of +-lr."""
 
+import contextlib
+from collections.abc import Iterator
+
 from torch import nn
 
 from captioning.models import DECODERS
@@ -18,4 +21,12 @@ class SoftAttentionWithoutNorm(SoftAttentionDecoder):
         self.attention.score = nn.Linear(self.attention.score.in_features, 1, bias=False)
 
 
-DECODERS.setdefault(NAME, SoftAttentionWithoutNorm)
+@contextlib.contextmanager
+def registered() -> Iterator[str]:
+    """The test decoder in DECODERS while the block runs (kept out of the other tests'
+    parametrisation over every registered decoder)."""
+    DECODERS[NAME] = SoftAttentionWithoutNorm
+    try:
+        yield NAME
+    finally:
+        DECODERS.pop(NAME, None)

@@ -4,18 +4,19 @@ import json
 import sys
 from pathlib import Path
 
-from tests.integration import ddp_decoder  # noqa: F401  (registers the test decoder)
+from tests.integration.ddp_decoder import registered
 
 from captioning.config import TrainConfig, from_dict
 from captioning.training.loop import train_decoder
 
 root, name, cfg_json = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 cfg = from_dict(TrainConfig, json.loads(cfg_json), path=Path("<test>"), prefix="train.")
-train_decoder(
-    root / "features",
-    root / "vocab.json",
-    root / "models" / name,
-    cfg,
-    seed=7,
-    checkpoint_dir=root / "checkpoints" / name,
-)
+with registered():
+    train_decoder(
+        root / "features",
+        root / "vocab.json",
+        root / "models" / name,
+        cfg,
+        seed=7,
+        checkpoint_dir=root / "checkpoints" / name,
+    )

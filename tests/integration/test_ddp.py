@@ -9,9 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
-from tests.integration.ddp_decoder import NAME
+from tests.integration.ddp_decoder import NAME, registered
 from tests.unit.training.test_loop import workspace  # noqa: F401  (the tiny feature cache)
 
 from captioning.config import DecoderConfig, TrainConfig, to_dict
@@ -47,7 +48,13 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
 
 
-def test_two_gloo_ranks_match_one_process(workspace):  # noqa: F811
+@pytest.fixture
+def test_decoder():
+    with registered() as name:
+        yield name
+
+
+def test_two_gloo_ranks_match_one_process(workspace, test_decoder):  # noqa: F811
     train_decoder(
         workspace / "features",
         workspace / "vocab.json",

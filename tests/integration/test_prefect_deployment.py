@@ -87,7 +87,7 @@ def test_flow_builds_the_tiny_dag_as_dvc_repro_would(tiny_repo, monkeypatch):
     assert list(outcome) == stages.stdout.split() and set(outcome.values()) == {"ran"}
     status = run([sys.executable, "-m", "dvc", "status"], root, env).stdout
     assert "up to date" in status.lower()
-    assert (root / "reports/soft_attention/metrics.json").is_file()
+    assert (root / "reports/decoders/soft_attention/metrics.json").is_file()
     flow_run_id = str(state.state_details.flow_run_id)
     tags = mlflow_flow_run_tags(root)
     assert tags == {"train-soft_attention": {flow_run_id}, "register-soft_attention": {flow_run_id}}
