@@ -20,6 +20,7 @@ from captioning.features.cache import (
     encode_split,
     encoder_for_model,
 )
+from captioning.features.encoders import grid_shape
 from captioning.io import write_json
 from captioning.metrics.coco_eval import coco_scores
 from captioning.metrics.shapes_accuracy import object_accuracy, object_correct
@@ -33,23 +34,26 @@ DECODINGS = ("greedy", "beam")
 
 def evaluate_model(
     model_dir: str | Path,
-    features_dir: str | Path,
+    features_dir: str | Path | None,
     shards_dir: str | Path,
     out_dir: str | Path,
     cfg: EvaluateConfig,
     *,
     split: str = "test",
 ) -> dict[str, Any]:
-    """Write metrics.json, results.json (COCO results format), per_image.json and attention PNGs."""
+    """Write metrics.json, results.json (COCO results format), per_image.json and attention PNGs.
+
+    A character-level model (the CAPTCHA reader) is scored by ``reader_evaluation`` instead:
+    exact match and character accuracy on val and test, and the answer file.
+    """
     out_dir = Path(out_dir)
     device = choose_device()
     decoder, vocab, config = load_decoder(model_dir, device)
-    if (Path(model_dir) / ENCODER_WEIGHTS_FILE).is_file():
-        # The model fine-tuned its encoder: the cached features are not its features.
-        spec, encoder = encoder_for_model(config["encoder"], model_dir, device)
-        cache = encode_split(shards_dir, split, encoder, spec, device, meta=config["encoder"])
-    else:
-        cache = FeatureCache.open(features_dir, split, expect_encoder=config["encoder"]["encoder"])
+    if vocab.level == "char":
+        from captioning.reader_evaluation import evaluate_reader
+
+        return evaluate_reader(decoder, vocab, config, model_dir, shards_dir, out_dir, cfg)
+    cache = split_features(model_dir, config, features_dir, shards_dir, split, device)
     features = torch.from_numpy(cache.load_in_memory())
     references = {i: list(c) for i, c in zip(cache.image_ids, cache.captions, strict=True)}
 
@@ -94,6 +98,24 @@ def evaluate_model(
     return {split: metrics}
 
 
+def split_features(
+    model_dir: str | Path,
+    config: dict[str, Any],
+    features_dir: str | Path | None,
+    shards_dir: str | Path,
+    split: str,
+    device: torch.device,
+) -> FeatureCache:
+    """The model's features of ``split``: cached, or computed by its own trained encoder."""
+    if (Path(model_dir) / ENCODER_WEIGHTS_FILE).is_file():
+        # The model fine-tuned its encoder: the cached features are not its features.
+        spec, encoder = encoder_for_model(config["encoder"], model_dir, device)
+        return encode_split(shards_dir, split, encoder, spec, device, meta=config["encoder"])
+    if features_dir is None:
+        raise ValueError(f"{model_dir}: the model reads cached features; give their directory")
+    return FeatureCache.open(features_dir, split, expect_encoder=config["encoder"]["encoder"])
+
+
 def _decode_all(
     decoder, vocab, features, cfg: EvaluateConfig, beam: int, desc: str
 ) -> list[Hypothesis]:
@@ -135,7 +157,7 @@ def _attention_figures(
     if cfg.n_attention_figures == 0 or not hypotheses or hypotheses[0].alphas is None:
         return
     wanted = dict(zip(image_ids[: cfg.n_attention_figures], hypotheses, strict=False))
-    grid = config["encoder"]["grid"]
+    grid_h, grid_w = grid_shape(config["encoder"])
     figures = out_dir / "attention"
     figures.mkdir(parents=True, exist_ok=True)
     for meta, jpg in iter_samples(shards_dir, split):
@@ -143,7 +165,7 @@ def _attention_figures(
         if hyp is None:
             continue
         words = [vocab.itos[t] for t in hyp.tokens]
-        attention = hyp.alphas.numpy().reshape(len(words), grid, grid)
+        attention = hyp.alphas.numpy().reshape(len(words), grid_h, grid_w)
         plot_attention(
             load_rgb(jpg, name=meta["file_name"]),
             words,

@@ -172,6 +172,7 @@ def train_fine_tuned(
     val_set: CaptionSet | None = None
 
     for epoch in range(start_epoch, cfg.epochs):
+        epoch_started = time.monotonic()
         loader = training_loader(
             train_urls,
             spec,
@@ -200,12 +201,22 @@ def train_fine_tuned(
         )
         if on_epoch is not None:
             on_epoch(epoch + 1, record)
+        if out_of_time(started, time.monotonic() - epoch_started, cfg.max_minutes):
+            logger.info("stopping after epoch %d: the next would end past the budget", epoch + 1)
+            break
 
     encoder.eval()
     final = {**run_config, "encoder": _trained_identity(identity, encoder, cfg)}
     _save_model(Path(model_dir), decoder, vocab, final, encoder=encoder)
     checkpoint.unlink(missing_ok=True)
     return TrainResult(history, time.monotonic() - started, trained)
+
+
+def out_of_time(started: float, epoch_seconds: float, max_minutes: float) -> bool:
+    """True if another epoch as long as the last would end past ``max_minutes`` (0: never)."""
+    if max_minutes <= 0:
+        return False
+    return time.monotonic() - started + epoch_seconds > max_minutes * 60
 
 
 def _trained_identity(start: dict[str, Any], encoder: Encoder, cfg: TrainConfig) -> dict:
