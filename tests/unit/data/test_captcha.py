@@ -85,8 +85,9 @@ def test_two_runs_and_any_number_of_workers_give_identical_files(tmp_path):
 
 
 def test_seeding_does_not_leak_into_captcha_outside(tmp_path):
-    import captcha.image as image_module
     import secrets
+
+    import captcha.image as image_module
 
     captcha.draw(0, SMALL, ["word"])
     assert image_module.secrets is secrets
