@@ -6,7 +6,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install run test lint format mlflow-ui clean-outputs
+.PHONY: install run captcha test lint format mlflow-ui clean-outputs
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,12 @@ $(VENV)/.installed: pyproject.toml
 run: install
 	dvc repro
 	dvc metrics show
+
+## The CAPTCHA reader (docs/captcha.md): its own DAG in pipelines/captcha, the same stages.
+## One MLflow store for both pipelines: the repository's mlflow.db (as `captioning predict` uses).
+captcha: install
+	cd pipelines/captcha && MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} dvc repro
+	cd pipelines/captcha && dvc metrics show
 
 ## The test suite (unit + one end-to-end DAG run on a tiny config).
 test: install

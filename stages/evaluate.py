@@ -14,7 +14,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--model", required=True)
-    parser.add_argument("--features", required=True)
+    parser.add_argument(
+        "--features", help="feature cache (not read if the model trained its encoder)"
+    )
     parser.add_argument("--shards", required=True)
     parser.add_argument("--out", required=True, help="report directory")
     args = parser.parse_args()

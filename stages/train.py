@@ -16,7 +16,9 @@ from captioning.training.tracked import train_tracked  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--features", required=True, type=Path)
+    parser.add_argument(
+        "--features", type=Path, help="feature cache (not read with train.fine_tune.enabled)"
+    )
     parser.add_argument(
         "--shards", type=Path, help="image shards (read when train.fine_tune.enabled)"
     )

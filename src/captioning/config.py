@@ -99,6 +99,43 @@ class Flickr30kConfig:
         _require_checksums(self.checksums)
 
 
+# Fonts that ship with the captcha package (DroidSansMono) or with matplotlib (mpl-data).
+CAPTCHA_FONTS = [
+    "DroidSansMono.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSerif.ttf",
+    "STIXGeneralItalic.ttf",
+]
+
+
+@dataclass(frozen=True)
+class CaptchaConfig:
+    """The seed's CAPTCHA set: words drawn by the ``captcha`` package (source ``captcha``)."""
+
+    count: int = 140_000  # images: the first n_train train, the next n_val val, the rest test
+    n_train: int = 100_000
+    n_val: int = 20_000
+    width: int = 160
+    height: int = 60
+    n_words: int = 2500  # distinct words, the most frequent English ones of min-max letters
+    min_letters: int = 3
+    max_letters: int = 5
+    fonts: list[str] = field(default_factory=lambda: list(CAPTCHA_FONTS))
+    font_sizes: list[int] = field(default_factory=lambda: [40, 44, 48])
+    seed: int = 0
+    workers: int = 0  # processes drawing images; 0 = one per CPU core
+
+    def __post_init__(self) -> None:
+        _require(min(self.n_train, self.n_val) >= 1, "n_train/n_val", ">= 1")
+        _require(self.count > self.n_train + self.n_val, "count", "> n_train + n_val")
+        _require(self.width >= 16 and self.height >= 16, "width/height", ">= 16")
+        _require(self.n_words >= 1, "n_words", ">= 1")
+        _require(1 <= self.min_letters <= self.max_letters, "min_letters", "in [1, max_letters]")
+        _require(len(set(self.fonts)) == len(self.fonts) >= 1, "fonts", "distinct font names")
+        _require(bool(self.font_sizes) and min(self.font_sizes) >= 8, "font_sizes", ">= 8")
+        _require(self.workers >= 0, "workers", ">= 0 (0 = one per CPU core)")
+
+
 @dataclass(frozen=True)
 class FetchConfig:
     source: str = "shapes"
@@ -109,6 +146,7 @@ class FetchConfig:
     coco: CocoConfig = field(default_factory=CocoConfig)
     flickr8k: Flickr8kConfig = field(default_factory=Flickr8kConfig)
     flickr30k: Flickr30kConfig = field(default_factory=Flickr30kConfig)
+    captcha: CaptchaConfig = field(default_factory=CaptchaConfig)
 
 
 @dataclass(frozen=True)
@@ -133,11 +171,14 @@ class ShardConfig:
 @dataclass(frozen=True)
 class VocabConfig:
     min_freq: int = 1
-    max_length: int = 24
+    max_length: int = 24  # tokens per caption: words, or characters at level char
+    # word: tokens are words; char: tokens are the characters of each caption (a CAPTCHA's word)
+    level: str = "word"
 
     def __post_init__(self) -> None:
         _require(self.min_freq >= 1, "min_freq", ">= 1")
         _require(self.max_length >= 2, "max_length", ">= 2")
+        _require(self.level in ("word", "char"), "level", "'word' or 'char'")
 
 
 @dataclass(frozen=True)
@@ -296,6 +337,9 @@ class TrainConfig:
     log_every_steps: int = 50  # the training loss goes to MLflow every N steps
     # >1: data-parallel training, one process per device under torchrun (training/distributed.py)
     devices: int = 1
+    # A wall-time budget (minutes) for fine-tuning; 0 = none. No epoch starts that would end
+    # past it at the last epoch's pace (the LR schedule still spans train.epochs).
+    max_minutes: float = 0.0
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "epochs", ">= 1")
@@ -320,6 +364,7 @@ class TrainConfig:
         )
         _require(self.checkpoint_every_steps >= 0, "checkpoint_every_steps", ">= 0")
         _require(self.log_every_steps >= 1, "log_every_steps", ">= 1")
+        _require(self.max_minutes >= 0, "max_minutes", ">= 0 (0 = no budget)")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from captioning.features.cache import (
     encode_split,
     encoder_for_model,
 )
+from captioning.features.encoders import grid_shape
 from captioning.io import write_json, write_text
 from captioning.metrics.coco_eval import coco_scores_many, require_java
 from captioning.metrics.shapes_accuracy import object_accuracy, object_correct
@@ -62,26 +63,29 @@ def caption_text(vocab: Vocab, tokens: list[int], task: str) -> str:
 
 def evaluate_model(
     model_dir: str | Path,
-    features_dir: str | Path,
+    features_dir: str | Path | None,
     shards_dir: str | Path,
     out_dir: str | Path,
     cfg: EvaluateConfig,
     *,
     split: str = "test",
 ) -> dict[str, Any]:
-    """Decode ``split``, score it and write the report files (see the module docstring)."""
+    """Decode ``split``, score it and write the report files (see the module docstring).
+
+    A character-level model (the CAPTCHA reader) is scored by ``reader_evaluation`` instead:
+    exact match and character accuracy on val and test, and the answer file.
+    """
     out_dir = Path(out_dir)
     device = choose_device()
     decoder, vocab, config = load_decoder(model_dir, device)
+    if vocab.level == "char":
+        from captioning.reader_evaluation import evaluate_reader
+
+        return evaluate_reader(decoder, vocab, config, model_dir, shards_dir, out_dir, cfg)
     task = resolve_task(cfg.task, vocab)
     if task == "caption":
         require_java()  # before minutes of decoding, not after
-    if (Path(model_dir) / ENCODER_WEIGHTS_FILE).is_file():
-        # The model fine-tuned its encoder: the cached features are not its features.
-        spec, encoder = encoder_for_model(config["encoder"], model_dir, device)
-        cache = encode_split(shards_dir, split, encoder, spec, device, meta=config["encoder"])
-    else:
-        cache = FeatureCache.open(features_dir, split, expect_encoder=config["encoder"]["encoder"])
+    cache = split_features(model_dir, config, features_dir, shards_dir, split, device)
     features = torch.from_numpy(cache.load_in_memory())
     image_ids = list(cache.image_ids)
     references = {i: list(c) for i, c in zip(image_ids, cache.captions, strict=True)}
@@ -130,7 +134,7 @@ def evaluate_model(
         {i: images[i] for i in image_ids[: cfg.n_attention_figures] if i in images},
         dict(zip(image_ids, decoded["beam"], strict=True)),
         vocab,
-        grid=config["encoder"]["grid"],
+        grid=grid_shape(config["encoder"]),
         decoder_name=config["decoder"],
         references=references,
     )
@@ -160,6 +164,24 @@ def score_predictions(
 def coco_results(image_ids: list[int], per_image: dict[int, dict[str, Any]]) -> list[dict]:
     """The beam captions as COCO results: [{"image_id": int, "caption": str}, ...]."""
     return [{"image_id": int(i), "caption": per_image[i]["beam"]["caption"]} for i in image_ids]
+
+
+def split_features(
+    model_dir: str | Path,
+    config: dict[str, Any],
+    features_dir: str | Path | None,
+    shards_dir: str | Path,
+    split: str,
+    device: torch.device,
+) -> FeatureCache:
+    """The model's features of ``split``: cached, or computed by its own trained encoder."""
+    if (Path(model_dir) / ENCODER_WEIGHTS_FILE).is_file():
+        # The model fine-tuned its encoder: the cached features are not its features.
+        spec, encoder = encoder_for_model(config["encoder"], model_dir, device)
+        return encode_split(shards_dir, split, encoder, spec, device, meta=config["encoder"])
+    if features_dir is None:
+        raise ValueError(f"{model_dir}: the model reads cached features; give their directory")
+    return FeatureCache.open(features_dir, split, expect_encoder=config["encoder"]["encoder"])
 
 
 def _decode_all(
@@ -239,7 +261,7 @@ def attention_figures(
     hypotheses: dict[int, Hypothesis],
     vocab: Vocab,
     *,
-    grid: int,
+    grid: tuple[int, int],
     decoder_name: str,
     references: dict[int, list[str]],
 ) -> int:
@@ -259,7 +281,7 @@ def attention_figures(
         plot_attention(
             image,
             words,
-            hyp.alphas.numpy().reshape(len(words), grid, grid),
+            hyp.alphas.numpy().reshape(len(words), *grid),
             out_dir / f"{image_id}.png",
             title=f"refs: {references[image_id][0]}",
         )

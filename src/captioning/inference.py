@@ -16,6 +16,7 @@ from PIL import Image
 from captioning.decoding.search import decode_batch
 from captioning.devices import choose_device
 from captioning.features.cache import encode_batch, encoder_for_model
+from captioning.features.encoders import grid_shape
 from captioning.training.loop import load_decoder
 
 
@@ -24,7 +25,7 @@ class CaptionResult:
     caption: str
     score: float  # sum of token log-probabilities
     words: list[str]
-    attention: np.ndarray | None  # (len(words), grid, grid), if the decoder attends
+    attention: np.ndarray | None  # (len(words), grid_h, grid_w), if the decoder attends
 
 
 class Captioner:
@@ -68,12 +69,13 @@ class Captioner:
             length_penalty=length_penalty,
             min_length=min_length,
         )
-        grid = self.config["encoder"]["grid"]
+        grid_h, grid_w = grid_shape(self.config["encoder"])
         results = []
         for hyp in hypotheses:
             words = [self.vocab.itos[t] for t in hyp.tokens]
             attention = None
             if hyp.alphas is not None:
-                attention = hyp.alphas.numpy().reshape(len(words), grid, grid)
-            results.append(CaptionResult(" ".join(words), hyp.score, words, attention))
+                attention = hyp.alphas.numpy().reshape(len(words), grid_h, grid_w)
+            # A character-level vocabulary (the CAPTCHA reader) spells one word: no spaces.
+            results.append(CaptionResult(self.vocab.join(words), hyp.score, words, attention))
         return results

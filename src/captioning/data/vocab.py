@@ -1,4 +1,8 @@
-"""Word vocabulary with a frequency threshold and a maximum caption length."""
+"""Word (or character) vocabulary with a frequency threshold and a maximum caption length.
+
+At level ``char`` the tokens of a caption are its characters (spaces dropped) and decoding
+joins them without spaces: the CAPTCHA reader spells its word one letter per step.
+"""
 
 from __future__ import annotations
 
@@ -19,15 +23,17 @@ SPECIALS = (PAD, START, END, UNK)
 _NON_WORD = re.compile(r"[^a-z0-9' ]+")
 
 
-def tokenize(caption: str) -> list[str]:
-    """Lower-case, drop punctuation, split on whitespace."""
-    return _NON_WORD.sub(" ", caption.lower()).split()
+def tokenize(caption: str, level: str = "word") -> list[str]:
+    """Lower-case, drop punctuation, split on whitespace (level char: into characters)."""
+    words = _NON_WORD.sub(" ", caption.lower()).split()
+    return [c for w in words for c in w] if level == "char" else words
 
 
 @dataclass(frozen=True)
 class Vocab:
     itos: tuple[str, ...]
     max_length: int
+    level: str = "word"  # or "char"
 
     @property
     def stoi(self) -> dict[str, int]:
@@ -53,13 +59,13 @@ class Vocab:
         return len(self.itos)
 
     def encode(self, caption: str) -> list[int]:
-        """<start> w1 .. wn <end>, truncated to max_length words."""
+        """<start> w1 .. wn <end>, truncated to max_length tokens."""
         stoi = self.stoi
-        words = tokenize(caption)[: self.max_length]
+        words = tokenize(caption, self.level)[: self.max_length]
         return [self.start_id, *(stoi.get(w, self.unk_id) for w in words), self.end_id]
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Words up to the first <end>, skipping <start>/<pad>."""
+        """Tokens up to the first <end>, skipping <start>/<pad>, joined as the level says."""
         words = []
         for i in ids:
             i = int(i)
@@ -68,10 +74,17 @@ class Vocab:
             if i in (self.pad_id, self.start_id):
                 continue
             words.append(self.itos[i])
-        return " ".join(words)
+        return self.join(words)
+
+    def join(self, tokens: Iterable[str]) -> str:
+        """Tokens as text: words separated by spaces, characters run together."""
+        return ("" if self.level == "char" else " ").join(tokens)
 
     def to_json(self) -> dict[str, Any]:
-        return {"itos": list(self.itos), "max_length": self.max_length}
+        data: dict[str, Any] = {"itos": list(self.itos), "max_length": self.max_length}
+        if self.level != "word":  # word vocabularies keep their earlier, level-less file
+            data["level"] = self.level
+        return data
 
     def save(self, path: str | Path) -> None:
         write_json(path, self.to_json())
@@ -83,21 +96,24 @@ class Vocab:
         itos = data.get("itos")
         if not isinstance(itos, list) or tuple(itos[: len(SPECIALS)]) != SPECIALS:
             raise ValueError(f"{path}: expected 'itos' starting with {list(SPECIALS)}")
-        return cls(itos=tuple(itos), max_length=int(data["max_length"]))
+        level = data.get("level", "word")
+        if level not in ("word", "char"):
+            raise ValueError(f"{path}: 'level' must be 'word' or 'char', found {level!r}")
+        return cls(itos=tuple(itos), max_length=int(data["max_length"]), level=level)
 
 
 def build_vocab(captions: Iterable[str], cfg: VocabConfig) -> tuple[Vocab, dict[str, Any]]:
-    """Keep words seen at least ``cfg.min_freq`` times; return the vocab and a summary."""
+    """Keep tokens seen at least ``cfg.min_freq`` times; return the vocab and a summary."""
     counts: Counter[str] = Counter()
     lengths: list[int] = []
     for caption in captions:
-        words = tokenize(caption)
+        words = tokenize(caption, cfg.level)
         counts.update(words)
         lengths.append(len(words))
     kept = sorted(
         (w for w, c in counts.items() if c >= cfg.min_freq), key=lambda w: (-counts[w], w)
     )
-    vocab = Vocab(itos=(*SPECIALS, *kept), max_length=cfg.max_length)
+    vocab = Vocab(itos=(*SPECIALS, *kept), max_length=cfg.max_length, level=cfg.level)
     summary = {
         "size": len(vocab),
         "words_seen": len(counts),

@@ -262,3 +262,62 @@ def variance_preserving_init(net: nn.Module) -> None:
         for layer in (net.net.layer1, net.net.layer2, net.net.layer3, net.net.layer4):
             for block in layer:  # Bottleneck (bn3) or BasicBlock (bn2)
                 nn.init.zeros_(getattr(block, "bn3", block.bn2).weight)
+
+
+# --------------------------------------------------------------------------------------------
+# The CAPTCHA reader's CNN, trained from scratch on wide grayscale images
+# --------------------------------------------------------------------------------------------
+
+
+class CaptchaCNN(nn.Module):
+    """Six conv 3x3 + batch norm + ReLU blocks on the grayscale image, from 60x160 to a 4x20
+    grid of 128 channels (0.36 M parameters): one column every 8 px, about a third of a
+    letter, so attention can step along the word. The last pooling halves only the height,
+    keeping the horizontal resolution the letter order lives in. The first conv has stride 2
+    (strokes are 4+ px wide): 1.7x less compute than a full-resolution first block."""
+
+    # (output channels, conv stride, pooling after the block):
+    # 60x160 -> 30x80 -> 15x40 -> 15x40 -> 8x20 -> 4x20 -> 4x20
+    BLOCKS: tuple[tuple[int, int, tuple[int, int] | None], ...] = (
+        (32, 2, None),
+        (48, 1, (2, 2)),
+        (64, 1, None),
+        (96, 1, (2, 2)),
+        (128, 1, (2, 1)),
+        (128, 1, None),
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        previous = 1
+        for width, stride, pool in self.BLOCKS:
+            block: list[nn.Module] = [
+                nn.Conv2d(previous, width, 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            if pool is not None:
+                block.append(nn.MaxPool2d(pool, ceil_mode=True))
+            layers.append(nn.Sequential(*block))
+            previous = width
+        self.features = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # The colours carry no letter information: read the mean of the channels (grayscale).
+        gray = images.mean(dim=1, keepdim=True)  # (B, 1, H, W)
+        return self.features(gray)  # (B, 128, H/16, W/8)
+
+
+class CaptchaCNNEncoder(Encoder):
+    """(B, 128, 4, 20) at 60x160. Blocks: the six conv blocks."""
+
+    def __init__(self, net: CaptchaCNN) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.net.features)

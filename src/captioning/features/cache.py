@@ -47,7 +47,7 @@ from tqdm import tqdm
 from captioning.config import FeaturesConfig
 from captioning.devices import autocast, choose_device
 from captioning.features.backbones import Encoder
-from captioning.features.encoders import EncoderSpec, get_encoder_spec
+from captioning.features.encoders import EncoderSpec, get_encoder_spec, grid_shape
 from captioning.features.loader import (
     MANIFEST_FILE,
     FeatureCacheError,
@@ -139,10 +139,17 @@ def encoder_identity(
         weights = spec.describe_weights()
     else:
         weights = "random" if seed is None else f"random (seed {seed})"
+    # A non-square encoder also records its heights (square ones keep their earlier record).
+    heights = (
+        {"input_height": spec.input_hw[0], "grid_height": spec.grid_hw[0]}
+        if spec.input_height or spec.grid_height
+        else {}
+    )
     return {
         "encoder": spec.name,
         "input_size": spec.input_size,
         "grid": spec.grid,
+        **heights,
         "channels": spec.channels,
         "mean": list(spec.mean),
         "std": list(spec.std),
@@ -206,8 +213,8 @@ def encode_batch(
     """Preprocessed images (B, 3, H, W) -> float16 features (B, grid*grid, channels)."""
     x = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     with autocast(device):
-        fmap = model(x)  # (B, C, G, G)
-    expected = (spec.channels, spec.grid, spec.grid)
+        fmap = model(x)  # (B, C, Gh, Gw)
+    expected = (spec.channels, *spec.grid_hw)
     if tuple(fmap.shape[1:]) != expected:
         raise FeatureCacheError(
             f"encoder {spec.name!r} returned feature maps {tuple(fmap.shape[1:])}, "
@@ -620,7 +627,8 @@ class FeatureCache:
             features = np.load(npy_path, mmap_mode="r")
         except FileNotFoundError:
             raise FeatureCacheError(f"{npy_path}: missing from the feature cache") from None
-        shape = (count, meta["grid"] * meta["grid"], meta["channels"])
+        grid_h, grid_w = grid_shape(meta)
+        shape = (count, grid_h * grid_w, meta["channels"])
         if features.shape != shape or features.dtype != np.dtype(meta.get("dtype", DTYPE)):
             raise FeatureCacheError(
                 f"{npy_path}: array is {features.dtype} {features.shape}, {META_FILE} says "

@@ -24,6 +24,8 @@ from torch import nn
 
 from captioning.features.backbones import (
     AlexNetEncoder,
+    CaptchaCNN,
+    CaptchaCNNEncoder,
     DenseNetEncoder,
     EfficientNetLiteEncoder,
     Encoder,
@@ -66,11 +68,25 @@ class EncoderSpec:
     network: Callable[[], nn.Module]  # the classifier, randomly initialised
     wrap: Callable[[nn.Module], Encoder]
     weights: WeightsSource | None
+    # Non-square inputs (the CAPTCHA reader's 60x160): input_size and grid are then the width
+    # and these the height; 0 = square.
+    input_height: int = 0
+    grid_height: int = 0
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """(height, width) of the input images."""
+        return (self.input_height or self.input_size, self.input_size)
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        """(height, width) of the feature map."""
+        return (self.grid_height or self.grid, self.grid)
 
     @property
     def locations(self) -> int:
-        """Number of spatial feature vectors per image (grid * grid)."""
-        return self.grid * self.grid
+        """Number of spatial feature vectors per image (grid height * grid width)."""
+        return self.grid_hw[0] * self.grid_hw[1]
 
     def describe_weights(self) -> str:
         return self.weights.describe() if self.weights else "none (trained from scratch)"
@@ -123,12 +139,14 @@ class EncoderSpec:
         """PIL image -> uint8 tensor (input_size, input_size, 3), as decoding workers send it
         (a quarter of the bytes of float32, and already in channels_last order).
 
-        The image is resized to a square (aspect ratio not kept) with antialiased bilinear
-        filtering (PIL's filters widen their support when downscaling).
+        The image is resized to the input size (a square unless input_height is set; aspect
+        ratio not kept) with antialiased bilinear filtering (PIL's filters widen their support
+        when downscaling).
         """
         if image.mode != "RGB":
             image = image.convert("RGB")
-        size = (self.input_size, self.input_size)
+        height, width = self.input_hw
+        size = (width, height)
         if image.size != size:
             image = image.resize(size, Image.Resampling.BILINEAR)
         return torch.from_numpy(np.array(image, dtype=np.uint8))  # (H, W, 3)
@@ -274,6 +292,19 @@ ENCODERS: dict[str, EncoderSpec] = {
             weights=TorchvisionWeights("AlexNet_Weights.IMAGENET1K_V1"),
         ),
         EncoderSpec(
+            name="captcha_cnn",  # the CAPTCHA reader's, trained from scratch (60x160 -> 4x20)
+            input_size=160,
+            input_height=60,
+            mean=_HALF,
+            std=_HALF,
+            grid=20,
+            grid_height=4,
+            channels=128,
+            network=CaptchaCNN,
+            wrap=CaptchaCNNEncoder,
+            weights=None,
+        ),
+        EncoderSpec(
             name="small_cnn",
             input_size=224,
             mean=_HALF,
@@ -286,6 +317,12 @@ ENCODERS: dict[str, EncoderSpec] = {
         ),
     )
 }
+
+
+def grid_shape(info: dict) -> tuple[int, int]:
+    """(height, width) of the feature grid recorded in a model config's or cache's encoder
+    entry (``grid``, and ``grid_height`` for a non-square one)."""
+    return (int(info.get("grid_height") or info["grid"]), int(info["grid"]))
 
 
 def get_encoder_spec(name: str) -> EncoderSpec:

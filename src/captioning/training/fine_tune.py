@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -182,7 +183,9 @@ def train_fine_tuned(
     val_set: CaptionSet | None = None
     validator: Validator | None = None
 
+    started = time.monotonic()  # train.max_minutes counts from here (this invocation)
     while state.epoch < cfg.epochs and not state.stopped_early:
+        epoch_started = time.monotonic()
         loader = training_loader(
             train_urls,
             spec,
@@ -211,6 +214,9 @@ def train_fine_tuned(
         save_checkpoint(checkpoint, run_config, parts, state)
         if on_epoch is not None:
             on_epoch(state.epoch, record)
+        if out_of_time(started, time.monotonic() - epoch_started, cfg.max_minutes):
+            logger.info("stopping after epoch %d: the next would end past the budget", state.epoch)
+            break
 
     result = finish(state, model, trained)
     encoder.eval()
@@ -222,6 +228,13 @@ def train_fine_tuned(
     _save_model(Path(model_dir), decoder, vocab, final, encoder=encoder)
     checkpoint.unlink(missing_ok=True)
     return result
+
+
+def out_of_time(started: float, epoch_seconds: float, max_minutes: float) -> bool:
+    """True if another epoch as long as the last would end past ``max_minutes`` (0: never)."""
+    if max_minutes <= 0:
+        return False
+    return time.monotonic() - started + epoch_seconds > max_minutes * 60
 
 
 def _trained_identity(start: dict[str, Any], encoder: Encoder, cfg: TrainConfig) -> dict:

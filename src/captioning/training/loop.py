@@ -33,6 +33,7 @@ from captioning.config import TrainConfig, to_dict
 from captioning.data.vocab import Vocab
 from captioning.devices import autocast, pin_memory
 from captioning.features.cache import ENCODER_IDENTITY, ENCODER_WEIGHTS_FILE, FeatureCache
+from captioning.features.encoders import grid_shape
 from captioning.io import atomic_path, write_json
 from captioning.models import Decoder, build_decoder
 from captioning.training.batches import (
@@ -511,13 +512,13 @@ def load_decoder(
         path=model_dir / "config.json",
         prefix="train.model.",
     )
-    grid = config["encoder"]["grid"]
+    grid_h, grid_w = grid_shape(config["encoder"])
     decoder = build_decoder(
         config["decoder"],
         decoder_cfg,
         vocab_size=len(vocab),
         feature_dim=config["encoder"]["channels"],
-        num_locations=grid * grid,
+        num_locations=grid_h * grid_w,
     )
     decoder.load_state_dict(load_file(str(model_dir / "decoder.safetensors")))
     decoder.eval()

@@ -35,7 +35,7 @@ UPSTREAM_STAGES = ("fetch", "shard", "vocab", "features")
 def train_tracked(
     params: Params,
     *,
-    features_dir: Path,
+    features_dir: Path | None,
     vocab_path: Path,
     model_dir: Path,
     log_path: Path,

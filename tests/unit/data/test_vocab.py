@@ -35,3 +35,31 @@ def test_load_rejects_a_file_without_specials(tmp_path):
     path.write_text('{"itos": ["a", "b"], "max_length": 3}')
     with pytest.raises(ValueError, match=str(path)):
         Vocab.load(path)
+
+
+def test_char_level_spells_words_and_joins_without_spaces(tmp_path):
+    cfg = VocabConfig(level="char", max_length=5)
+    vocab, summary = build_vocab(["glove", "love", "Go!"], cfg)
+    assert tokenize("Go!", "char") == ["g", "o"]
+    assert set(vocab.itos[len(SPECIALS) :]) == set("glove")
+    assert vocab.itos[len(SPECIALS)] in ("o", "l", "v", "e", "g")  # most frequent letters first
+    assert summary["max_caption_words"] == 5
+    ids = vocab.encode("gloves")  # truncated to 5 characters; s is unknown anyway
+    assert len(ids) == 5 + 2 and vocab.decode(ids) == "glove"
+    assert vocab.decode(vocab.encode("vole")) == "vole"
+    vocab.save(tmp_path / "v.json")
+    assert Vocab.load(tmp_path / "v.json") == vocab
+
+
+def test_word_level_file_has_no_level_key(tmp_path):
+    vocab, _ = build_vocab(["a b"], VocabConfig())
+    vocab.save(tmp_path / "v.json")
+    assert "level" not in (tmp_path / "v.json").read_text()
+    assert Vocab.load(tmp_path / "v.json").level == "word"
+
+
+def test_vocab_level_is_checked(tmp_path):
+    from captioning.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match=r"vocab\.level.*'word' or 'char'.*'letters'"):
+        from_dict(VocabConfig, {"level": "letters"}, path="params.yaml", prefix="vocab.")

@@ -151,10 +151,16 @@ DOCUMENTED = {
     "alexnet": (224, 1, 4096),
     "small_cnn": (224, 7, 256),
 }
+# Non-square ones: (input height, width), (grid height, width), channels.
+DOCUMENTED_WIDE = {"captcha_cnn": ((60, 160), (4, 20), 128)}
 
 
 def test_registry_is_the_documented_table() -> None:
-    assert sorted(ENCODERS) == sorted(DOCUMENTED)
+    assert sorted(ENCODERS) == sorted({**DOCUMENTED, **DOCUMENTED_WIDE})
+    for name, (input_hw, grid_hw, channels) in DOCUMENTED_WIDE.items():
+        spec = ENCODERS[name]
+        assert (spec.input_hw, spec.grid_hw, spec.channels) == (input_hw, grid_hw, channels)
+        assert spec.locations == grid_hw[0] * grid_hw[1]
     for name, (size, grid, channels) in DOCUMENTED.items():
         spec = ENCODERS[name]
         assert (spec.input_size, spec.grid, spec.channels) == (size, grid, channels), name
@@ -275,3 +281,23 @@ def test_workers_pixels_normalised_in_a_batch_equal_preprocess_exactly() -> None
     assert batch.is_contiguous(memory_format=torch.channels_last)  # no copy before the encoder
     for i, image in enumerate(images):
         assert torch.equal(batch[i], SPEC.preprocess(image))
+
+
+def test_captcha_cnn_reads_wide_images_into_a_wide_grid() -> None:
+    spec = get_encoder_spec("captcha_cnn")
+    assert spec.weights is None  # trained from scratch only
+    images = _random_images(2) + [Image.new("RGB", (160, 60), (200, 30, 30))]
+    x = torch.stack([spec.preprocess(im) for im in images])
+    assert x.shape == (3, 3, 60, 160)  # resized to 160 wide, 60 high
+    encoder = spec.build(False, seed=0)
+    with torch.inference_mode():
+        fmap = encoder(x)
+    assert fmap.shape == (3, 128, 4, 20)
+    assert torch.isfinite(fmap).all() and fmap.abs().mean().item() > 0.05
+    # Grayscale: an image and its channel-permuted copy (same mean) give the same features.
+    swapped = x[:, [2, 0, 1]]
+    with torch.inference_mode():
+        torch.testing.assert_close(encoder(swapped), fmap)
+    blocks = [p for block in encoder.blocks() for p in block.parameters()]
+    assert len(encoder.blocks()) == 6 and len(blocks) == len(list(encoder.parameters()))
+    assert 0.3e6 < sum(p.numel() for p in encoder.parameters()) < 0.4e6

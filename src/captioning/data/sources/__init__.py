@@ -45,13 +45,20 @@ def _fetch_flickr30k(cfg: FetchConfig, out_dir: Path, downloads_dir: Path) -> di
     return fetch_flickr30k(cfg, out_dir, downloads_dir)
 
 
-# name -> fetch function(cfg, out_dir, downloads_dir). CAPTCHA registers here when it lands.
+def _fetch_captcha(cfg: FetchConfig, out_dir: Path, downloads_dir: Path) -> dict:
+    from captioning.data.sources.captcha import generate_captcha
+
+    return generate_captcha(out_dir, cfg.captcha)
+
+
+# name -> fetch function(cfg, out_dir, downloads_dir).
 SOURCES: dict[str, FetchFn] = {
     "shapes": _fetch_shapes,
     "coco2014": _fetch_coco2014,
     "coco2017": _fetch_coco2017,
     "flickr8k": _fetch_flickr8k,
     "flickr30k": _fetch_flickr30k,
+    "captcha": _fetch_captcha,
 }
 
 
