@@ -79,7 +79,8 @@ class RunPlan:
 def plan_stages(root: Path, targets: Sequence[str] = (), decoder: str | None = None) -> RunPlan:
     """The DVC stages to run, upstream first, as ``dvc repro [targets]`` would consider them.
 
-    ``targets`` are DVC targets (``evaluate``, ``train@soft_attention``; empty: the whole DAG),
+    ``targets`` are DVC targets (``evaluate``, ``train@soft_attention``,
+    ``pipelines/captcha/dvc.yaml``; empty: the whole DAG of the root ``dvc.yaml``),
     each with everything upstream of it. If ``train`` is a foreach stage, ``decoder`` keeps only
     that variant of every foreach stage (and drops what depends on the other variants, e.g. a
     comparison of all decoders); otherwise the decoder is a parameter (``train.decoder``).
@@ -92,7 +93,12 @@ def plan_stages(root: Path, targets: Sequence[str] = (), decoder: str | None = N
     with contextlib.chdir(root), Repo(".") as repo:
         graph = repo.index.graph  # edges go from a stage to the stages it depends on
         chosen = [stage for target in targets for stage in repo.stage.collect(target)]
-        ordered = plan_repro(graph, chosen or None)
+        if not chosen:
+            # The whole DAG is the captioner's dvc.yaml at the root, not every pipeline of the
+            # repository (pipelines/captcha/dvc.yaml is its own DAG: a target of its own).
+            main = (Path(root) / "dvc.yaml").resolve()
+            chosen = [stage for stage in graph.nodes if Path(stage.path).resolve() == main]
+        ordered = plan_repro(graph, chosen)
         names = {stage: stage.addressing for stage in graph.nodes}
         variants = {
             name.partition("@")[2] for name in names.values() if base_name(name) == DECODER_STAGE

@@ -42,6 +42,23 @@ def test_plan_follows_the_real_dvc_yaml(tmp_path):
     assert bases.index("train") < bases.index("register") < bases.index("compare")
 
 
+def test_whole_dag_is_the_root_dvc_yaml_and_the_captcha_pipeline_a_target(tmp_path):
+    root = tmp_path / "repo"
+    (root / "pipelines" / "captcha").mkdir(parents=True)
+    for name in ("dvc.yaml", "params.yaml", "pipelines/captcha/dvc.yaml"):
+        (root / name).write_text((REPO / name).read_text())
+    (root / "pipelines/captcha/params.yaml").write_text(
+        (REPO / "pipelines/captcha/params.yaml").read_text()
+    )
+    dvc(root, "init", "-q", "--no-scm")
+    whole = plan_stages(root).stages
+    assert whole and not any("pipelines/captcha" in stage for stage in whole)
+    captcha = plan_stages(root, ["pipelines/captcha/dvc.yaml"]).stages
+    assert captcha[0] == "pipelines/captcha/dvc.yaml:fetch"
+    assert all(stage.startswith("pipelines/captcha/dvc.yaml:") for stage in captcha)
+    assert captcha[-1] == "pipelines/captcha/dvc.yaml:register"
+
+
 def test_plan_of_a_target_is_it_and_its_upstream(toy_repo):
     plan = plan_stages(toy_repo, ["evaluate"])
     assert plan.stages == [
