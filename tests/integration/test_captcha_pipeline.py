@@ -14,12 +14,12 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from tests.integration.tiny_repo import merge, run
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINE = Path("pipelines/captcha")
@@ -40,22 +40,6 @@ TINY = {
 # What the tiny run must reach on the validation split (greedy reading); docs/captcha.md.
 MIN_VAL_EXACT_MATCH = 0.15
 MIN_VAL_CHAR_ACCURACY = 0.25
-
-
-def merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merge(base[key], value) if isinstance(value, dict) else value
-    return out
-
-
-def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.fail(
-            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-        )
-    return result
 
 
 @pytest.fixture(scope="module")

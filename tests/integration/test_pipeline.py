@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from tests.integration.tiny_repo import merge, run
 
 REPO = Path(__file__).resolve().parents[2]
 REPORTS = "reports/decoders/soft_attention"
@@ -52,22 +52,6 @@ TINY = {
     "train": {"epochs": 2, "batch_size": 16, "warmup_steps": 2},
     "evaluate": {"n_attention_figures": 2},
 }
-
-
-def merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merge(base[key], value) if isinstance(value, dict) else value
-    return out
-
-
-def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.fail(
-            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-        )
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline import TINY, merge, run
+from test_pipeline import TINY
+from tests.integration.tiny_repo import merge, run
 
 REPO = Path(__file__).resolve().parents[2]
 
