@@ -256,3 +256,25 @@ def test_images_whose_beams_all_ended_leave_the_batch(trained_decoder, test_feat
     assert rows[0] == 3 * len(test_features)
     assert rows == sorted(rows, reverse=True) and rows[-1] < rows[0]
     assert all(r % 3 == 0 for r in rows)  # whole images leave, never single beams
+
+
+def test_shared_state_keeps_one_row_per_image_while_beams_have_k(trained_decoder, test_features):
+    # soft_attention reads its image features broadcast over an image's beams: beam search must
+    # hand them over uncopied (N rows), the per-beam state with N * k rows, also after images
+    # leave the batch.
+    seen = []
+    step = trained_decoder.step
+
+    def recording_step(tokens, state):
+        seen.append({key: len(value) for key, value in state.items()})
+        return step(tokens, state)
+
+    trained_decoder.step = recording_step
+    try:
+        beam_search(trained_decoder, test_features, max_length=8, beam_size=3, **IDS)
+    finally:
+        del trained_decoder.step
+    assert trained_decoder.shared_state == {"feats", "projected"}
+    for rows in seen:
+        assert rows["feats"] == rows["projected"] == rows["h"] // 3 == rows["c"] // 3
+    assert seen[-1]["feats"] < len(test_features)  # images left and their features with them
