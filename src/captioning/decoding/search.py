@@ -192,8 +192,9 @@ def beam_search_n_best(
     Returns, per image, the ``n_best`` final beams, best first by ``ranking_score``. A finished
     hypothesis stays in its beam with its score and length frozen (it can only extend by <end>
     at no cost), so the result for one image does not depend on the other images in the batch.
-    State tensors that ``step`` hands back unchanged (the same object, e.g. projected image
-    features) are equal across an image's beams, so they are not reordered; an image whose
+    The decoder's ``shared_state`` keys keep one row per image (the attention broadcasts them
+    over the image's k beams); other state tensors that ``step`` hands back unchanged (the same
+    object) are equal across an image's beams, so they are not reordered either. An image whose
     beams have all ended leaves the batch, so long captions do not keep short ones' rows busy.
     """
     _check_lengths(min_length, max_length)
@@ -202,8 +203,10 @@ def beam_search_n_best(
     batch, k = features.size(0), beam_size
     device = features.device
     state = decoder.init_state(features)
-    state = decoder.reorder_state(state, torch.arange(batch, device=device).repeat_interleave(k))
-    constant = set(state)  # keys whose rows are equal across the k beams of an image
+    shared = decoder.shared_state & state.keys()  # (N, ...): one row per image
+    beams = torch.arange(batch, device=device).repeat_interleave(k)
+    state = _reorder(decoder, state, beams, shared)  # the rest: (N*K, ...), one row per beam
+    constant = set(state) - shared  # keys whose rows are equal across the k beams of an image
     images = torch.arange(batch, device=device)  # the input image of each image still searched
     tokens = torch.full((batch * k,), start_id, dtype=torch.long, device=device)
     # Only the first beam is live at the start, so the k beams do not start as k copies.
@@ -237,7 +240,7 @@ def beam_search_n_best(
         origin = (flat // vocab + offsets).view(-1)  # (N*K,) beam each new beam extends
         tokens = (flat % vocab).view(-1)
         lengths = new_lengths[origin]
-        state = _reorder(decoder, new_state, origin, constant)
+        state = _reorder(decoder, new_state, origin, constant | shared)
         sequences = torch.cat([sequences[origin], tokens.unsqueeze(1)], dim=1)
         if alpha is not None:
             step_alpha = alpha[origin].unsqueeze(1)
@@ -262,7 +265,10 @@ def beam_search_n_best(
         # Drop the images whose beams have all ended: the others' steps get cheaper.
         keep = (~done).nonzero().squeeze(1)  # (N',)
         rows = (keep.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)  # (N'*K,)
-        state = decoder.reorder_state(state, rows)
+        state = {
+            **_reorder(decoder, state, rows, shared),  # shared keys passed through, then:
+            **decoder.reorder_state({key: state[key] for key in shared}, keep),
+        }
         images, scores = images[keep], scores[keep]
         tokens, lengths, finished, sequences = (
             tokens[rows],
@@ -275,11 +281,12 @@ def beam_search_n_best(
     return results
 
 
-def _reorder(decoder: Decoder, state: State, origin: torch.Tensor, constant: set[str]) -> State:
-    if not constant:
-        return decoder.reorder_state(state, origin)
-    moving = decoder.reorder_state({k: v for k, v in state.items() if k not in constant}, origin)
-    return {**{k: state[k] for k in constant}, **moving}
+def _reorder(decoder: Decoder, state: State, index: torch.Tensor, keep: set[str]) -> State:
+    """Select rows ``index`` of every state tensor except those named in ``keep``."""
+    if not keep:
+        return decoder.reorder_state(state, index)
+    moving = decoder.reorder_state({k: v for k, v in state.items() if k not in keep}, index)
+    return {**{k: state[k] for k in keep}, **moving}
 
 
 def _hypothesis(

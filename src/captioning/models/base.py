@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -19,6 +20,10 @@ class DecoderOutput:
 
 class Decoder(nn.Module):
     """A caption decoder over cached encoder features of shape (B, L, C)."""
+
+    # State keys that hold one row per image even when ``step`` runs G rows per image (G beams):
+    # a decoder that lists a key here reads it broadcast over the image's G contiguous rows.
+    shared_state: ClassVar[frozenset[str]] = frozenset()
 
     def init_state(self, features: torch.Tensor) -> State:
         """Everything a step needs that depends only on the image (computed once per batch)."""

@@ -240,19 +240,36 @@ def test_sample_scores_are_model_log_probabilities():
             assert hyp.score == pytest.approx(exact[tuple(hyp.tokens)], abs=1e-4)
 
 
-def test_images_whose_beams_all_ended_leave_the_batch(trained_decoder, test_features):
-    rows = []
-    step = trained_decoder.step
+def beam_search_states(decoder, features, beam_size):
+    """The state rows (key -> number of rows) ``step`` received at each step of a beam search."""
+    seen = []
+    step = decoder.step
 
-    def counting_step(tokens, state):
-        rows.append(len(tokens))
+    def recording_step(tokens, state):
+        seen.append({"tokens": len(tokens), **{key: len(v) for key, v in state.items()}})
         return step(tokens, state)
 
-    trained_decoder.step = counting_step
+    decoder.step = recording_step
     try:
-        beam_search(trained_decoder, test_features, max_length=8, beam_size=3, **IDS)
+        beam_search(decoder, features, max_length=8, beam_size=beam_size, **IDS)
     finally:
-        del trained_decoder.step
+        del decoder.step
+    return seen
+
+
+def test_images_whose_beams_all_ended_leave_the_batch(trained_decoder, test_features):
+    rows = [seen["tokens"] for seen in beam_search_states(trained_decoder, test_features, 3)]
     assert rows[0] == 3 * len(test_features)
     assert rows == sorted(rows, reverse=True) and rows[-1] < rows[0]
     assert all(r % 3 == 0 for r in rows)  # whole images leave, never single beams
+
+
+def test_shared_state_keeps_one_row_per_image_while_beams_have_k(trained_decoder, test_features):
+    # soft_attention reads its image features broadcast over an image's beams: beam search must
+    # hand them over uncopied (N rows), the per-beam state with N * k rows, also after images
+    # leave the batch.
+    seen = beam_search_states(trained_decoder, test_features, 3)
+    assert trained_decoder.shared_state == {"feats", "projected"}
+    for rows in seen:
+        assert rows["feats"] == rows["projected"] == rows["h"] // 3 == rows["c"] // 3
+    assert seen[-1]["feats"] < len(test_features)  # images left and their features with them
