@@ -289,7 +289,7 @@ class ScheduledSamplingConfig:
             _require(self.k >= 1.0, "k", ">= 1 for the inverse sigmoid schedule")
 
 
-EARLY_STOPPING_METRICS = ("CIDEr", "BLEU-4")
+EARLY_STOPPING_METRICS = ("CIDEr", "BLEU-4", "object_accuracy")
 
 
 @dataclass(frozen=True)
@@ -297,7 +297,9 @@ class EarlyStoppingConfig:
     """Greedy captions of the validation split scored every ``every_epochs`` epochs (and after
     the last); the saved model is the best-scoring epoch's."""
 
-    metric: str = "CIDEr"  # CIDEr | BLEU-4
+    # CIDEr | BLEU-4 | object_accuracy (shapes: val images whose greedy caption names exactly
+    # their objects; needs the objects the shapes source writes)
+    metric: str = "CIDEr"
     patience: int = 0  # validations without improvement before stopping; 0 = never stop early
     every_epochs: int = 1
     batch_size: int = 500  # images per greedy decoding batch (few large steps: the CPU is op-bound)

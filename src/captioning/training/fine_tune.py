@@ -206,7 +206,9 @@ def train_fine_tuned(
         )
         if val_set is None or validator is None:
             val_set = CaptionSet.build(val_cache.captions, vocab)
-            validator = Validator(val_cache.captions, vocab, cfg.early_stopping.batch_size)
+            validator = Validator.for_split(
+                val_cache, vocab, cfg.early_stopping, f"the val split of {shards_dir}"
+            )
         val_x = torch.from_numpy(val_cache.load_in_memory())
         record = close_epoch(
             state, cfg, parts, decoder, val_x, val_set, validator, images_per_batch, device

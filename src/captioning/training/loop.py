@@ -114,7 +114,9 @@ def train_decoder(
         train_cache.captions, vocab, [hard_repeats(m, cfg) for m in train_cache.row_meta]
     )
     val_set = CaptionSet.build(val_cache.captions, vocab)
-    validator = Validator(val_cache.captions, vocab, cfg.early_stopping.batch_size)
+    validator = Validator.for_split(
+        val_cache, vocab, cfg.early_stopping, f"the val split of {features_dir}"
+    )
 
     torch.manual_seed(seed)
     num_locations, feature_dim = train_x.shape[1], train_x.shape[2]

@@ -3,7 +3,7 @@ and the best-so-far weights that early stopping keeps."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +13,9 @@ from torch import nn
 from captioning.config import EarlyStoppingConfig
 from captioning.data.vocab import Vocab, tokenize
 from captioning.decoding.search import greedy_search
+from captioning.errors import CaptioningError
 from captioning.metrics.fast import ReferenceIndex
+from captioning.metrics.shapes_accuracy import object_accuracy
 from captioning.models import Decoder
 
 VALIDATION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr")
@@ -27,20 +29,42 @@ class Validator:
     """
 
     def __init__(
-        self, captions_per_image: Sequence[Sequence[str]], vocab: Vocab, batch_size: int
+        self,
+        captions_per_image: Sequence[Sequence[str]],
+        vocab: Vocab,
+        batch_size: int,
+        objects_per_image: Sequence[Sequence[Mapping[str, Any]] | None] | None = None,
     ) -> None:
         self.rows = [i for i, captions in enumerate(captions_per_image) if captions]
         if not self.rows:
             raise ValueError("validation: no val image has a caption")
+        # The shapes scenes' objects: then the object accuracy of the greedy captions is scored.
+        self.objects = None
+        if objects_per_image is not None and all(objects_per_image[i] for i in self.rows):
+            self.objects = {row: objects_per_image[row] for row in self.rows}
         self.index = ReferenceIndex(
             {row: [" ".join(tokenize(c)) for c in captions_per_image[row]] for row in self.rows}
         )
         self.vocab = vocab
         self.batch_size = batch_size
 
+    @classmethod
+    def for_split(cls, cache: Any, vocab: Vocab, cfg: EarlyStoppingConfig, where: str) -> Validator:
+        """The validator of a feature cache's split (``captions``, ``row_meta``); ``where``
+        names that split in the error raised when ``cfg.metric`` cannot be scored on it."""
+        objects = [meta.get("objects") for meta in cache.row_meta]
+        validator = cls(cache.captions, vocab, cfg.batch_size, objects)
+        if cfg.metric == "object_accuracy" and validator.objects is None:
+            raise CaptioningError(
+                f"train.early_stopping.metric is object_accuracy, but the images of {where} have "
+                "no objects (only fetch.source shapes writes them): use CIDEr or BLEU-4"
+            )
+        return validator
+
     @torch.no_grad()
     def scores(self, decoder: Decoder, features: torch.Tensor) -> dict[str, float]:
-        """Corpus BLEU-1..4 and CIDEr-D of greedy captions of ``features`` (N, L, C)."""
+        """Corpus BLEU-1..4 and CIDEr-D of greedy captions of ``features`` (N, L, C), and
+        their object accuracy when the val images' objects are known."""
         was_training = decoder.training
         decoder.eval()
         device = next(decoder.parameters()).device
@@ -59,6 +83,10 @@ class Validator:
                 predictions[row] = self.vocab.decode(hypothesis.tokens)
         decoder.train(was_training)
         corpus, _ = self.index.score(predictions)
+        if self.objects is not None:
+            corpus["object_accuracy"] = object_accuracy(predictions, self.objects)[
+                "object_accuracy"
+            ]
         return corpus
 
 
