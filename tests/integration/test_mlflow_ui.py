@@ -13,14 +13,13 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
 import pytest
-from tiny_registry import free_port, register, wait_for_http
+from tiny_registry import free_port, register, running_server
 
 CHROMIUM = shutil.which("chromium")
 STARTUP_SECONDS = 120
@@ -55,44 +54,22 @@ def ui(tmp_path_factory: pytest.TempPathFactory):
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
     mlflow_bin = Path(sys.executable).parent / "mlflow"
-    log = open(root / "ui.log", "wb")  # noqa: SIM115 (closed below, after the server)
-    server = subprocess.Popen(
-        [
-            str(mlflow_bin),
-            "ui",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            uri,
-        ],
-        cwd=root,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        wait_for_http(
-            f"http://127.0.0.1:{port}/health", STARTUP_SECONDS, alive=lambda: server.poll() is None
-        )
+    command = [
+        str(mlflow_bin),
+        "ui",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        uri,
+    ]
+    with running_server(
+        command, root, env, root / "ui.log", f"http://127.0.0.1:{port}/health", STARTUP_SECONDS
+    ):
         yield root, f"http://127.0.0.1:{port}"
-    except Exception:
-        log.flush()
-        print((root / "ui.log").read_text(errors="replace")[-4000:])
-        raise
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(timeout=10)
-        log.close()
 
 
 def chromium(url: str, profile: Path, *output: str, budget_ms: int = 15000) -> str:

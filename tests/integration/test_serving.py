@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -19,7 +17,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from tiny_registry import free_port, register, train_tiny_captioner, wait_for_http
+from tiny_registry import free_port, register, running_server, train_tiny_captioner
 
 STARTUP_SECONDS = 120  # python + mlflow + torch imports and the model load, on 2 busy cores
 
@@ -48,45 +46,23 @@ def served(tmp_path_factory: pytest.TempPathFactory):
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
-    log = open(root / "serve.log", "wb")  # noqa: SIM115 (closed below, after the server)
-    server = subprocess.Popen(
-        [
-            *mlflow_command(),
-            "models",
-            "serve",
-            "-m",
-            "models:/captioner@champion",
-            "--env-manager",
-            "local",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=root,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        wait_for_http(
-            f"http://127.0.0.1:{port}/ping", STARTUP_SECONDS, alive=lambda: server.poll() is None
-        )
+    command = [
+        *mlflow_command(),
+        "models",
+        "serve",
+        "-m",
+        "models:/captioner@champion",
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    with running_server(
+        command, root, env, root / "serve.log", f"http://127.0.0.1:{port}/ping", STARTUP_SECONDS
+    ):
         yield root, port
-    except Exception:
-        log.flush()
-        print((root / "serve.log").read_text(errors="replace")[-4000:])
-        raise
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(timeout=10)
-        log.close()
 
 
 def post(port: int, payload: dict) -> tuple[int, dict]:

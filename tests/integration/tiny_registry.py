@@ -3,11 +3,16 @@ vocab -> train), registered in a temporary SQLite MLflow store, and a free local
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -108,3 +113,42 @@ def wait_for_http(url: str, timeout: float, alive=lambda: True) -> None:
             pass
         time.sleep(0.3)
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def running_server(
+    command: Sequence[str],
+    cwd: Path,
+    env: Mapping[str, str],
+    log_path: Path,
+    health_url: str,
+    startup_seconds: float,
+) -> Iterator[subprocess.Popen]:
+    """Start ``command`` in its own process group with its output in ``log_path``, wait until
+    ``health_url`` answers, and stop that group (by the server's pid) on exit. If startup or
+    the body fails, the log's tail is printed."""
+    log = open(log_path, "wb")  # noqa: SIM115 (closed below, after the server)
+    server = subprocess.Popen(
+        list(command),
+        cwd=cwd,
+        env=dict(env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for_http(health_url, startup_seconds, alive=lambda: server.poll() is None)
+        yield server
+    except Exception:
+        log.flush()
+        print(log_path.read_text(errors="replace")[-4000:])
+        raise
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(timeout=10)
+        log.close()
