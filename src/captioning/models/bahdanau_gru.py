@@ -31,6 +31,9 @@ class BahdanauGRUDecoder(Decoder):
         self.out = nn.Linear(cfg.hidden_dim, vocab_size)  # the tutorial's fc2
         self.hidden_dim = cfg.hidden_dim
 
+    # Read per image by the attention only: beam search does not copy them for each beam.
+    shared_state = frozenset({"feats", "projected"})
+
     def init_state(self, features: torch.Tensor) -> State:
         feats = torch.relu(self.encoder(self.standardise(features)))  # (B, L, E)
         return {

@@ -45,11 +45,8 @@ class FeatureStandardiser(nn.Module):
 
 
 class AdditiveAttention(nn.Module):
-    """Bahdanau's additive score v^T tanh(W1 f_l + W2 h) over L locations.
-
-    soft_attention keeps its own copy of the same math (SoftAttention): its parameter names are
-    fixed by the models trained with it.
-    """
+    """Bahdanau's additive score v^T tanh(W1 f_l + W2 h) over L locations (soft_attention,
+    bahdanau_gru, hard_attention's location policy)."""
 
     def __init__(self, feature_dim: int, hidden_dim: int, attention_dim: int) -> None:
         super().__init__()
@@ -61,15 +58,32 @@ class AdditiveAttention(nn.Module):
         return self.feature_proj(features)  # (B, L, A), once per batch
 
     def scores(self, projected: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """Score logits (B, L), one row of ``projected`` per row of ``hidden``."""
         energy = torch.tanh(projected + self.hidden_proj(hidden).unsqueeze(1))  # (B, L, A)
         return self.score(energy).squeeze(-1)  # (B, L)
 
     def forward(
-        self, features: torch.Tensor, projected: torch.Tensor, hidden: torch.Tensor
+        self,
+        features: torch.Tensor,
+        projected: torch.Tensor,
+        hidden: torch.Tensor,
+        query_extra: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        alpha = torch.softmax(self.scores(projected, hidden), dim=-1)  # (B, L)
-        context = torch.bmm(alpha.unsqueeze(1), features).squeeze(1)  # (B, D)
-        return context, alpha
+        """Context (R, D) and weights (R, L) for R = N * G query rows over N images' features.
+
+        The G rows of an image (beam search's beams, see ``Decoder.shared_state``) share its
+        ``features`` (N, L, D) and ``projected`` (N, L, A): broadcast, not copied G times, so a
+        step reads them once. ``query_extra`` (R, A) is added to the projected query.
+        """
+        n = features.size(0)
+        query = self.hidden_proj(hidden)  # (R, A)
+        if query_extra is not None:
+            query = query + query_extra
+        query = query.view(n, -1, 1, query.size(-1))  # (N, G, 1, A)
+        energy = (projected.unsqueeze(1) + query).tanh_()  # (N, G, L, A), in place: one tensor
+        alpha = torch.softmax(self.score(energy).squeeze(-1), dim=-1)  # (N, G, L)
+        context = torch.bmm(alpha, features)  # (N, G, D)
+        return context.flatten(0, 1), alpha.flatten(0, 1)
 
 
 # recur(embedded word (B, E), state) -> (output features (B, H), new state, per-step extra)

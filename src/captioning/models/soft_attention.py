@@ -14,41 +14,7 @@ from torch import nn
 
 from captioning.config import DecoderConfig
 from captioning.models.base import Decoder, DecoderOutput, State
-from captioning.models.layers import cell_step, make_cell, unroll
-
-
-class SoftAttention(nn.Module):
-    def __init__(self, feature_dim: int, hidden_dim: int, attention_dim: int) -> None:
-        super().__init__()
-        self.feature_proj = nn.Linear(feature_dim, attention_dim)
-        self.hidden_proj = nn.Linear(hidden_dim, attention_dim)
-        self.score = nn.Linear(attention_dim, 1)
-
-    def precompute(self, features: torch.Tensor) -> torch.Tensor:
-        # The encoder-side projection does not change over time steps: compute it once per batch.
-        return self.feature_proj(features)  # (B, L, A)
-
-    def forward(
-        self,
-        features: torch.Tensor,
-        projected: torch.Tensor,
-        hidden: torch.Tensor,
-        query_extra: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Context (R, D) and weights (R, L) for R = N * G query rows over N images' features.
-
-        The G rows of an image (beam search's beams) share its ``features`` (N, L, D) and
-        ``projected`` (N, L, A): broadcast, not copied G times, so a step reads them once.
-        """
-        n = features.size(0)
-        query = self.hidden_proj(hidden)  # (R, A)
-        if query_extra is not None:
-            query = query + query_extra
-        query = query.view(n, -1, 1, query.size(-1))  # (N, G, 1, A)
-        energy = (projected.unsqueeze(1) + query).tanh_()  # (N, G, L, A), in place: one tensor
-        alpha = torch.softmax(self.score(energy).squeeze(-1), dim=-1)  # (N, G, L)
-        context = torch.bmm(alpha, features)  # (N, G, D)
-        return context.flatten(0, 1), alpha.flatten(0, 1)
+from captioning.models.layers import AdditiveAttention, cell_step, make_cell, unroll
 
 
 class SoftAttentionDecoder(Decoder):
@@ -67,7 +33,7 @@ class SoftAttentionDecoder(Decoder):
         self.position = nn.Parameter(torch.zeros(1, num_locations, d))
         nn.init.normal_(self.position, std=0.02)
         self.embedding = nn.Embedding(vocab_size, cfg.embed_dim)
-        self.attention = SoftAttention(d, cfg.hidden_dim, cfg.attention_dim)
+        self.attention = AdditiveAttention(d, cfg.hidden_dim, cfg.attention_dim)
         # h_{t-1} holds a distribution over the objects it may name next; the word fed says which
         # one was named, so the query needs it to attend the same object for the next word.
         self.word_query = (

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from captioning.config import ConfigError, DecoderConfig, from_dict
+from captioning.decoding.search import beam_search_n_best
 from captioning.models import CELL_CHOICE, DECODERS, build_decoder
 
 SMALL = DecoderConfig(embed_dim=16, hidden_dim=24, attention_dim=12, feature_proj_dim=20)
@@ -154,3 +155,20 @@ def test_scheduled_sampling_at_zero_is_teacher_forcing(name, cell):
     # the first step never samples (it is fed <start>); later steps see the model's own words
     torch.testing.assert_close(sampled[:, 0], decoder(features, captions).logits[:, 0])
     assert not torch.allclose(sampled[:, 1:], decoder(features, captions).logits[:, 1:])
+
+
+@pytest.mark.parametrize(("name", "cell"), VARIANTS, ids=IDS)
+def test_batched_beam_search_equals_one_image_at_a_time(name, cell):
+    # Covers each decoder's shared_state: keys it declares keep one row per image in the batch.
+    decoder = make(name, cell).eval()
+    with torch.no_grad():
+        decoder.out.weight.mul_(8)  # peaked next-word distributions: no near-ties
+        decoder.out.bias[2] += 2.5  # <end> likely: images leave the batch at different steps
+    features = torch.randn(6, LOCATIONS, FEATURES, generator=torch.Generator().manual_seed(3))
+    search = dict(start_id=1, end_id=2, max_length=8, beam_size=3, n_best=2)
+    batched = beam_search_n_best(decoder, features, **search)
+    for i, hyps in enumerate(batched):
+        (alone,) = beam_search_n_best(decoder, features[i : i + 1], **search)
+        assert [h.tokens for h in hyps] == [h.tokens for h in alone], (name, i)
+        for got, want in zip(hyps, alone, strict=True):
+            assert got.score == pytest.approx(want.score, abs=1e-5)
