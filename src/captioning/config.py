@@ -289,7 +289,7 @@ class ScheduledSamplingConfig:
             _require(self.k >= 1.0, "k", ">= 1 for the inverse sigmoid schedule")
 
 
-EARLY_STOPPING_METRICS = ("CIDEr", "BLEU-4", "object_accuracy")
+EARLY_STOPPING_METRICS = ("CIDEr", "BLEU-4", "object_accuracy", "exact_match")
 
 
 @dataclass(frozen=True)
@@ -298,7 +298,8 @@ class EarlyStoppingConfig:
     the last); the saved model is the best-scoring epoch's."""
 
     # CIDEr | BLEU-4 | object_accuracy (shapes: val images whose greedy caption names exactly
-    # their objects; needs the objects the shapes source writes)
+    # their objects; needs the objects the shapes source writes) | exact_match (a reader over a
+    # character vocabulary: val words read exactly)
     metric: str = "CIDEr"
     patience: int = 0  # validations without improvement before stopping; 0 = never stop early
     every_epochs: int = 1

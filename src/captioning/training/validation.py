@@ -1,5 +1,6 @@
-"""Validation during training: greedy captions of the val split scored with the fast metrics,
-and the best-so-far weights that early stopping keeps."""
+"""Validation during training: greedy captions of the val split scored with the fast metrics
+(and what the task is judged by: object accuracy on shapes, exact match for a character-level
+reader), and the best-so-far weights that early stopping keeps."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from captioning.decoding.search import greedy_search
 from captioning.errors import CaptioningError
 from captioning.metrics.fast import ReferenceIndex
 from captioning.metrics.shapes_accuracy import object_accuracy
+from captioning.metrics.word_accuracy import word_scores
 from captioning.models import Decoder
 
 VALIDATION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr")
@@ -42,6 +44,10 @@ class Validator:
         self.objects = None
         if objects_per_image is not None and all(objects_per_image[i] for i in self.rows):
             self.objects = {row: objects_per_image[row] for row in self.rows}
+        # A reader over characters (the CAPTCHA task) is judged by whole words read exactly.
+        self.words = None
+        if vocab.level == "char":
+            self.words = {row: list(captions_per_image[row]) for row in self.rows}
         self.index = ReferenceIndex(
             {row: [" ".join(tokenize(c)) for c in captions_per_image[row]] for row in self.rows}
         )
@@ -58,6 +64,12 @@ class Validator:
             raise CaptioningError(
                 f"train.early_stopping.metric is object_accuracy, but the images of {where} have "
                 "no objects (only fetch.source shapes writes them): use CIDEr or BLEU-4"
+            )
+        if cfg.metric == "exact_match" and validator.words is None:
+            raise CaptioningError(
+                f"train.early_stopping.metric is exact_match, but the vocabulary for {where} is "
+                f"{vocab.level}-level: exact match scores a reader of characters "
+                "(vocab.level: char); use CIDEr or BLEU-4 for captions"
             )
         return validator
 
@@ -87,6 +99,8 @@ class Validator:
             corpus["object_accuracy"] = object_accuracy(predictions, self.objects)[
                 "object_accuracy"
             ]
+        if self.words is not None:
+            corpus.update(word_scores(predictions, self.words)[0])  # exact_match, char_accuracy
         return corpus
 
 

@@ -1,5 +1,6 @@
-"""Validation during training: object accuracy of the greedy val captions (shapes), and the
-clear error when early stopping asks for it on images without objects."""
+"""Validation during training: object accuracy of the greedy val captions (shapes), exact match
+of a character reader's words, and the clear errors when early stopping asks for either where it
+cannot be scored."""
 
 from __future__ import annotations
 
@@ -58,4 +59,34 @@ def test_early_stopping_on_object_accuracy_needs_objects():
             VOCAB,
             EarlyStoppingConfig(metric="object_accuracy"),
             "the val split of /data/f",
+        )
+
+
+WORDS = [["chest"], ["palm"], ["city"]]
+CHARS, _ = build_vocab([w for words in WORDS for w in words], VocabConfig(level="char"))
+
+
+def read(validator, readings, monkeypatch):
+    hypotheses = [Hypothesis(CHARS.encode(w)[1:-1], 0.0, None) for w in readings]
+    monkeypatch.setattr(validation, "greedy_search", lambda *a, **k: hypotheses)
+    return validator.scores(torch.nn.Linear(1, 1), torch.zeros(len(WORDS), 1, 1))
+
+
+def test_a_character_reader_is_scored_by_whole_words_read_exactly(monkeypatch):
+    words = SimpleNamespace(captions=WORDS, row_meta=[{}, {}, {}])
+    validator = Validator.for_split(words, CHARS, EarlyStoppingConfig(metric="exact_match"), "v")
+    scores = read(validator, ["chest", "paim", "city"], monkeypatch)  # one letter wrong
+    assert scores["exact_match"] == pytest.approx(2 / 3)
+    assert scores["char_accuracy"] == pytest.approx(1 - 1 / 13)  # 1 edit in 13 letters
+
+
+def test_captions_have_no_exact_match(monkeypatch):
+    validator = Validator.for_split(cache(OBJECTS), VOCAB, EarlyStoppingConfig(), "val")
+    assert "exact_match" not in scores_for(validator, ["a red circle"] * 3, monkeypatch)
+
+
+def test_early_stopping_on_exact_match_needs_a_character_vocabulary():
+    with pytest.raises(CaptioningError, match=r"vocabulary for the val split of /f is word-level"):
+        Validator.for_split(
+            cache(OBJECTS), VOCAB, EarlyStoppingConfig(metric="exact_match"), "the val split of /f"
         )
