@@ -29,11 +29,12 @@ def cache(objects):
     return SimpleNamespace(captions=CAPTIONS, row_meta=[{"objects": o} for o in objects])
 
 
-def scores_for(validator, captions, monkeypatch):
-    hypotheses = [Hypothesis(VOCAB.encode(c)[1:-1], 0.0, None) for c in captions]
+def scores_for(validator, captions, monkeypatch, vocab=VOCAB):
+    """The validator's scores when greedy decoding reads ``captions``, one per val image."""
+    hypotheses = [Hypothesis(vocab.encode(c)[1:-1], 0.0, None) for c in captions]
     monkeypatch.setattr(validation, "greedy_search", lambda *a, **k: hypotheses)
     decoder = torch.nn.Linear(1, 1)  # only its parameters' device is read
-    return validator.scores(decoder, torch.zeros(len(CAPTIONS), 1, 1))
+    return validator.scores(decoder, torch.zeros(len(captions), 1, 1))
 
 
 def test_object_accuracy_is_scored_when_the_objects_are_known(monkeypatch):
@@ -66,16 +67,10 @@ WORDS = [["chest"], ["palm"], ["city"]]
 CHARS, _ = build_vocab([w for words in WORDS for w in words], VocabConfig(level="char"))
 
 
-def read(validator, readings, monkeypatch):
-    hypotheses = [Hypothesis(CHARS.encode(w)[1:-1], 0.0, None) for w in readings]
-    monkeypatch.setattr(validation, "greedy_search", lambda *a, **k: hypotheses)
-    return validator.scores(torch.nn.Linear(1, 1), torch.zeros(len(WORDS), 1, 1))
-
-
 def test_a_character_reader_is_scored_by_whole_words_read_exactly(monkeypatch):
     words = SimpleNamespace(captions=WORDS, row_meta=[{}, {}, {}])
     validator = Validator.for_split(words, CHARS, EarlyStoppingConfig(metric="exact_match"), "v")
-    scores = read(validator, ["chest", "paim", "city"], monkeypatch)  # one letter wrong
+    scores = scores_for(validator, ["chest", "paim", "city"], monkeypatch, CHARS)  # 1 wrong
     assert scores["exact_match"] == pytest.approx(2 / 3)
     assert scores["char_accuracy"] == pytest.approx(1 - 1 / 13)  # 1 edit in 13 letters
 
