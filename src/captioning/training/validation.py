@@ -20,8 +20,6 @@ from captioning.metrics.shapes_accuracy import object_accuracy
 from captioning.metrics.word_accuracy import word_scores
 from captioning.models import Decoder
 
-VALIDATION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr")
-
 
 class Validator:
     """Greedy decoding of every val image that has captions, scored against all of them.
@@ -75,8 +73,9 @@ class Validator:
 
     @torch.no_grad()
     def scores(self, decoder: Decoder, features: torch.Tensor) -> dict[str, float]:
-        """Corpus BLEU-1..4 and CIDEr-D of greedy captions of ``features`` (N, L, C), and
-        their object accuracy when the val images' objects are known."""
+        """Corpus BLEU-1..4 and CIDEr-D of greedy captions of ``features`` (N, L, C); their
+        object accuracy when the val images' objects are known; exact match and character
+        accuracy when the vocabulary is of characters."""
         was_training = decoder.training
         decoder.eval()
         device = next(decoder.parameters()).device
