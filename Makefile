@@ -1,6 +1,8 @@
 # Two entry points do everything on a fresh machine: `make run` and `make test` (see README).
 VENV ?= .venv
 BIN := $(VENV)/bin
+# disk the venv needs, in GB (6.8 measured: torch 2.14.1's CUDA build is 5.5 of it)
+INSTALL_GB ?= 7
 export PATH := $(abspath $(BIN)):$(PATH)
 export OMP_WAIT_POLICY ?= PASSIVE
 export DVC_NO_ANALYTICS := 1
@@ -12,6 +14,8 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	@command -v java >/dev/null || { echo "Java is needed for pycocoevalcap: apt-get install default-jre-headless"; exit 1; }
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); [ $$free -ge $(INSTALL_GB) ] || \
+	  echo "warning: $$free GB free in $(CURDIR); the venv takes ~$(INSTALL_GB) GB (torch's CUDA build): pip may fail with 'No space left on device'" >&2
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
 	$(BIN)/pip install --quiet -e '.[dev]'
