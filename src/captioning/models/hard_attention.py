@@ -72,8 +72,8 @@ class HardAttentionDecoder(Decoder):
 
     def recur(self, embedded: torch.Tensor, state: State) -> tuple[torch.Tensor, State, StepExtra]:
         log_alpha = torch.log_softmax(
-            self.attention.scores(state["projected"], state["h"]).float(), dim=-1
-        )  # (B, L)
+            self.attention.scores(state["projected"], state["h"]).squeeze(1).float(), dim=-1
+        )  # (B, L): one query row per image
         alpha = log_alpha.exp()
         if self.training:
             where = torch.multinomial(alpha.detach(), 1).squeeze(1)  # (B,) sampled s_t

@@ -57,10 +57,24 @@ class AdditiveAttention(nn.Module):
     def precompute(self, features: torch.Tensor) -> torch.Tensor:
         return self.feature_proj(features)  # (B, L, A), once per batch
 
-    def scores(self, projected: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """Score logits (B, L), one row of ``projected`` per row of ``hidden``."""
-        energy = torch.tanh(projected + self.hidden_proj(hidden).unsqueeze(1))  # (B, L, A)
-        return self.score(energy).squeeze(-1)  # (B, L)
+    def scores(
+        self,
+        projected: torch.Tensor,
+        hidden: torch.Tensor,
+        query_extra: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Score logits (N, G, L) of R = N * G query rows ``hidden`` (R, H) over N images'
+        ``projected`` (N, L, A); ``query_extra`` (R, A) is added to the projected query.
+
+        The G rows of an image (beam search's beams, see ``Decoder.shared_state``) share its
+        ``projected``: broadcast, not copied G times, so a step reads it once.
+        """
+        query = self.hidden_proj(hidden)  # (R, A)
+        if query_extra is not None:
+            query = query + query_extra
+        query = query.view(projected.size(0), -1, 1, query.size(-1))  # (N, G, 1, A)
+        energy = (projected.unsqueeze(1) + query).tanh_()  # (N, G, L, A), in place: one tensor
+        return self.score(energy).squeeze(-1)  # (N, G, L)
 
     def forward(
         self,
@@ -69,19 +83,9 @@ class AdditiveAttention(nn.Module):
         hidden: torch.Tensor,
         query_extra: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Context (R, D) and weights (R, L) for R = N * G query rows over N images' features.
-
-        The G rows of an image (beam search's beams, see ``Decoder.shared_state``) share its
-        ``features`` (N, L, D) and ``projected`` (N, L, A): broadcast, not copied G times, so a
-        step reads them once. ``query_extra`` (R, A) is added to the projected query.
-        """
-        n = features.size(0)
-        query = self.hidden_proj(hidden)  # (R, A)
-        if query_extra is not None:
-            query = query + query_extra
-        query = query.view(n, -1, 1, query.size(-1))  # (N, G, 1, A)
-        energy = (projected.unsqueeze(1) + query).tanh_()  # (N, G, L, A), in place: one tensor
-        alpha = torch.softmax(self.score(energy).squeeze(-1), dim=-1)  # (N, G, L)
+        """Context (R, D) and weights (R, L) of the ``scores`` query rows over ``features``
+        (N, L, D), shared by each image's G rows as ``projected`` is."""
+        alpha = torch.softmax(self.scores(projected, hidden, query_extra), dim=-1)  # (N, G, L)
         context = torch.bmm(alpha, features)  # (N, G, D)
         return context.flatten(0, 1), alpha.flatten(0, 1)
 
