@@ -25,6 +25,21 @@ CHROMIUM = shutil.which("chromium")
 STARTUP_SECONDS = 120
 
 
+def require_chromium() -> None:
+    """CI (CI=true; .ci/run installs Chromium) must render the page; elsewhere a machine without
+    a browser skips this test with the reason in pytest's summary (the README's prerequisites
+    do not include a browser)."""
+    if CHROMIUM:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(
+            "CI=true but chromium is not installed (.ci/run installs it: apt-get install chromium)"
+        )
+    pytest.skip(
+        "chromium is not installed: the MLflow registry page is not rendered (apt-get install chromium to run it)"
+    )
+
+
 def stand_in_model(root: Path) -> Path:
     """A model directory as the train stage writes it; the UI never loads the weights."""
     model_dir = root / "models" / "soft_attention"
@@ -38,6 +53,7 @@ def stand_in_model(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory: pytest.TempPathFactory):
+    require_chromium()
     root = tmp_path_factory.mktemp("ui")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
@@ -74,7 +90,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory):
 
 def chromium(url: str, profile: Path, *output: str, budget_ms: int = 15000) -> str:
     """Headless Chromium on ``url`` with a fresh profile; returns its stdout (the DOM if asked)."""
-    assert CHROMIUM, "chromium is not installed (apt-get install -y chromium; see .ci/run)"
+    assert CHROMIUM is not None
     profile.mkdir(parents=True)
     result = subprocess.run(
         [
