@@ -24,6 +24,7 @@ from typing import IO
 
 from tqdm import tqdm
 
+from captioning.data.layout import inside, name_problem
 from captioning.errors import CaptioningError
 from captioning.io import atomic_path
 
@@ -76,11 +77,9 @@ def safe_extract(
         logger.info("extracting %d files from %s", len(chosen), archive.name)
         with atomic_path(dest) as tmp:
             tmp.mkdir()
-            root = tmp.resolve()
             for name, _, member in tqdm(chosen, desc=f"extract {archive.name}", unit="file"):
-                target = (tmp / _relative(name)).resolve()
-                if not target.is_relative_to(root):  # the checks above make this unreachable
-                    raise ExtractError(f"{archive}: entry {name!r} escapes the target directory")
+                # The checks above make a refusal here unreachable.
+                target = inside(tmp, str(_relative(name)), f"{archive}: entry")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with entries.open(member) as source, target.open("wb") as sink:
                     shutil.copyfileobj(source, sink, 1 << 20)
@@ -93,17 +92,14 @@ def _relative(name: str) -> PurePosixPath:
 
 
 def _check_entry(archive: Path, name: str, kind: str) -> None:
-    path = _relative(name)
     if kind not in ("file", "dir"):
         raise ExtractError(
             f"{archive}: entry {name!r} is a {kind}; links and special files are refused"
         )
-    if path.is_absolute() or (path.parts and ":" in path.parts[0]) or name.startswith("\\"):
-        raise ExtractError(f"{archive}: entry {name!r} has an absolute path; refused")
-    if ".." in path.parts:
-        raise ExtractError(f"{archive}: entry {name!r} escapes the target directory (..); refused")
-    if "\0" in name:
-        raise ExtractError(f"{archive}: entry {name!r} has a NUL byte in its name; refused")
+    # The same rule as for file names read from data files.
+    problem = name_problem(name)
+    if problem:
+        raise ExtractError(f"{archive}: entry {name!r} {problem}; refused")
 
 
 class _Entries:

@@ -13,7 +13,9 @@ match and writes the rest; the output directory appears, complete, in one rename
 Bad images are handled here, where they enter: a missing, empty, truncated or corrupt file, a
 file that is not an image, or a decompression bomb is skipped, counted and listed with its kind
 and reason in ``manifest.json``; the run goes on. JPEG bytes pass through untouched unless the
-image must be converted or resized (``data.images.shard_jpeg``).
+image must be converted or resized (``data.images.shard_jpeg``). Captions that are blank, too
+long or name no image are left out by ``load_dataset`` and counted by kind in the manifest's
+``captions_skipped`` (present only when one was skipped).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import multiprocessing
 import os
 import shutil
 import tarfile
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -36,7 +39,13 @@ from tqdm import tqdm
 
 from captioning.config import ShardConfig
 from captioning.data.images import MISSING, ImageDecodeError, shard_jpeg
-from captioning.data.layout import ImageRecord, load_dataset
+from captioning.data.layout import (
+    ImageRecord,
+    describe_skips,
+    inside,
+    load_dataset,
+    skip_counts,
+)
 from captioning.errors import CaptioningError
 from captioning.io import atomic_path, file_digest, link_or_copy, read_json_object, write_json
 
@@ -98,14 +107,15 @@ def plan_shards(
 def write_shards(raw_dir: str | Path, out_dir: str | Path, cfg: ShardConfig) -> dict[str, Any]:
     """Shard every split of the dataset in ``raw_dir`` into ``out_dir``; return the manifest."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    dataset = load_dataset(raw_dir)
+    captions_skipped: Counter[str] = Counter()
+    dataset = load_dataset(raw_dir, captions_skipped)
     images_dir = raw_dir / "images"
     plans = plan_shards(dataset, images_dir, cfg)
     work = out_dir.parent / f".{out_dir.name}.partial"
     work.mkdir(parents=True, exist_ok=True)
     _remove_strays(work, plans)
     done = _run(plans, images_dir, work, cfg)
-    manifest, final_names = _manifest(dataset, plans, done, cfg)
+    manifest, final_names = _manifest(dataset, plans, done, cfg, captions_skipped)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         for name, final in final_names.items():
@@ -123,6 +133,8 @@ def write_shards(raw_dir: str | Path, out_dir: str | Path, cfg: ShardConfig) -> 
         )
     for skip in manifest["skipped"][:20]:
         logger.warning("skipped %s (%s): %s", skip["file_name"], skip["split"], skip["reason"])
+    if "captions_skipped" in manifest:
+        logger.warning("captions skipped: %s", describe_skips(manifest["captions_skipped"]))
     return manifest
 
 
@@ -204,6 +216,7 @@ def _manifest(
     plans: list[ShardPlan],
     done: dict[str, dict],
     cfg: ShardConfig,
+    captions_skipped: Counter[str],
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The manifest, and the final name of every planned shard that holds samples."""
     final_names: dict[str, str] = {}
@@ -218,6 +231,9 @@ def _manifest(
             "jpeg_quality": cfg.jpeg_quality,
         },
     }
+    # Only when a caption was skipped: the manifest of clean input stays as it was (DVC hashes).
+    if skip_counts(captions_skipped):
+        manifest["captions_skipped"] = skip_counts(captions_skipped)
     for split in dataset:
         manifest["splits"][split] = {"count": 0, "reencoded": 0, "skipped": 0, "shards": []}
     for plan in plans:
@@ -244,7 +260,8 @@ def _manifest(
 def _make_sample(
     images_dir: Path, record: ImageRecord, cfg: ShardConfig
 ) -> tuple[dict | None, dict]:
-    path = images_dir / record.file_name
+    # load_dataset checked the name; checked again where the file is opened.
+    path = inside(images_dir, record.file_name, f"{images_dir}: image {record.image_id}")
 
     def skip(kind: str, reason: str) -> tuple[None, dict]:
         return None, {

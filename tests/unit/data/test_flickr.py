@@ -98,13 +98,13 @@ def test_malformed_token_file_names_the_line(tmp_path):
 def test_kaggle_captions_header_and_commas(tmp_path):
     path = tmp_path / "captions.txt"
     path.write_text('image,caption\na.jpg,A dog , running .\nb.jpg,"A ""quoted"" cat ."\n')
-    assert read_kaggle_captions(path) == {
+    assert read_kaggle_captions(path, tmp_path) == {
         "a.jpg": ["A dog , running ."],
         "b.jpg": ['A "quoted" cat .'],
     }
     path.write_text("name,text\na.jpg,x\n")
     with pytest.raises(AnnotationError, match="line 1: expected the header 'image,caption'"):
-        read_kaggle_captions(path)
+        read_kaggle_captions(path, tmp_path)
 
 
 def test_flickr30k_from_a_tarball_and_the_karpathy_file(tmp_path):
@@ -141,3 +141,18 @@ def test_photo_ids_fall_back_to_numbering_in_name_order():
     assert photo_ids(["20_b.jpg", "3_a.jpg"]) == {"20_b.jpg": 20, "3_a.jpg": 3}
     assert photo_ids(["b.jpg", "a.jpg"]) == {"a.jpg": 1, "b.jpg": 2}
     assert photo_ids(["7_a.jpg", "7_b.jpg"]) == {"7_a.jpg": 1, "7_b.jpg": 2}
+
+
+def test_blank_captions_are_skipped_and_counted(tmp_path):
+    images, _ = flickr8k_original(tmp_path / "orig")
+    text = tmp_path / "text"
+    text.mkdir()
+    tokens = [f"{n}#0\t{c}" for n in FLICKR8K_NAMES for c in flickr_captions(n)[:1]]
+    tokens[0] = f"{FLICKR8K_NAMES[0]}#0\t   "  # well formed, but blank
+    (text / "Flickr8k.token.txt").write_text("\n".join(tokens) + "\n")
+    for split, part in (("train", "train"), ("val", "dev"), ("test", "test")):
+        (text / f"Flickr_8k.{part}Images.txt").write_text("\n".join(FLICKR8K_SPLITS[split]))
+    cfg = FetchConfig(source="flickr8k", flickr8k=Flickr8kConfig(files=[str(images), str(text)]))
+    summary = fetch(cfg, tmp_path / "raw", tmp_path / "downloads")
+    assert summary["captions_skipped"] == {"blank": 1, "dangling": 0, "too long": 0}
+    assert summary["annotations"] == len(FLICKR8K_NAMES) - 1

@@ -207,3 +207,20 @@ def test_manifest_checksums_match_the_shards(tiny_layout, tmp_path):
         data = (tmp_path / "shards" / name).read_bytes()
         assert hashlib.sha256(data).hexdigest() == entry["sha256"]
         assert len(data) == entry["bytes"]
+
+
+def test_skipped_captions_are_counted_in_the_manifest_only_when_there_are_some(
+    tiny_layout, tmp_path
+):
+    clean = write_shards(tiny_layout, tmp_path / "clean", ShardConfig(workers=1))
+    assert "captions_skipped" not in clean  # clean input: the manifest as it always was
+    path = tiny_layout / "captions.json"
+    coco = json.loads(path.read_text())
+    coco["annotations"][0]["caption"] = " "
+    coco["annotations"][1]["image_id"] = 404
+    path.write_text(json.dumps(coco))
+    manifest = write_shards(tiny_layout, tmp_path / "shards", ShardConfig(workers=1))
+    assert manifest["captions_skipped"] == {"blank": 1, "dangling": 1, "too long": 0}
+    # Image 1 lost both captions: a training image without captions is skipped as before.
+    assert [s["kind"] for s in manifest["skipped"]] == ["no captions"]
+    assert manifest["splits"]["train"]["count"] == 5

@@ -13,13 +13,14 @@ Each official file comes from ``<coco.url>/...`` (through the mirror if one is s
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from captioning.config import FetchConfig
 from captioning.data.download import Expected, acquire
 from captioning.data.extract import is_archive
-from captioning.data.layout import AnnotationError, expect_key, expect_objects, read_json
+from captioning.data.layout import AnnotationError, expect_key, expect_objects, inside, read_json
 from captioning.data.sources.common import (
     LayoutBuilder,
     SourceError,
@@ -95,11 +96,12 @@ def fetch_coco(cfg: FetchConfig, out_dir: Path, downloads_dir: Path, year: str) 
             "dataset_coco.json (or caption_datasets.zip), or set fetch.coco.split: official"
         )
     files = _CocoFiles(cfg, downloads_dir)
+    builder = LayoutBuilder(f"coco{year}")
     images: dict[int, _CocoImage] = {}
     for subset in (f"train{year}", f"val{year}"):
         captions_file = files.captions(year, subset)
         image_dir = files.image_dir(subset)
-        for image in _read_captions(captions_file, subset, image_dir):
+        for image in _read_captions(captions_file, subset, image_dir, builder.captions_skipped):
             if image.image_id in images:
                 raise AnnotationError(
                     f"{captions_file}: image id {image.image_id} also in "
@@ -110,7 +112,6 @@ def fetch_coco(cfg: FetchConfig, out_dir: Path, downloads_dir: Path, year: str) 
         splits = _karpathy_splits(files.karpathy(), images, year)
     else:
         splits = _official_splits(images, year)
-    builder = LayoutBuilder(f"coco{year}")
     for split, ids in splits.items():
         for image_id in ids:
             image = images[image_id]
@@ -179,18 +180,21 @@ class _CocoFiles:
         return path
 
 
-def _read_captions(path: Path, subset: str, image_dir: Path) -> list[_CocoImage]:
+def _read_captions(
+    path: Path, subset: str, image_dir: Path, captions_skipped: Counter[str]
+) -> list[_CocoImage]:
+    """The images of an official caption file with their captions; captions whose image id is
+    not among the images are counted as "dangling" in ``captions_skipped`` and left out."""
     data = read_json(path)
     captions: dict[int, list[str]] = {}
     for where, ann in expect_objects(data, "annotations", path):
         image_id = expect_key(ann, "image_id", int, path, where)
-        captions.setdefault(image_id, []).append(
-            expect_key(ann, "caption", str, path, where).strip()
-        )
+        captions.setdefault(image_id, []).append(expect_key(ann, "caption", str, path, where))
     out = []
     for where, image in expect_objects(data, "images", path):
         image_id = expect_key(image, "id", int, path, where)
         name = expect_key(image, "file_name", str, path, where)
+        source_file = inside(image_dir, name, f"{path}: {where}.file_name")
         size = (
             expect_key(image, "width", int, path, where),
             expect_key(image, "height", int, path, where),
@@ -199,15 +203,21 @@ def _read_captions(path: Path, subset: str, image_dir: Path) -> list[_CocoImage]
             _CocoImage(
                 image_id,
                 f"{subset}/{name}",
-                image_dir / name,
+                source_file,
                 size,
                 tuple(captions.pop(image_id, ())),
                 subset,
             )
         )
     if captions:
-        orphan = min(captions)
-        raise AnnotationError(f"{path}: annotations name image id {orphan}, not in 'images'")
+        dangling = sum(len(texts) for texts in captions.values())
+        captions_skipped["dangling"] += dangling
+        logger.warning(
+            "%s: %d captions name image ids not in 'images' (e.g. %d); skipped",
+            path,
+            dangling,
+            min(captions),
+        )
     return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,17 @@ from tqdm import tqdm
 
 from captioning.data.download import Expected, acquire
 from captioning.data.extract import archive_stem, is_archive, safe_extract
-from captioning.data.layout import SPLITS, AnnotationError, expect_key, expect_objects, read_json
+from captioning.data.layout import (
+    SPLITS,
+    AnnotationError,
+    describe_skips,
+    expect_key,
+    expect_objects,
+    inside,
+    keep_captions,
+    read_json,
+    skip_counts,
+)
 from captioning.errors import CaptioningError
 from captioning.io import atomic_path, link_or_copy, write_json
 
@@ -141,13 +152,18 @@ def photo_ids(names: Iterable[str]) -> dict[str, int]:
 
 @dataclass
 class LayoutBuilder:
-    """Collects images, captions and splits, then writes the internal layout in one piece."""
+    """Collects images, captions and splits, then writes the internal layout in one piece.
+
+    Blank and over-long captions are left out here and counted by kind in
+    ``captions_skipped``, where a source also counts the captions that name no image.
+    """
 
     source: str
     images: list[dict[str, Any]] = field(default_factory=list)
     annotations: list[dict[str, Any]] = field(default_factory=list)
     splits: dict[str, list[int]] = field(default_factory=lambda: {s: [] for s in SPLITS})
     files: dict[str, Path] = field(default_factory=dict)
+    captions_skipped: Counter[str] = field(default_factory=Counter)
 
     def add(
         self,
@@ -165,7 +181,7 @@ class LayoutBuilder:
         if size is not None:
             image["width"], image["height"] = size
         self.images.append(image)
-        for caption in captions:
+        for caption in keep_captions(captions, self.captions_skipped):
             self.annotations.append(
                 {"id": len(self.annotations) + 1, "image_id": image_id, "caption": caption}
             )
@@ -182,7 +198,8 @@ class LayoutBuilder:
                 if not source.is_file():
                     missing += 1  # listed anyway: the shard stage reports it as missing
                     continue
-                target = tmp / "images" / file_name
+                # Sources check their names where they read them; this guards the output.
+                target = inside(tmp / "images", file_name, f"{self.source}: image")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 link_or_copy(source, target)
             (tmp / "images").mkdir(parents=True, exist_ok=True)
@@ -197,6 +214,10 @@ class LayoutBuilder:
             logger.warning("%s: %d listed images were not found in the files", self.source, missing)
         summary = {split: len(ids) for split, ids in self.splits.items()}
         summary.update(images=len(self.images), annotations=len(self.annotations))
+        skipped = skip_counts(self.captions_skipped)
+        if skipped:
+            summary["captions_skipped"] = skipped
+            logger.warning("%s: captions skipped: %s", self.source, describe_skips(skipped))
         logger.info("%s: %s", self.source, summary)
         return summary
 

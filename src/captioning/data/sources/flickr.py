@@ -18,11 +18,12 @@ start the file names, images are ordered by id within each split, captions keep 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from pathlib import Path
 
 from captioning.config import FetchConfig
-from captioning.data.layout import AnnotationError
+from captioning.data.layout import AnnotationError, inside, read_utf8
 from captioning.data.sources.common import (
     LayoutBuilder,
     SourceError,
@@ -64,19 +65,21 @@ def fetch_flickr8k(cfg: FetchConfig, out_dir: Path, downloads_dir: Path) -> dict
         _require_found(found, [_TOKENS], "the original Flickr8k layout", roots)
         if original_images is None:
             _require_found(found, [_ORIGINAL_IMAGES[0]], "the original Flickr8k layout", roots)
-        captions = read_token_file(found[_TOKENS])
         image_dir = original_images
+        assert image_dir is not None
+        captions = read_token_file(found[_TOKENS], image_dir)
     else:
         _require_found(
             found, [_KAGGLE_IMAGES, _KAGGLE_CAPTIONS], "the Kaggle Flickr8k layout", roots
         )
-        captions = read_kaggle_captions(found[_KAGGLE_CAPTIONS])
         image_dir = found[_KAGGLE_IMAGES]
-    assert image_dir is not None
+        captions = read_kaggle_captions(found[_KAGGLE_CAPTIONS], image_dir)
     if all(name in found for name in _SPLIT_FILES.values()):
-        splits = {split: read_split_file(found[name]) for split, name in _SPLIT_FILES.items()}
+        splits = {
+            split: read_split_file(found[name], image_dir) for split, name in _SPLIT_FILES.items()
+        }
     elif _KARPATHY_8K in found:
-        splits = _karpathy_names(found[_KARPATHY_8K])
+        splits = _karpathy_names(found[_KARPATHY_8K], image_dir)
     else:
         raise SourceError(
             f"flickr8k ({layout} layout): no split found; add Flickr8k_text.zip (with "
@@ -102,60 +105,74 @@ def fetch_flickr30k(cfg: FetchConfig, out_dir: Path, downloads_dir: Path) -> dic
             f"flickr30k: {first} (the first image of {_KARPATHY_30K}) is in none of "
             f"fetch.flickr30k.files: {[str(r) for r in roots]}"
         )
+    image_dir = located[first].parent
     splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     captions = {}
-    for entry in entries:
+    for i, entry in enumerate(entries):
+        inside(image_dir, entry.filename, f"{found[_KARPATHY_30K]}: images[{i}].filename")
         splits[entry.split].append(entry.filename)
         captions[entry.filename] = list(entry.sentences)
-    return _write("flickr30k", out_dir, located[first].parent, splits, captions, {})
+    return _write("flickr30k", out_dir, image_dir, splits, captions, {})
 
 
-def read_token_file(path: Path) -> dict[str, list[str]]:
-    """``Flickr8k.token.txt``: ``name.jpg#N<TAB>caption`` per line -> {name: [captions]}."""
+def read_token_file(path: Path, image_dir: Path) -> dict[str, list[str]]:
+    """``Flickr8k.token.txt``: ``name.jpg#N<TAB>caption`` per line -> {name: [captions]}.
+
+    Each name must name a file in ``image_dir``; blank captions are kept for the layout
+    builder to skip and count."""
     captions: dict[str, list[str]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
         if not line.strip():
             continue
         ref, tab, caption = line.partition("\t")
         name, hash_, index = ref.rpartition("#")
-        if not tab or not hash_ or not index.isdigit() or not caption.strip():
+        if not tab or not hash_ or not index.isdigit():
             raise AnnotationError(
                 f"{path}: line {number}: expected 'name.jpg#N<TAB>caption', found {line[:80]!r}"
             )
-        captions.setdefault(name, []).append(caption.strip())
+        inside(image_dir, name, f"{path}: line {number}")
+        captions.setdefault(name, []).append(caption)
     return captions
 
 
-def read_kaggle_captions(path: Path) -> dict[str, list[str]]:
-    """Kaggle's ``captions.txt``: CSV with header ``image,caption`` -> {name: [captions]}."""
+def read_kaggle_captions(path: Path, image_dir: Path) -> dict[str, list[str]]:
+    """Kaggle's ``captions.txt``: CSV with header ``image,caption`` -> {name: [captions]}.
+
+    Each name must name a file in ``image_dir``; blank captions are kept for the layout
+    builder to skip and count."""
     captions: dict[str, list[str]] = {}
-    with path.open(encoding="utf-8", newline="") as handle:
-        rows = csv.reader(handle)
-        header = next(rows, None)
-        if header != ["image", "caption"]:
-            raise AnnotationError(
-                f"{path}: line 1: expected the header 'image,caption', found {header}"
-            )
-        for number, row in enumerate(rows, start=2):
-            if not row:
-                continue
-            # Unquoted commas inside a caption split it into more fields: join them back.
-            name, caption = row[0].strip(), ",".join(row[1:]).strip()
-            if not name or not caption:
-                raise AnnotationError(
-                    f"{path}: line {number}: expected 'image,caption', found {row}"
-                )
-            captions.setdefault(name, []).append(caption)
+    rows = csv.reader(io.StringIO(read_utf8(path), newline=""))
+    header = next(rows, None)
+    if header != ["image", "caption"]:
+        raise AnnotationError(
+            f"{path}: line 1: expected the header 'image,caption', found {header}"
+        )
+    for number, row in enumerate(rows, start=2):
+        if not row:
+            continue
+        # Unquoted commas inside a caption split it into more fields: join them back.
+        name, caption = row[0].strip(), ",".join(row[1:])
+        if not name or len(row) < 2:
+            raise AnnotationError(f"{path}: line {number}: expected 'image,caption', found {row}")
+        inside(image_dir, name, f"{path}: line {number}")
+        captions.setdefault(name, []).append(caption)
     return captions
 
 
-def read_split_file(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def read_split_file(path: Path, image_dir: Path) -> list[str]:
+    """``Flickr_8k.*Images.txt``: one image name per line, each naming a file in ``image_dir``."""
+    names = []
+    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
+        if line.strip():
+            inside(image_dir, line.strip(), f"{path}: line {number}")
+            names.append(line.strip())
+    return names
 
 
-def _karpathy_names(path: Path) -> dict[str, list[str]]:
+def _karpathy_names(path: Path, image_dir: Path) -> dict[str, list[str]]:
     splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-    for entry in read_karpathy(path):
+    for i, entry in enumerate(read_karpathy(path)):
+        inside(image_dir, entry.filename, f"{path}: images[{i}].filename")
         splits[entry.split].append(entry.filename)
     return splits
 
