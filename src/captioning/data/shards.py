@@ -39,6 +39,7 @@ from captioning.data.images import MISSING, ImageDecodeError, shard_jpeg
 from captioning.data.layout import ImageRecord, load_dataset
 from captioning.errors import CaptioningError
 from captioning.io import atomic_path, file_digest, link_or_copy, read_json_object, write_json
+from captioning.processes import exclusive, worker_guard
 
 logger = logging.getLogger(__name__)
 
@@ -102,16 +103,18 @@ def write_shards(raw_dir: str | Path, out_dir: str | Path, cfg: ShardConfig) -> 
     images_dir = raw_dir / "images"
     plans = plan_shards(dataset, images_dir, cfg)
     work = out_dir.parent / f".{out_dir.name}.partial"
-    work.mkdir(parents=True, exist_ok=True)
-    _remove_strays(work, plans)
-    done = _run(plans, images_dir, work, cfg)
-    manifest, final_names = _manifest(dataset, plans, done, cfg)
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        for name, final in final_names.items():
-            link_or_copy(work / f"{name}.tar", tmp / final)
-        write_json(tmp / "manifest.json", manifest)
-    shutil.rmtree(work, ignore_errors=True)
+    # One run at a time, and not while a killed run's workers may still write (processes.py).
+    with exclusive(work):
+        work.mkdir(parents=True, exist_ok=True)
+        _remove_strays(work, plans)
+        done = _run(plans, images_dir, work, cfg)
+        manifest, final_names = _manifest(dataset, plans, done, cfg)
+        with atomic_path(out_dir) as tmp:
+            tmp.mkdir()
+            for name, final in final_names.items():
+                link_or_copy(work / f"{name}.tar", tmp / final)
+            write_json(tmp / "manifest.json", manifest)
+        shutil.rmtree(work, ignore_errors=True)
     for split, info in manifest["splits"].items():
         logger.info(
             "%s: %d images in %d shards (%d re-encoded), %d skipped",
@@ -177,9 +180,12 @@ def _run(plans: list[ShardPlan], images_dir: Path, work: Path, cfg: ShardConfig)
                 done[plan.name] = write_shard(plan, images_dir, work, cfg)
                 progress.update(len(plan.records))
         else:
-            # forkserver: workers do not inherit the parent's threads (tqdm's monitor) or locks.
+            # forkserver: workers do not inherit the parent's threads (tqdm's monitor) or locks;
+            # the guard ends them if this process dies.
             context = multiprocessing.get_context("forkserver")
-            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            with ProcessPoolExecutor(
+                workers, mp_context=context, initializer=worker_guard()
+            ) as pool:
                 pending: dict[Future, ShardPlan] = {
                     pool.submit(write_shard, plan, images_dir, work, cfg): plan for plan in plans
                 }

@@ -28,6 +28,7 @@ from captioning.data.shards import read_manifest
 from captioning.devices import pin_memory
 from captioning.errors import CaptioningError
 from captioning.features.encoders import EncoderSpec
+from captioning.processes import worker_guard
 from captioning.runtime import start_forkserver
 
 MANIFEST_FILE = "manifest.json"
@@ -230,6 +231,8 @@ def _loader(dataset: Any, num_workers: int, device: torch.device) -> DataLoader:
         # forkserver, not fork: a process that already runs threads (an MLflow client, a
         # Prefect flow) can leave a forked worker in a broken state.
         multiprocessing_context="forkserver" if num_workers > 0 else None,
+        # The workers' parent is the forkserver: the guard ends them when this process dies.
+        worker_init_fn=worker_guard() if num_workers > 0 else None,
         persistent_workers=False,
     )
 
