@@ -37,7 +37,13 @@ from tqdm import tqdm
 from captioning.config import ShardConfig
 from captioning.data.images import MISSING, ImageDecodeError, shard_jpeg
 from captioning.data.layout import ImageRecord, load_dataset
-from captioning.errors import CaptioningError
+from captioning.data.shard_check import (
+    ShardError,
+    ShardFile,
+    listed_shards,
+    reading,
+    sample_problem,
+)
 from captioning.io import atomic_path, file_digest, link_or_copy, read_json_object, write_json
 from captioning.processes import exclusive, worker_guard
 
@@ -318,10 +324,6 @@ def _remove_strays(work: Path, plans: list[ShardPlan]) -> None:
             path.unlink() if path.is_file() else shutil.rmtree(path)
 
 
-class ShardError(CaptioningError, ValueError):
-    """A shard directory or manifest that is missing or malformed."""
-
-
 def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
     """The manifest of a shard directory, checked: every split lists its shards."""
     path = Path(shard_dir) / "manifest.json"
@@ -340,25 +342,51 @@ def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def split_shards(shard_dir: str | Path, split: str) -> list[ShardFile]:
+    """The shards of ``split`` as the manifest lists them, each there with its recorded size."""
+    shard_dir = Path(shard_dir)
+    return listed_shards(shard_dir, read_manifest(shard_dir), split)
+
+
 def iter_samples(
     shard_dir: str | Path, split: str, *, images: bool = True
 ) -> Iterator[tuple[dict[str, Any], bytes | None]]:
-    """(json, jpeg bytes) of every sample of a split, in shard order, read with plain tarfile."""
-    shard_dir = Path(shard_dir)
-    for name in read_manifest(shard_dir)["splits"].get(split, {}).get("shards", []):
-        with tarfile.open(shard_dir / name) as tar:
-            pending: dict[str, dict[str, Any]] = {}
-            for member in tar:
+    """(json, jpeg bytes) of every sample of a split, in shard order, read with plain tarfile.
+
+    Every shard is checked against the manifest (shard_check.py): all sizes before the first
+    sample, and each shard read to its end against its sha256 and sample count. A shard is
+    read whole even when ``images`` is False (the bytes are hashed, not decoded).
+    """
+    for shard in split_shards(shard_dir, split):
+        with reading(shard) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+            pending: dict[str, dict[str, bytes]] = {}
+            samples = 0
+            for member in tar:  # a stream: each member's data is read before the next header
                 key, _, ext = member.name.partition(".")
                 if ext not in ("json", "jpg") or (ext == "jpg" and not images):
                     continue
                 handle = tar.extractfile(member)
-                assert handle is not None
+                if handle is None:
+                    raise ValueError(f"member {member.name}: not a regular file")
                 entry = pending.setdefault(key, {})
                 entry[ext] = handle.read()
                 if "json" in entry and ("jpg" in entry or not images):
                     done = pending.pop(key)
-                    yield json.loads(done["json"]), done.get("jpg")
+                    samples += 1
+                    yield _sample_json(member.name, done["json"]), done.get("jpg")
+            stream.finish(samples)
+
+
+def _sample_json(name: str, data: bytes) -> dict[str, Any]:
+    """A sample's record; a ValueError (which ``reading`` reports) if it is not one."""
+    try:
+        meta = json.loads(data)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"member {name}: not valid JSON ({exc})") from None
+    problem = sample_problem(meta)
+    if problem is not None:
+        raise ValueError(f"member {name}: {problem}")
+    return meta
 
 
 def split_captions(shards_dir: str | Path, split: str) -> Iterator[str]:
