@@ -46,8 +46,15 @@ from captioning.data.layout import (
     load_dataset,
     skip_counts,
 )
-from captioning.errors import CaptioningError
+from captioning.data.shard_check import (
+    ShardError,
+    ShardFile,
+    listed_shards,
+    reading,
+    sample_problem,
+)
 from captioning.io import atomic_path, file_digest, link_or_copy, read_json_object, write_json
+from captioning.processes import exclusive, worker_guard
 
 logger = logging.getLogger(__name__)
 
@@ -112,16 +119,18 @@ def write_shards(raw_dir: str | Path, out_dir: str | Path, cfg: ShardConfig) -> 
     images_dir = raw_dir / "images"
     plans = plan_shards(dataset, images_dir, cfg)
     work = out_dir.parent / f".{out_dir.name}.partial"
-    work.mkdir(parents=True, exist_ok=True)
-    _remove_strays(work, plans)
-    done = _run(plans, images_dir, work, cfg)
-    manifest, final_names = _manifest(dataset, plans, done, cfg, captions_skipped)
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        for name, final in final_names.items():
-            link_or_copy(work / f"{name}.tar", tmp / final)
-        write_json(tmp / "manifest.json", manifest)
-    shutil.rmtree(work, ignore_errors=True)
+    # One run at a time, and not while a killed run's workers may still write (processes.py).
+    with exclusive(work):
+        work.mkdir(parents=True, exist_ok=True)
+        _remove_strays(work, plans)
+        done = _run(plans, images_dir, work, cfg)
+        manifest, final_names = _manifest(dataset, plans, done, cfg, captions_skipped)
+        with atomic_path(out_dir) as tmp:
+            tmp.mkdir()
+            for name, final in final_names.items():
+                link_or_copy(work / f"{name}.tar", tmp / final)
+            write_json(tmp / "manifest.json", manifest)
+        shutil.rmtree(work, ignore_errors=True)
     for split, info in manifest["splits"].items():
         logger.info(
             "%s: %d images in %d shards (%d re-encoded), %d skipped",
@@ -189,9 +198,12 @@ def _run(plans: list[ShardPlan], images_dir: Path, work: Path, cfg: ShardConfig)
                 done[plan.name] = write_shard(plan, images_dir, work, cfg)
                 progress.update(len(plan.records))
         else:
-            # forkserver: workers do not inherit the parent's threads (tqdm's monitor) or locks.
+            # forkserver: workers do not inherit the parent's threads (tqdm's monitor) or locks;
+            # the guard ends them if this process dies.
             context = multiprocessing.get_context("forkserver")
-            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            with ProcessPoolExecutor(
+                workers, mp_context=context, initializer=worker_guard()
+            ) as pool:
                 pending: dict[Future, ShardPlan] = {
                     pool.submit(write_shard, plan, images_dir, work, cfg): plan for plan in plans
                 }
@@ -329,10 +341,6 @@ def _remove_strays(work: Path, plans: list[ShardPlan]) -> None:
             path.unlink() if path.is_file() else shutil.rmtree(path)
 
 
-class ShardError(CaptioningError, ValueError):
-    """A shard directory or manifest that is missing or malformed."""
-
-
 def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
     """The manifest of a shard directory, checked: every split lists its shards."""
     path = Path(shard_dir) / "manifest.json"
@@ -351,25 +359,51 @@ def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def split_shards(shard_dir: str | Path, split: str) -> list[ShardFile]:
+    """The shards of ``split`` as the manifest lists them, each there with its recorded size."""
+    shard_dir = Path(shard_dir)
+    return listed_shards(shard_dir, read_manifest(shard_dir), split)
+
+
 def iter_samples(
     shard_dir: str | Path, split: str, *, images: bool = True
 ) -> Iterator[tuple[dict[str, Any], bytes | None]]:
-    """(json, jpeg bytes) of every sample of a split, in shard order, read with plain tarfile."""
-    shard_dir = Path(shard_dir)
-    for name in read_manifest(shard_dir)["splits"].get(split, {}).get("shards", []):
-        with tarfile.open(shard_dir / name) as tar:
-            pending: dict[str, dict[str, Any]] = {}
-            for member in tar:
+    """(json, jpeg bytes) of every sample of a split, in shard order, read with plain tarfile.
+
+    Every shard is checked against the manifest (shard_check.py): all sizes before the first
+    sample, and each shard read to its end against its sha256 and sample count. A shard is
+    read whole even when ``images`` is False (the bytes are hashed, not decoded).
+    """
+    for shard in split_shards(shard_dir, split):
+        with reading(shard) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+            pending: dict[str, dict[str, bytes]] = {}
+            samples = 0
+            for member in tar:  # a stream: each member's data is read before the next header
                 key, _, ext = member.name.partition(".")
                 if ext not in ("json", "jpg") or (ext == "jpg" and not images):
                     continue
                 handle = tar.extractfile(member)
-                assert handle is not None
+                if handle is None:
+                    raise ValueError(f"member {member.name}: not a regular file")
                 entry = pending.setdefault(key, {})
                 entry[ext] = handle.read()
                 if "json" in entry and ("jpg" in entry or not images):
                     done = pending.pop(key)
-                    yield json.loads(done["json"]), done.get("jpg")
+                    samples += 1
+                    yield _sample_json(member.name, done["json"]), done.get("jpg")
+            stream.finish(samples)
+
+
+def _sample_json(name: str, data: bytes) -> dict[str, Any]:
+    """A sample's record; a ValueError (which ``reading`` reports) if it is not one."""
+    try:
+        meta = json.loads(data)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"member {name}: not valid JSON ({exc})") from None
+    problem = sample_problem(meta)
+    if problem is not None:
+        raise ValueError(f"member {name}: {problem}")
+    return meta
 
 
 def split_captions(shards_dir: str | Path, split: str) -> Iterator[str]:

@@ -20,14 +20,22 @@ from typing import Any
 
 import torch
 import webdataset as wds
-from torch.utils.data import DataLoader
-from webdataset.tariterators import base_plus_ext
+from torch.utils.data import DataLoader, get_worker_info
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
-from captioning.data.images import load_rgb
+from captioning.data.images import ImageDecodeError, load_rgb
+from captioning.data.shard_check import (
+    ShardFile,
+    listed_shards,
+    reading,
+    sample_problem,
+    unreadable,
+)
 from captioning.data.shards import read_manifest
 from captioning.devices import pin_memory
 from captioning.errors import CaptioningError
 from captioning.features.encoders import EncoderSpec
+from captioning.processes import worker_guard
 from captioning.runtime import start_forkserver
 
 MANIFEST_FILE = "manifest.json"
@@ -54,6 +62,7 @@ class Shard:
     offset: int  # first row of this shard in the split's arrays
     split: str = ""
     checksum: str = ""  # sha256 from the manifest, else size and mtime
+    file: ShardFile | None = None  # what the manifest records, checked as it is read
 
     @property
     def url(self) -> str:
@@ -65,23 +74,18 @@ class Shard:
 
 
 def shard_files(shard_dir: Path) -> dict[str, dict[str, Any]]:
-    """``{split: {"shards": [Path, ...], "count": int, "checksums": [str, ...]}}`` from the
-    shard manifest."""
+    """``{split: {"shards": [ShardFile, ...], "count": int, "checksums": [str, ...]}}`` from
+    the shard manifest; every shard checked to be there with its recorded size."""
     manifest = read_manifest(shard_dir)
-    path = Path(shard_dir) / MANIFEST_FILE
-    sums = manifest.get("shards", {}) if isinstance(manifest.get("shards"), dict) else {}
     out: dict[str, dict[str, Any]] = {}
     for split, entry in manifest["splits"].items():
-        shards = [Path(shard_dir) / name for name in entry["shards"]]
-        for shard in shards:
-            if not shard.is_file():
-                raise FeatureCacheError(f"{path}: splits.{split} lists {shard.name}, not found")
+        files = listed_shards(Path(shard_dir), manifest, split)
         checksums = []
-        for shard in shards:
-            sha = (sums.get(shard.name) or {}).get("sha256")
-            stat = shard.stat()
+        for shard in files:
+            stat = shard.path.stat()
+            sha = shard.sha256
             checksums.append(f"sha256:{sha}" if sha else f"{stat.st_size}:{stat.st_mtime_ns}")
-        out[split] = {"shards": shards, "count": entry.get("count"), "checksums": checksums}
+        out[split] = {"shards": files, "count": entry.get("count"), "checksums": checksums}
     return out
 
 
@@ -89,40 +93,70 @@ def scan_shard(path: Path) -> tuple[str, ...]:
     """Sample keys of a tar shard in order, grouped exactly as webdataset groups them.
 
     Reads only the tar headers (members are seeked over), so it is cheap next to decoding.
+    Shards are plain tars ("r:": a compression guess would only blur the error of a bad one).
     """
     keys: list[str] = []
     try:
-        with tarfile.open(path, mode="r:*") as tar:
+        with tarfile.open(path, mode="r:") as tar:
             for member in tar:
                 if not member.isreg() or _SKIP_META.match(member.name):
                     continue
                 prefix, _ = base_plus_ext(member.name)
                 if prefix is not None and (not keys or keys[-1] != prefix):
                     keys.append(prefix)
-    except tarfile.TarError as exc:
-        raise FeatureCacheError(f"{path}: not a readable tar shard ({exc})") from None
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise unreadable(path, exc) from None
     return tuple(keys)
 
 
 def plan_split(
     split: str,
-    shard_paths: Sequence[Path],
+    files: Sequence[ShardFile],
     count: int | None,
     checksums: Sequence[str] | None = None,
 ) -> list[Shard]:
     """Scan the shards of a split and give each its block of rows."""
     shards: list[Shard] = []
     offset = 0
-    for i, path in enumerate(shard_paths):
-        keys = scan_shard(path)
+    for i, file in enumerate(files):
+        keys = scan_shard(file.path)
         checksum = checksums[i] if checksums else ""
-        shards.append(Shard(Path(path), keys, offset, split, checksum))
+        shards.append(Shard(file.path, keys, offset, split, checksum, file))
         offset += len(keys)
     if count is not None and count != offset:
         raise FeatureCacheError(
             f"split {split!r}: the manifest says {count} samples, the shards hold {offset}"
         )
     return shards
+
+
+def _read_shards(sources: Iterable[dict], files: dict[str, ShardFile]) -> Iterator[dict]:
+    """webdataset's samples of each shard (its own tar_file_expander and group_by_keys, so
+    they are grouped as wds.WebDataset groups them), the shard read through shard_check's
+    ``reading``: a damaged shard fails, naming itself, after its last member."""
+    for source in sources:
+        url = source["url"]
+        shard = files[url]
+        with reading(shard) as stream:
+            opened = {"url": url, "stream": stream, "local_path": str(shard.path)}
+            yield from group_by_keys(tar_file_expander([opened]))
+            stream.finish()
+
+
+class _ShardPipeline(wds.DataPipeline, wds.FluidInterface):
+    pass
+
+
+def shard_samples(files: Sequence[ShardFile]) -> _ShardPipeline:
+    """The samples of ``files`` in the given order, the shards split between DataLoader
+    workers (what ``wds.WebDataset(urls, shardshuffle=False, nodesplitter=None)`` does, with
+    every shard checked against its manifest record as it is read)."""
+    urls = [str(f.path) for f in files]
+    return _ShardPipeline(
+        wds.SimpleShardList(urls),
+        wds.split_by_worker,
+        partial(_read_shards, files=dict(zip(urls, files, strict=True))),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,20 +197,22 @@ class DecodeSample:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise FeatureCacheError(f"{where}: json member is not valid JSON ({exc})") from None
         check_record(record, where)
-        image = load_rgb(sample[ext], name=f"{url}:{key}.{ext}")
+        try:
+            image = load_rgb(sample[ext], name=f"{url}:{key}.{ext}")
+        except ImageDecodeError as exc:
+            if get_worker_info() is None:
+                raise
+            # torch rebuilds a worker's exception from its message alone (_Loader): this one
+            # takes three arguments, and would reach the caller as a RuntimeError.
+            raise FeatureCacheError(str(exc)) from None
         position = sample.get("__position__", -1)
         return self.spec.pixels(image), (url, position, key, record)
 
 
 def check_record(record: Any, where: str) -> None:
-    if not isinstance(record, dict):
-        raise FeatureCacheError(f"{where}: json member must be an object")
-    image_id = record.get("image_id")
-    if not isinstance(image_id, int) or isinstance(image_id, bool):
-        raise FeatureCacheError(f"{where}: json image_id must be an integer, got {image_id!r}")
-    captions = record.get("captions")
-    if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
-        raise FeatureCacheError(f"{where}: json captions must be a list of strings")
+    problem = sample_problem(record)
+    if problem is not None:
+        raise FeatureCacheError(f"{where}: {problem}")
 
 
 def collate(batch: Sequence[tuple[torch.Tensor, SampleInfo]]) -> tuple[torch.Tensor, list]:
@@ -219,10 +255,40 @@ def start_workers_early() -> None:
     start_forkserver([__name__])
 
 
+class _Loader(DataLoader):
+    """A DataLoader whose workers' CaptioningErrors reach the caller as one line again."""
+
+    def __iter__(self) -> Iterator[Any]:
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except CaptioningError as exc:
+                message = worker_message(exc)
+                if message is None:
+                    raise
+                raise type(exc)(message) from None
+            yield batch
+
+
+def worker_message(exc: CaptioningError) -> str | None:
+    """The message a DataLoader worker raised (None: not raised in a worker). torch re-raises
+    a worker's exception in the main process as ``type(exc)("Caught <type> in DataLoader
+    worker process N.\nOriginal Traceback ... <module>.<type>: <message>")``."""
+    text = str(exc)
+    kind = type(exc)
+    if not text.startswith(f"Caught {kind.__name__} in DataLoader worker"):
+        return None
+    _, found, message = text.rpartition(f"{kind.__module__}.{kind.__qualname__}: ")
+    return message.strip() if found else text
+
+
 def _loader(dataset: Any, num_workers: int, device: torch.device) -> DataLoader:
     if num_workers > 0:
         start_workers_early()
-    return DataLoader(
+    return _Loader(
         dataset,
         batch_size=None,  # the pipeline batches
         num_workers=num_workers,
@@ -230,6 +296,8 @@ def _loader(dataset: Any, num_workers: int, device: torch.device) -> DataLoader:
         # forkserver, not fork: a process that already runs threads (an MLflow client, a
         # Prefect flow) can leave a forked worker in a broken state.
         multiprocessing_context="forkserver" if num_workers > 0 else None,
+        # The workers' parent is the forkserver: the guard ends them when this process dies.
+        worker_init_fn=worker_guard() if num_workers > 0 else None,
         persistent_workers=False,
     )
 
@@ -245,12 +313,7 @@ def extraction_loader(
     """Batches ``(pixels (B, S, S, 3) uint8, [(url, position, key, record), ...])``, each from
     one shard, shards in the given order per worker."""
     dataset = (
-        wds.WebDataset(
-            [s.url for s in shards],
-            shardshuffle=False,
-            nodesplitter=None,  # feature extraction is never split across nodes
-            empty_check=False,
-        )
+        shard_samples([s.file or ShardFile(s.path) for s in shards])
         .compose(_number_samples)
         .map(DecodeSample(spec))
         .compose(partial(_batches_within_shards, batch_size=batch_size))
@@ -260,7 +323,7 @@ def extraction_loader(
 
 
 def training_loader(
-    urls: Sequence[str],
+    files: Sequence[ShardFile],
     spec: EncoderSpec,
     *,
     batch_size: int,
@@ -274,11 +337,9 @@ def training_loader(
     shuffle buffer both drawn from ``seed`` (pass a new one per epoch), so an epoch is
     reproducible for a given number of workers. ``repeats(record)`` draws a sample that many
     times (hard scenes)."""
-    order = list(urls)
+    order = list(files)
     random.Random(seed).shuffle(order)
-    pipeline = wds.WebDataset(order, shardshuffle=False, nodesplitter=None, empty_check=False).map(
-        DecodeSample(spec)
-    )
+    pipeline = shard_samples(order).map(DecodeSample(spec))
     if repeats is not None:
         pipeline = pipeline.compose(partial(_repeat_where, times=repeats))
     dataset = pipeline.shuffle(shuffle_buffer, seed=seed).batched(

@@ -118,7 +118,7 @@ def train_fine_tuned(
         start_workers_early()
     vocab = Vocab.load(vocab_path)
     spec = get_encoder_spec(features.encoder)
-    train_urls = [str(p) for p in shard_files(Path(shards_dir))["train"]["shards"]]
+    train_files = shard_files(Path(shards_dir))["train"]["shards"]  # their sizes checked now
 
     torch.manual_seed(seed)
     encoder = load_encoder(
@@ -187,7 +187,7 @@ def train_fine_tuned(
     while state.epoch < cfg.epochs and not state.stopped_early:
         epoch_started = time.monotonic()
         loader = training_loader(
-            train_urls,
+            train_files,
             spec,
             batch_size=images_per_batch,
             num_workers=ft.num_workers,

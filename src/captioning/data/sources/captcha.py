@@ -39,6 +39,7 @@ from tqdm import tqdm
 from captioning.config import CaptchaConfig
 from captioning.data.sources.common import SourceError
 from captioning.io import read_json_object, replace_path, write_json, write_text
+from captioning.processes import exclusive, worker_guard
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +188,12 @@ def generate_captcha(out_dir: Path, cfg: CaptchaConfig) -> dict[str, int]:
     words = word_list(cfg.n_words, cfg.min_letters, cfg.max_letters)
     font_paths(cfg.fonts)  # fail here, not in a worker
     work = out_dir.with_name(f".{out_dir.name}.partial")
+    # One run at a time, and not while a killed run's workers may still write (processes.py).
+    with exclusive(work):
+        return _generate(out_dir, work, cfg, words)
+
+
+def _generate(out_dir: Path, work: Path, cfg: CaptchaConfig, words: list[str]) -> dict[str, int]:
     fingerprint = {"format": _FORMAT, "config": dataclasses.asdict(cfg), "words": words}
     if read_json_object(work / "fingerprint.json") != fingerprint and work.exists():
         logger.info("captcha: discarding %s (made with another config)", work)
@@ -216,9 +223,12 @@ def generate_captcha(out_dir: Path, cfg: CaptchaConfig) -> dict[str, int]:
                 labels[c] = _write_chunk(c, cfg, words, work)
                 bar.update(len(labels[c]))
         else:
-            # forkserver: workers do not inherit the parent's threads (tqdm's monitor) or locks.
+            # forkserver: workers do not inherit the parent's threads (tqdm's monitor) or locks;
+            # the guard ends them if this process dies.
             context = multiprocessing.get_context("forkserver")
-            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            with ProcessPoolExecutor(
+                workers, mp_context=context, initializer=worker_guard()
+            ) as pool:
                 pending: dict[Future, int] = {
                     pool.submit(_write_chunk, c, cfg, words, work): c for c in chunks
                 }
