@@ -177,11 +177,16 @@ def _stat(pid: int) -> list[str] | None:
 
 
 def descendants(pid: int) -> dict[int, str]:
-    """Every process below ``pid``: pid -> start time (to tell a reused pid from it)."""
+    """Every process below ``pid``, or in its session (started as a session leader, the stage
+    keeps its children, and theirs, in its session even once they are orphans): pid -> start
+    time, to tell a reused pid from it."""
     children: dict[int, list[int]] = {}
+    session: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
             children.setdefault(int(fields[1]), []).append(int(entry.name))
+            if int(fields[3]) == pid and int(entry.name) != pid:
+                session[int(entry.name)] = fields[19]
     found: dict[int, str] = {}
     todo = list(children.get(pid, []))
     while todo:
@@ -189,7 +194,7 @@ def descendants(pid: int) -> dict[int, str]:
         if (fields := _stat(child)) is not None:
             found[child] = fields[19]
             todo.extend(children.get(child, []))
-    return found
+    return {**session, **found}
 
 
 def alive(processes: dict[int, str]) -> dict[int, str]:
@@ -199,13 +204,17 @@ def alive(processes: dict[int, str]) -> dict[int, str]:
         fields = _stat(pid)
         if fields is None or fields[0] == "Z" or fields[19] != started:
             continue
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        out[pid] = cmdline.strip()
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:  # it ended just now
+            continue
+        out[pid] = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
     return out
 
 
 @dataclass
 class Killed:
+    pid: int
     family: dict[int, str]  # what the stage had started, seen just before the kill
     log: str
 
@@ -214,7 +223,10 @@ def run_and_kill(step: Stage, root: Path, env: dict, ready: Callable[[Path], boo
     """Start ``step``; SIGKILL its process (only it) once ``ready(root)``."""
     log_path = root / f"{step.name}.killed.log"
     with log_path.open("w") as log:
-        process = subprocess.Popen(step.argv, cwd=root, env=env, stdout=log, stderr=log)
+        # Its own session: what it starts, even after the kill, can be told from the rest.
+        process = subprocess.Popen(
+            step.argv, cwd=root, env=env, stdout=log, stderr=log, start_new_session=True
+        )
     deadline = time.monotonic() + 300  # a guard against a hang, not a timing assertion
     try:
         while not ready(root):
@@ -232,16 +244,18 @@ def run_and_kill(step: Stage, root: Path, env: dict, ready: Callable[[Path], boo
         process.kill()
         process.wait()
     assert process.returncode == -signal.SIGKILL, "the stage ended before the kill"
-    return Killed(family, log_path.read_text())
+    return Killed(process.pid, family, log_path.read_text())
 
 
-def stragglers(family: dict[int, str]) -> dict[int, str]:
-    """What is left of ``family`` once the orphans had time to notice their parent's death;
-    the test ends those it finds so that they do not outlive it (or race the re-run)."""
+def stragglers(killed: Killed) -> dict[int, str]:
+    """What is left of the killed stage's processes (those seen before the kill, and any in
+    its session since) once orphans had time to notice their parent's death; the test ends
+    those it finds so that they do not outlive it (or race the re-run)."""
     deadline = time.monotonic() + 20  # a bound on the wait, not a timing assertion
-    while alive(family) and time.monotonic() < deadline:
+    while (left := alive({**killed.family, **descendants(killed.pid)})) and (
+        time.monotonic() < deadline
+    ):
         time.sleep(0.1)
-    left = alive(family)
     for pid in left:
         with contextlib.suppress(ProcessLookupError):  # it ended in the meantime
             os.kill(pid, signal.SIGKILL)
@@ -396,12 +410,13 @@ def test_killed_stage_resumes_to_the_uninterrupted_outputs(case: Case, reference
         killed = run_and_kill(step, root, env, case.ready)
     finally:
         reference.server.bytes_per_second.clear()
-    left = stragglers(killed.family)  # asserted at the end: the re-run's outputs count too
+    left = stragglers(killed)  # asserted at the end: the re-run's outputs count too
     rerun = run_to_end(step, root, env)
 
     if case.resumed is not None:
         assert re.search(case.resumed, rerun.stderr), (
-            f"the re-run did not resume ({case.resumed!r}):\n{rerun.stderr[-6000:]}"
+            f"the re-run did not resume ({case.resumed!r}):\n{rerun.stderr[-6000:]}\n"
+            f"killed run:\n{killed.log[-3000:]}"
         )
     assert output_digests(root, step) == output_digests(reference.root, step)
     if case.stage == "register":
