@@ -51,15 +51,17 @@ def coco_captions(image_id: int) -> list[str]:
     return [f"a photo of thing {image_id} seen from side {k}" for k in range(5)]
 
 
-def make_coco(root: Path, year: str = "2014") -> dict[str, Path]:
+def make_coco(root: Path, year: str = "2014", image_size: int = 32) -> dict[str, Path]:
     """The official zips under ``root/images.cocodataset.org/`` and Karpathy's zip under
-    ``root/cs.stanford.edu/...``; returns the path of each file by name."""
+    ``root/cs.stanford.edu/...``; returns the path of each file by name. Images are random
+    ``image_size``-pixel squares (a larger size makes archives of megabytes)."""
     paths: dict[str, Path] = {}
     annotations: dict[str, bytes] = {}
     for subset_name, ids in (("train", COCO_TRAIN_IDS), ("val", COCO_VAL_IDS)):
         subset = f"{subset_name}{year}"
         images = {
-            f"{subset}/{coco_file_name(i, subset, year)}": jpeg_bytes(i, size=32) for i in ids
+            f"{subset}/{coco_file_name(i, subset, year)}": jpeg_bytes(i, size=image_size)
+            for i in ids
         }
         paths[f"{subset}.zip"] = write_zip(root / COCO_HOST / "zips" / f"{subset}.zip", images)
         captions = {
@@ -69,8 +71,8 @@ def make_coco(root: Path, year: str = "2014") -> dict[str, Path]:
                 {
                     "id": i,
                     "file_name": coco_file_name(i, subset, year),
-                    "width": 32,
-                    "height": 32,
+                    "width": image_size,
+                    "height": image_size,
                     "license": 1,
                 }
                 for i in ids

@@ -1,9 +1,11 @@
 """A static file server on 127.0.0.1 for download tests: honours Range, and can be told to
-drop a connection mid-file, answer with an error status, or ignore Range, once per path."""
+drop a connection mid-file, answer with an error status, or ignore Range, once per path, or to
+send a path slowly (so that a test can interrupt the download part-way)."""
 
 from __future__ import annotations
 
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,6 +21,7 @@ class FileServer:
         self.drop_after: dict[str, int] = {}  # path -> bytes of the body sent before hanging up
         self.fail_with: dict[str, int] = {}  # path -> status to answer once
         self.ignore_range: set[str] = set()
+        self.bytes_per_second: dict[str, int] = {}  # path -> rate its bodies are sent at
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -54,6 +57,7 @@ class FileServer:
                     status = server.fail_with.pop(path, None)
                     drop = server.drop_after.pop(path, None)
                     ignore_range = path in server.ignore_range
+                    rate = server.bytes_per_second.get(path)
                 file = (server.root / path.lstrip("/")).resolve()
                 if status is not None:
                     self.send_error(status)
@@ -85,6 +89,13 @@ class FileServer:
                     self.wfile.flush()
                     self.close_connection = True
                     return
-                self.wfile.write(body)
+                if rate is None:
+                    self.wfile.write(body)
+                    return
+                block = 16 * 1024
+                for start in range(0, len(body), block):
+                    self.wfile.write(body[start : start + block])
+                    self.wfile.flush()
+                    time.sleep(block / rate)
 
         return Handler

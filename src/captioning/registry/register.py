@@ -5,20 +5,28 @@ decoder, git commit, the dvc.lock hashes of its data and features, the Prefect f
 model card (its description), the per-image test scores the gate compares, the attention
 figures, a signature and an input example. ``champion`` moves only through ``review.promote``
 (here when ``register.auto_promote`` is set; by hand with ``captioning registry promote``).
+
+Idempotent: each version carries the sha256 of everything its registration read (``INPUTS_TAG``:
+the model directory, the reports, the input example, the register config). A re-run with the
+same inputs, e.g. after the stage was killed between creating the version and writing its
+record, reuses that version instead of registering the same model a second time.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 
 from captioning.config import RegisterConfig, flatten, flatten_dict
-from captioning.io import write_json
+from captioning.io import file_digest, write_json
 from captioning.registry.model_card import CardInputs, render_model_card
 from captioning.registry.per_image import ImageScores, read_per_image
 from captioning.registry.pyfunc import log_captioner
@@ -36,6 +44,7 @@ logger = logging.getLogger(__name__)
 LINEAGE_STAGES = ("fetch", "shard", "vocab", "features")
 PER_DECODER_STAGES = ("train", "evaluate")
 MAX_PARAM_LENGTH = 6000
+INPUTS_TAG = "registration.inputs_sha256"
 
 
 def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -112,32 +121,52 @@ def register_model(
             figures=[f"figures/attention/{f.name}" for f in figures],
         )
     )
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{decoder}") as run:
-        params = {**flatten_dict(config), **flatten(cfg, "register.")}
-        mlflow.log_params({k: str(v)[:MAX_PARAM_LENGTH] for k, v in params.items()})
-        mlflow.log_metrics(metrics)
-        mlflow.set_tags(tags)
-        mlflow.log_artifact(str(metrics_path), artifact_path="reports")
-        mlflow.log_artifact(str(model_dir / "config.json"), artifact_path="reports")
-        if per_image_path is not None:
-            # Under the name the gate reads back, whatever the file is called here.
-            mlflow.log_text(Path(per_image_path).read_text(encoding="utf-8"), PER_IMAGE_ARTIFACT)
-        if train_log is not None and Path(train_log).is_file():
-            mlflow.log_artifact(str(train_log), artifact_path="reports")
-        for figure in figures:
-            mlflow.log_artifact(str(figure), artifact_path="figures/attention")
-        mlflow.log_text(card, "model_card.md")
-        info = log_captioner(model_dir, example_image=example_image)
-        run_id = run.info.run_id
+
+    def log_and_register() -> tuple[str, str]:
+        """A new run with the reports and the model, and a new version of it: (version, run)."""
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{decoder}") as run:
+            params = {**flatten_dict(config), **flatten(cfg, "register.")}
+            mlflow.log_params({k: str(v)[:MAX_PARAM_LENGTH] for k, v in params.items()})
+            mlflow.log_metrics(metrics)
+            mlflow.set_tags(tags)
+            mlflow.log_artifact(str(metrics_path), artifact_path="reports")
+            mlflow.log_artifact(str(model_dir / "config.json"), artifact_path="reports")
+            if per_image_path is not None:
+                # Under the name the gate reads back, whatever the file is called here.
+                text = Path(per_image_path).read_text(encoding="utf-8")
+                mlflow.log_text(text, PER_IMAGE_ARTIFACT)
+            if train_log is not None and Path(train_log).is_file():
+                mlflow.log_artifact(str(train_log), artifact_path="reports")
+            for figure in figures:
+                mlflow.log_artifact(str(figure), artifact_path="figures/attention")
+            mlflow.log_text(card, "model_card.md")
+            info = log_captioner(model_dir, example_image=example_image)
+        version_tags = {**tags, key: repr(metrics[key]), SCORE_TAG: score_name, INPUTS_TAG: inputs}
+        if per_image is not None:
+            version_tags["test_set.references"] = per_image.test_set
+            version_tags["test_set.n_images"] = str(len(per_image))
+        # The tags are written with the version, in one transaction: a version found by its
+        # INPUTS_TAG is complete.
+        registered = mlflow.register_model(info.model_uri, cfg.model_name, tags=version_tags)
+        return str(registered.version), run.info.run_id
 
     client = mlflow.MlflowClient()
-    version_tags = {**tags, key: repr(metrics[key]), SCORE_TAG: score_name}
-    if per_image is not None:
-        version_tags["test_set.references"] = per_image.test_set
-        version_tags["test_set.n_images"] = str(len(per_image))
-    registered = mlflow.register_model(info.model_uri, cfg.model_name, tags=version_tags)
-    version = str(registered.version)
-    client.update_model_version(cfg.model_name, version, description=card)
+    reports = [metrics_path, per_image_path, train_log, *figures]
+    inputs = inputs_digest(cfg, model_dir, reports, example_image, data_source)
+    existing = registered_from(client, cfg.model_name, inputs)
+    if existing is None:
+        version, run_id = log_and_register()
+    else:
+        version, run_id = str(existing.version), existing.run_id
+        logger.info(
+            "reusing version %s of %s: registered from these same inputs before "
+            "(a re-run, e.g. of an interrupted registration)",
+            version,
+            cfg.model_name,
+        )
+    if existing is None or not (existing.description or "").startswith(card):
+        # (a reused version keeps its description: the card and the registry log after it)
+        client.update_model_version(cfg.model_name, version, description=card)
     client.set_registered_model_alias(cfg.model_name, CHALLENGER, version)
     decision = promote(
         client,
@@ -166,6 +195,46 @@ def register_model(
     }
     write_json(out_path, record)
     return record
+
+
+def inputs_digest(
+    cfg: RegisterConfig,
+    model_dir: Path,
+    reports: list[Path | None],
+    example_image: bytes | None,
+    data_source: str,
+) -> str:
+    """sha256 over what a registration records: every file of the model directory, the report
+    files (a missing one counts as missing), the input example, the data source and the
+    register config, less the gate's settings (the gate runs again on a reused version)."""
+    digest = hashlib.sha256()
+    model_files = sorted(p for p in Path(model_dir).rglob("*") if p.is_file())
+    for path in model_files:
+        digest.update(f"model/{path.relative_to(model_dir).as_posix()}:".encode())
+        digest.update(file_digest(path).encode())
+    for path in reports:
+        found = path is not None and Path(path).is_file()
+        digest.update(f"report/{Path(path).name if path else ''}:".encode())
+        digest.update(file_digest(path).encode() if found else b"missing")
+    digest.update(b"example:" + hashlib.sha256(example_image or b"").hexdigest().encode())
+    config = {
+        k: v
+        for k, v in flatten(cfg, "register.").items()
+        if not k.startswith(("register.gate.", "register.auto_promote"))
+    }
+    digest.update(f"source:{data_source}".encode())
+    digest.update(b"config:" + json.dumps(config, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def registered_from(client: mlflow.MlflowClient, name: str, inputs: str) -> ModelVersion | None:
+    """The earliest version of ``name`` registered from ``inputs`` (see ``inputs_digest``)."""
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:  # no such registered model yet
+        return None
+    matching = [v for v in versions if v.tags.get(INPUTS_TAG) == inputs]
+    return min(matching, key=lambda v: int(v.version), default=None)
 
 
 def validation_metrics(train_log: Path | None) -> dict[str, float]:

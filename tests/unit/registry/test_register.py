@@ -303,3 +303,45 @@ def test_malformed_per_image_file_fails_before_anything_is_logged(
     with pytest.raises(ValueError, match=r"per_image\.json: entry \[3\]\.beam: expected a number"):
         register_model(**paths, cfg=CFG, out_path=tmp_path / "r.json", root=tmp_path)
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_registering_the_same_inputs_again_reuses_the_version(registry):
+    """A re-run of the stage (e.g. after it was killed past creating the version) registers
+    nothing new; other inputs (here another metrics file) do get a version of their own."""
+    root, (_, second, third) = registry
+    reports = root / "reports" / "b"
+    paths = {
+        "model_dir": root / "models" / "b",
+        "metrics_path": reports / "metrics.json",
+        "per_image_path": reports / "per_image.json",
+        "figures_dir": reports / "attention",
+        "train_log": reports / "train_log.csv",
+    }
+    client = mlflow.MlflowClient()
+    before = len(client.search_model_versions("name = 'captioner'"))
+    again = register_model(
+        **paths, cfg=CFG, out_path=tmp_out(root), example_image=None, data_source="shapes"
+    )
+    assert again["version"] == second["version"] and again["run_id"] == second["run_id"]
+    assert again["aliases"] == ["challenger"] and again["decision"] == "refused"
+    assert len(client.search_model_versions("name = 'captioner'")) == before
+
+    metrics = json.loads(paths["metrics_path"].read_text())
+    metrics["test"]["greedy"]["BLEU-4"] = 0.31
+    other = root / "reports" / "b-other-metrics.json"
+    other.write_text(json.dumps(metrics))
+    changed = register_model(
+        **{**paths, "metrics_path": other},
+        cfg=CFG,
+        out_path=tmp_out(root),
+        example_image=None,
+        data_source="shapes",
+    )
+    assert int(changed["version"]) == before + 1
+    # the champion stays where the fixture's registrations left it
+    champion = client.get_model_version_by_alias("captioner", "champion")
+    assert str(champion.version) == third["version"]
+
+
+def tmp_out(root: Path) -> Path:
+    return root / "reports" / "b" / "registration-again.json"
