@@ -3,3 +3,7 @@
 
 class CaptioningError(Exception):
     """Base of errors whose message alone tells the user what to fix."""
+
+
+class UnknownNameError(CaptioningError, ValueError):
+    """A name (source, encoder, decoder, ...) that its registry does not have; lists the choices."""

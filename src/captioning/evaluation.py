@@ -16,7 +16,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from captioning.config import EvaluateConfig
+from captioning.config import (
+    DECODING_NAMES,
+    PER_IMAGE_SCORE_NAMES,
+    EvaluateConfig,
+    check_registry,
+)
 from captioning.data.images import load_rgb
 from captioning.data.shards import iter_samples
 from captioning.data.vocab import SPECIALS, Vocab
@@ -30,6 +35,7 @@ from captioning.features.cache import (
 )
 from captioning.features.encoders import grid_shape
 from captioning.io import write_json, write_text
+from captioning.metrics import coco_eval, word_accuracy
 from captioning.metrics.coco_eval import coco_scores_many, require_java
 from captioning.metrics.shapes_accuracy import object_accuracy, object_correct
 from captioning.metrics.word_accuracy import word_scores
@@ -40,6 +46,14 @@ from captioning.viz.gallery import GalleryEntry, write_gallery
 logger = logging.getLogger(__name__)
 
 DECODINGS = ("greedy", "beam")
+# Every per-image score evaluate can write: register.promote_metric is one of them.
+PER_IMAGE_SCORES = (
+    *coco_eval.SCORE_NAMES,
+    "object_accuracy",
+    *word_accuracy.SCORE_NAMES,
+)
+check_registry("decoding", DECODINGS, DECODING_NAMES, "DECODING_NAMES")
+check_registry("per-image score", PER_IMAGE_SCORES, PER_IMAGE_SCORE_NAMES, "PER_IMAGE_SCORE_NAMES")
 GALLERY_FILE, ATTENTION_DIR = "gallery.html", "attention"
 
 
