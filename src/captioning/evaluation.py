@@ -27,6 +27,7 @@ from captioning.data.shards import iter_samples
 from captioning.data.vocab import SPECIALS, Vocab
 from captioning.decoding.search import Hypothesis, beam_search_n_best, greedy_search
 from captioning.devices import choose_device
+from captioning.errors import BadInputError
 from captioning.features.cache import (
     ENCODER_WEIGHTS_FILE,
     FeatureCache,
@@ -194,7 +195,9 @@ def split_features(
         spec, encoder = encoder_for_model(config["encoder"], model_dir, device)
         return encode_split(shards_dir, split, encoder, spec, device, meta=config["encoder"])
     if features_dir is None:
-        raise ValueError(f"{model_dir}: the model reads cached features; give their directory")
+        raise BadInputError(
+            f"{model_dir}: the model reads cached features; give their directory (--features)"
+        )
     return FeatureCache.open(features_dir, split, expect_encoder=config["encoder"]["encoder"])
 
 
