@@ -26,6 +26,7 @@ from prefect.states import Failed  # noqa: E402
 from prefect.tasks import exponential_backoff  # noqa: E402
 
 from captioning import orchestration  # noqa: E402
+from captioning.errors import CaptioningError  # noqa: E402
 from captioning.orchestration import StageFailed  # noqa: E402, F401  (re-exported for callers)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,32 +74,35 @@ def captioning_pipeline(
     """
     logger = get_run_logger()
     root = Path(repo)
-    plan = orchestration.plan_stages(root, targets or (), decoder)
-    named = {"dataset": dataset, "encoder": encoder}
-    if not plan.decoder_is_variant:
-        named["decoder"] = decoder
-    params = orchestration.run_overrides(overrides, **named)
-    changes = orchestration.apply_params(root / "params.yaml", params)
-    logger.info("stages: %s", ", ".join(plan.stages))
+    params: dict[str, Any] = dict(overrides or {})
+    changes: list[orchestration.ParamChange] = []
     outcome: dict[str, str] = {}
     failure = None
     try:
+        plan = orchestration.plan_stages(root, targets or (), decoder)
+        named = {"dataset": dataset, "encoder": encoder}
+        if not plan.decoder_is_variant:
+            named["decoder"] = decoder
+        params = orchestration.run_overrides(overrides, **named)
+        changes = orchestration.apply_params(root / "params.yaml", params)
+        logger.info("stages: %s", ", ".join(plan.stages))
         for stage in plan.stages:
             outcome[stage] = stage_task(stage)(stage, root)
             logger.info("stage %s: %s", stage, outcome[stage])
-    except StageFailed as exc:
+    except CaptioningError as exc:  # a refused parameter, or a stage's own one-line error
         failure = exc
-        outcome[exc.stage] = "failed"
+        if isinstance(exc, StageFailed):
+            outcome[exc.stage] = "failed"
     create_markdown_artifact(
         key="captioning-run",
         markdown=orchestration.summary_markdown(changes, outcome, params, failure),
         description="params written, stage outcomes, the equivalent `dvc exp run`",
     )
     if failure is not None:
-        # The flow run's state message is the stage's own error, not a generic one.
+        # The flow run's state message is the one-line error, not a generic one or a traceback.
         return Failed(message=str(failure), data=failure)
     return outcome
 
 
 if __name__ == "__main__":
-    captioning_pipeline()
+    runtime.run(captioning_pipeline)  # a failed run: its one-line error, exit 2

@@ -18,7 +18,7 @@ from captioning import runtime
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "models:/captioner@champion"
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = runtime.EXIT_BAD_INPUT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse errors and --help; keep main() returning an int
         return int(exc.code or 0)
     runtime.setup(logging.INFO if args.verbose else logging.WARNING)
-    return args.func(args)
+    return runtime.exit_status(lambda: args.func(args))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

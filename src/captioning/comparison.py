@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from captioning.errors import CaptioningError
+from captioning.errors import BadInputError, CaptioningError
 from captioning.io import atomic_path, write_json
 
 METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "object_accuracy")
@@ -45,7 +45,7 @@ def read_report(reports_dir: Path, decoder: str) -> DecoderReport:
     summary = _read_json(folder / "train_summary.json", decoder, "train")
     metrics = _read_json(folder / "metrics.json", decoder, "evaluate")
     if len(metrics) != 1 or not isinstance(next(iter(metrics.values())), dict):
-        raise ValueError(
+        raise BadInputError(
             f"{folder / 'metrics.json'}: expected {{split: {{decoding: scores}}}}, "
             f"found keys {sorted(metrics)}"
         )

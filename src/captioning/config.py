@@ -1,7 +1,7 @@
 """Typed configuration: params.yaml sections load into frozen dataclasses.
 
-An unknown key, a wrong type or an impossible value fails at load time with the file, the key,
-what was expected and what was found.
+An unknown key, a wrong type, an impossible value or a name that no registry has fails at load
+time with the file, the key, what was expected and what was found.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +22,62 @@ from captioning.errors import CaptioningError
 
 class ConfigError(CaptioningError, ValueError):
     """A params file that does not match the typed configuration."""
+
+
+# The names params.yaml may give, one tuple per registry. The registries (SOURCES in
+# data/sources, ENCODERS in features/encoders.py, DECODERS in models/, ...) map each name to the
+# code it builds and import torch; these light copies let every stage, fetch included, refuse an
+# unknown name before any work without importing them (a DVC stage's code is its deps). Each
+# registry checks at import that its keys are its tuple here (check_registry): a new name goes
+# in both.
+SOURCE_NAMES = ("shapes", "coco2014", "coco2017", "flickr8k", "flickr30k", "captcha")
+ENCODER_NAMES = (
+    "efficientnet_lite0",
+    "resnet101",
+    "resnet50",
+    "inception_v3",
+    "vgg16",
+    "densenet201",
+    "alexnet",
+    "captcha_cnn",
+    "small_cnn",
+)
+DECODER_NAMES = ("nic", "mrnn", "soft_attention", "hard_attention", "bahdanau_gru")
+# Recurrent cells of the attention decoders (models/layers.py CELLS).
+CELL_NAMES = ("lstm", "gru")
+# The decodings evaluate scores (evaluation.py DECODINGS) and the per-image scores it can write
+# for each (evaluation.py PER_IMAGE_SCORES: pycocoevalcap's, the shapes' object accuracy, a
+# reader's word scores): what register.decoding and register.promote_metric pick for the gate.
+DECODING_NAMES = ("greedy", "beam")
+PER_IMAGE_SCORE_NAMES = (
+    "BLEU-1",
+    "BLEU-2",
+    "BLEU-3",
+    "BLEU-4",
+    "METEOR",
+    "ROUGE-L",
+    "CIDEr",
+    "SPICE",
+    "object_accuracy",
+    "exact_match",
+    "char_accuracy",
+)
+
+
+def check_registry(
+    what: str, registry: Iterable[str], names: Sequence[str], tuple_name: str
+) -> None:
+    """Called by a registry module at import: its keys must be config's tuple ``tuple_name``.
+
+    A mismatch is a bug in the code (a name added to one list only), so it is no CaptioningError:
+    it fails every import of the registry with a traceback and both lists.
+    """
+    keys = sorted(registry)
+    if keys != sorted(names):
+        raise RuntimeError(
+            f"the {what} registry has {keys} but captioning.config.{tuple_name} has "
+            f"{sorted(names)}: a {what} name goes in both (docs/adding-a-decoder.md)"
+        )
 
 
 @dataclass(frozen=True)
@@ -148,6 +205,9 @@ class FetchConfig:
     flickr30k: Flickr30kConfig = field(default_factory=Flickr30kConfig)
     captcha: CaptchaConfig = field(default_factory=CaptchaConfig)
 
+    def __post_init__(self) -> None:
+        _require_choice(self.source, SOURCE_NAMES, "source")
+
 
 @dataclass(frozen=True)
 class ShardConfig:
@@ -197,6 +257,7 @@ class FeaturesConfig:
     dask_workers: int = 2  # worker processes of the LocalCluster
 
     def __post_init__(self) -> None:
+        _require_choice(self.encoder, ENCODER_NAMES, "encoder")
         _require(self.batch_size >= 1, "batch_size", ">= 1")
         _require(self.num_workers >= 0, "num_workers", ">= 0")
         _require(self.engine in ("local", "dask"), "engine", "local or dask")
@@ -239,7 +300,7 @@ class DecoderConfig:
         for name in ("dropout", "feature_dropout"):
             _require(0.0 <= getattr(self, name) < 1.0, name, "in [0, 1)")
         _require(self.alpha_c >= 0, "alpha_c", ">= 0")
-        _require(self.cell in ("lstm", "gru"), "cell", "'lstm' or 'gru'")
+        _require_choice(self.cell, CELL_NAMES, "cell")
         _require(self.multimodal_dim >= 1, "multimodal_dim", ">= 1")
         _require(self.reinforce_weight >= 0, "reinforce_weight", ">= 0")
         _require(self.entropy_weight >= 0, "entropy_weight", ">= 0")
@@ -278,7 +339,7 @@ class ScheduledSamplingConfig:
     min_truth_prob: float = 0.0
 
     def __post_init__(self) -> None:
-        _require(self.schedule in SAMPLING_SCHEDULES, "schedule", " | ".join(SAMPLING_SCHEDULES))
+        _require_choice(self.schedule, SAMPLING_SCHEDULES, "schedule")
         _require(0.0 <= self.min_truth_prob <= 1.0, "min_truth_prob", "in [0, 1]")
         _require(self.c >= 0, "c", ">= 0")
         if self.schedule == "linear":
@@ -306,9 +367,7 @@ class EarlyStoppingConfig:
     batch_size: int = 500  # images per greedy decoding batch (few large steps: the CPU is op-bound)
 
     def __post_init__(self) -> None:
-        _require(
-            self.metric in EARLY_STOPPING_METRICS, "metric", " or ".join(EARLY_STOPPING_METRICS)
-        )
+        _require_choice(self.metric, EARLY_STOPPING_METRICS, "metric")
         _require(self.patience >= 0, "patience", ">= 0 (0 = never stop early)")
         _require(self.every_epochs >= 1, "every_epochs", ">= 1")
         _require(self.batch_size >= 1, "batch_size", ">= 1")
@@ -360,11 +419,14 @@ class TrainConfig:
         _require(self.grad_clip > 0, "grad_clip", "> 0")
         _require(self.hard_repeat >= 1, "hard_repeat", ">= 1")
         _require(self.num_threads >= 0, "num_threads", ">= 0 (0 = torch default)")
+        _require_choice(self.decoder, DECODER_NAMES, "decoder")
         _require(
             len(self.decoders) >= 1 and len(set(self.decoders)) == len(self.decoders),
             "decoders",
             "a non-empty list of distinct decoder names",
         )
+        for i, name in enumerate(self.decoders):
+            _require_choice(name, DECODER_NAMES, f"decoders[{i}]")
         _require(self.checkpoint_every_steps >= 0, "checkpoint_every_steps", ">= 0")
         _require(self.log_every_steps >= 1, "log_every_steps", ">= 1")
         _require(self.max_minutes >= 0, "max_minutes", ">= 0 (0 = no budget)")
@@ -432,8 +494,8 @@ class RegisterConfig:
 
     def __post_init__(self) -> None:
         _require(bool(self.model_name.strip()), "model_name", "a non-empty name")
-        _require(bool(self.promote_metric.strip()), "promote_metric", "a metric name")
-        _require(bool(self.decoding.strip()), "decoding", "a decoding name, e.g. beam")
+        _require_choice(self.promote_metric, PER_IMAGE_SCORE_NAMES, "promote_metric")
+        _require_choice(self.decoding, DECODING_NAMES, "decoding")
 
 
 @dataclass(frozen=True)
@@ -448,16 +510,30 @@ class Params:
     register: RegisterConfig = field(default_factory=RegisterConfig)
 
 
-class _Impossible(ValueError):
-    def __init__(self, key: str, expected: str) -> None:
-        super().__init__(key, expected)
+class _Impossible(ConfigError):
+    """An impossible value, found by a dataclass's own checks; ``from_dict`` names the file and
+    the whole dotted key. Raised as is where code builds a config itself (``dataclasses.replace``).
+    ``found`` is the value's repr where the key alone does not lead to it (``decoders[1]``)."""
+
+    def __init__(self, key: str, expected: str, found: str | None = None) -> None:
+        super().__init__(key, expected, found)
         self.key = key
         self.expected = expected
+        self.found = found
+
+    def __str__(self) -> str:
+        found = f", found {self.found}" if self.found is not None else ""
+        return f"key {self.key!r}: expected {self.expected}{found}"
 
 
 def _require(ok: bool, key: str, expected: str) -> None:
     if not ok:
         raise _Impossible(key, expected)
+
+
+def _require_choice(value: str, choices: Sequence[str], key: str) -> None:
+    if value not in choices:
+        raise _Impossible(key, f"one of {sorted(choices)}", repr(value))
 
 
 def _require_checksums(checksums: dict[str, str]) -> None:
@@ -495,6 +571,13 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: params file not found")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: byte {exc.start} ({exc.object[exc.start]:#04x}) is not UTF-8; "
+            "expected a UTF-8 YAML file"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the params file ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if raw is None:
@@ -522,9 +605,9 @@ def from_dict(cls: type[T], raw: Any, *, path: Path | str, prefix: str) -> T:
     try:
         return cls(**kwargs)
     except _Impossible as exc:
-        found = kwargs.get(exc.key.split("/")[0], "see file")
+        found = exc.found or repr(kwargs.get(exc.key.split("/")[0], "see file"))
         raise ConfigError(
-            f"{path}: key {prefix + exc.key!r}: expected {exc.expected}, found {found!r}"
+            f"{path}: key {prefix + exc.key!r}: expected {exc.expected}, found {found}"
         ) from None
 
 

@@ -16,12 +16,18 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from captioning.config import EvaluateConfig
+from captioning.config import (
+    DECODING_NAMES,
+    PER_IMAGE_SCORE_NAMES,
+    EvaluateConfig,
+    check_registry,
+)
 from captioning.data.images import load_rgb
 from captioning.data.shards import iter_samples
 from captioning.data.vocab import SPECIALS, Vocab
 from captioning.decoding.search import Hypothesis, beam_search_n_best, greedy_search
 from captioning.devices import choose_device
+from captioning.errors import BadInputError
 from captioning.features.cache import (
     ENCODER_WEIGHTS_FILE,
     FeatureCache,
@@ -30,6 +36,7 @@ from captioning.features.cache import (
 )
 from captioning.features.encoders import grid_shape
 from captioning.io import write_json, write_text
+from captioning.metrics import coco_eval, word_accuracy
 from captioning.metrics.coco_eval import coco_scores_many, require_java
 from captioning.metrics.shapes_accuracy import object_accuracy, object_correct
 from captioning.metrics.word_accuracy import word_scores
@@ -40,6 +47,14 @@ from captioning.viz.gallery import GalleryEntry, write_gallery
 logger = logging.getLogger(__name__)
 
 DECODINGS = ("greedy", "beam")
+# Every per-image score evaluate can write: register.promote_metric is one of them.
+PER_IMAGE_SCORES = (
+    *coco_eval.SCORE_NAMES,
+    "object_accuracy",
+    *word_accuracy.SCORE_NAMES,
+)
+check_registry("decoding", DECODINGS, DECODING_NAMES, "DECODING_NAMES")
+check_registry("per-image score", PER_IMAGE_SCORES, PER_IMAGE_SCORE_NAMES, "PER_IMAGE_SCORE_NAMES")
 GALLERY_FILE, ATTENTION_DIR = "gallery.html", "attention"
 
 
@@ -180,7 +195,9 @@ def split_features(
         spec, encoder = encoder_for_model(config["encoder"], model_dir, device)
         return encode_split(shards_dir, split, encoder, spec, device, meta=config["encoder"])
     if features_dir is None:
-        raise ValueError(f"{model_dir}: the model reads cached features; give their directory")
+        raise BadInputError(
+            f"{model_dir}: the model reads cached features; give their directory (--features)"
+        )
     return FeatureCache.open(features_dir, split, expect_encoder=config["encoder"]["encoder"])
 
 

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import yaml
 
 from captioning.config import ConfigError, Params, from_dict
+from captioning.errors import CaptioningError
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ _STAGE_ERROR = re.compile(r"^\S+ (?:ERROR|CRITICAL) captioning[\w.]*: (?P<messag
 _DVC_ERROR = re.compile(r"^ERROR: (?P<message>.+)$")
 
 
-class StageFailed(RuntimeError):
+class StageFailed(CaptioningError, RuntimeError):
     """A DVC stage exited non-zero; ``error`` is the stage's own one-line error."""
 
     def __init__(self, stage: str, error: str) -> None:
@@ -277,7 +278,7 @@ def summary_markdown(
     changes: Iterable[ParamChange],
     outcome: Mapping[str, str],
     overrides: Mapping[str, Any],
-    failure: StageFailed | None = None,
+    failure: CaptioningError | None = None,
 ) -> str:
     """A run's record: the params it set, what each stage did, the equivalent DVC command."""
     lines = ["# captioning pipeline run", "", "## Parameters written to params.yaml", ""]

@@ -78,10 +78,26 @@ def start_forkserver(preload: list[str]) -> None:
     forkserver.ensure_running()
 
 
-def run(main: Callable[[], object]) -> None:
-    """Run a stage's main(); an input or set-up error exits 2 with its one-line message."""
+# The exit status of an input or set-up error (a CaptioningError), as argparse gives for bad usage.
+EXIT_BAD_INPUT = 2
+
+
+def exit_status(main: Callable[[], object]) -> int:
+    """The one error handler of stages, flows and the ``captioning`` command: main()'s status
+    (an int it returns, else 0), or EXIT_BAD_INPUT after logging a CaptioningError as one line.
+
+    Any other exception propagates with its traceback: it is a bug, not the user's input.
+    """
     try:
-        main()
+        status = main()
     except CaptioningError as exc:
         logging.getLogger("captioning").error("%s", exc)
-        sys.exit(2)
+        return EXIT_BAD_INPUT
+    return status if isinstance(status, int) else 0
+
+
+def run(main: Callable[[], object]) -> None:
+    """Run a stage's or flow's main(); exit with its status if not 0 (see exit_status)."""
+    status = exit_status(main)
+    if status:
+        sys.exit(status)

@@ -17,7 +17,14 @@ REPO = Path(__file__).resolve().parents[2]
 REPORTS = "reports/decoders/soft_attention"
 
 # A decoder that reports no attention (as nic and mrnn do), registered in the temporary copy of
-# the code: the foreach, evaluate's figures and the comparison must cope with it.
+# the code: the foreach, evaluate's figures and the comparison must cope with it. It goes into
+# DECODERS before the registry's import-time check, and its name into config.DECODER_NAMES.
+REGISTRY_CHECK = 'check_registry("decoder", DECODERS, DECODER_NAMES, "DECODER_NAMES")\n'
+PLAIN_TEST_NAME = """
+
+# Added by tests/integration/test_pipeline.py
+DECODER_NAMES = (*DECODER_NAMES, "plain_test")
+"""
 PLAIN_TEST_DECODER = """
 
 # Added by tests/integration/test_pipeline.py
@@ -43,6 +50,7 @@ class _PlainTestDecoder(_Attending):
 
 
 DECODERS["plain_test"] = _PlainTestDecoder
+
 """
 
 TINY = {
@@ -62,8 +70,12 @@ def pipeline_repo(tmp_path_factory) -> tuple[Path, dict[str, str]]:
             REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
         )
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    with (root / "src/captioning/models/__init__.py").open("a") as handle:
-        handle.write(PLAIN_TEST_DECODER)
+    registry = root / "src/captioning/models/__init__.py"
+    code = registry.read_text()
+    assert code.count(REGISTRY_CHECK) == 1, f"{registry}: no {REGISTRY_CHECK!r} to insert before"
+    registry.write_text(code.replace(REGISTRY_CHECK, PLAIN_TEST_DECODER + REGISTRY_CHECK))
+    with (root / "src/captioning/config.py").open("a") as handle:
+        handle.write(PLAIN_TEST_NAME)
     params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from captioning.config import VocabConfig
+from captioning.errors import BadInputError
 from captioning.io import write_json
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
@@ -95,10 +96,10 @@ class Vocab:
         data = json.loads(path.read_text(encoding="utf-8"))
         itos = data.get("itos")
         if not isinstance(itos, list) or tuple(itos[: len(SPECIALS)]) != SPECIALS:
-            raise ValueError(f"{path}: expected 'itos' starting with {list(SPECIALS)}")
+            raise BadInputError(f"{path}: expected 'itos' starting with {list(SPECIALS)}")
         level = data.get("level", "word")
         if level not in ("word", "char"):
-            raise ValueError(f"{path}: 'level' must be 'word' or 'char', found {level!r}")
+            raise BadInputError(f"{path}: 'level' must be 'word' or 'char', found {level!r}")
         return cls(itos=tuple(itos), max_length=int(data["max_length"]), level=level)
 
 

@@ -2,8 +2,8 @@
 
 Each entry says how to build the network, the input size it expects, the normalisation its
 weights were trained with, the shape of the feature map it returns and where its pretrained
-weights come from. Adding a backbone is one ``EncoderSpec`` entry in ``ENCODERS`` (and, for a
-new family, a wrapper in ``backbones.py``).
+weights come from. Adding a backbone is one ``EncoderSpec`` entry in ``ENCODERS`` and its name in
+``captioning.config.ENCODER_NAMES`` (and, for a new family, a wrapper in ``backbones.py``).
 
 ``spec.preprocess`` is the single image -> tensor transform; feature extraction, fine-tuning and
 prediction all use it, so a cached feature and a live one come from identical inputs.
@@ -22,6 +22,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from captioning.config import ENCODER_NAMES, check_registry
+from captioning.errors import UnknownNameError
 from captioning.features.backbones import (
     AlexNetEncoder,
     CaptchaCNN,
@@ -317,6 +319,7 @@ ENCODERS: dict[str, EncoderSpec] = {
         ),
     )
 }
+check_registry("encoder", ENCODERS, ENCODER_NAMES, "ENCODER_NAMES")
 
 
 def grid_shape(info: dict) -> tuple[int, int]:
@@ -330,4 +333,6 @@ def get_encoder_spec(name: str) -> EncoderSpec:
     try:
         return ENCODERS[name]
     except KeyError:
-        raise ValueError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}") from None
+        raise UnknownNameError(
+            f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}"
+        ) from None

@@ -30,6 +30,10 @@ def require_java() -> None:
 
 
 Scores = tuple[dict[str, float], dict[int, dict[str, float]]]
+BLEU_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4")
+# Every score coco_scores can give, per image and for the corpus (METEOR unless meteor=False,
+# SPICE only with its jars).
+SCORE_NAMES = (*BLEU_NAMES, "METEOR", "ROUGE-L", "CIDEr", "SPICE")
 
 
 def coco_scores(
@@ -84,7 +88,7 @@ def coco_scores_many(
         }
     )
     scorers: list[tuple[Any, list[str]]] = [
-        (Bleu(4), ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"]),
+        (Bleu(4), list(BLEU_NAMES)),
         (Rouge(), ["ROUGE-L"]),
         (Cider(), ["CIDEr"]),
     ]

@@ -35,6 +35,10 @@ def character_accuracy(prediction: str, reference: str) -> float:
     return max(0.0, 1.0 - edit_distance(prediction, reference) / len(reference))
 
 
+# The scores word_scores gives, per image and for the corpus.
+SCORE_NAMES = ("exact_match", "char_accuracy")
+
+
 def word_scores(
     predictions: Mapping[Any, str], references: Mapping[Any, Sequence[str]]
 ) -> tuple[dict[str, float], dict[Any, dict[str, float]]]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from captioning.config import DecoderConfig
+from captioning.config import DECODER_NAMES, DecoderConfig, check_registry
+from captioning.errors import UnknownNameError
 from captioning.models.bahdanau_gru import BahdanauGRUDecoder
 from captioning.models.base import Decoder, DecoderOutput, State
 from captioning.models.hard_attention import HardAttentionDecoder
@@ -21,6 +22,7 @@ DECODERS: dict[str, DecoderFactory] = {
     "hard_attention": HardAttentionDecoder,
     "bahdanau_gru": BahdanauGRUDecoder,
 }
+check_registry("decoder", DECODERS, DECODER_NAMES, "DECODER_NAMES")
 
 # Decoders whose recurrent cell follows ``train.model.cell`` (lstm | gru).
 CELL_CHOICE = frozenset({"soft_attention", "hard_attention"})
@@ -30,7 +32,7 @@ def build_decoder(
     name: str, cfg: DecoderConfig, *, vocab_size: int, feature_dim: int, num_locations: int
 ) -> Decoder:
     if name not in DECODERS:
-        raise ValueError(f"unknown decoder {name!r}; choose one of {sorted(DECODERS)}")
+        raise UnknownNameError(f"unknown decoder {name!r}; choose one of {sorted(DECODERS)}")
     return DECODERS[name](cfg, vocab_size, feature_dim, num_locations)
 
 

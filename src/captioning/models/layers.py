@@ -9,14 +9,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from captioning.config import CELL_NAMES, check_registry
+from captioning.errors import UnknownNameError
 from captioning.models.base import Decoder, State
 
 CELLS: dict[str, type[nn.RNNCellBase]] = {"lstm": nn.LSTMCell, "gru": nn.GRUCell}
+check_registry("cell", CELLS, CELL_NAMES, "CELL_NAMES")
 
 
 def make_cell(kind: str, input_size: int, hidden_size: int) -> nn.RNNCellBase:
     if kind not in CELLS:
-        raise ValueError(f"unknown cell {kind!r}; choose one of {sorted(CELLS)}")
+        raise UnknownNameError(f"unknown cell {kind!r}; choose one of {sorted(CELLS)}")
     return CELLS[kind](input_size, hidden_size)
 
 

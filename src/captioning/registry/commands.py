@@ -2,18 +2,17 @@
 
 The gate's knobs (confidence, resamples, seed, min gain), the model name and the score come from
 the ``register`` section of params.yaml, so the command gives the numbers the stage gave.
-Exit codes: 0 done, 1 promotion refused by the gate, 2 a request that cannot be carried out.
+Exit codes: 0 done, 1 promotion refused by the gate, 2 a request that cannot be carried out
+(a CaptioningError: one line from the ``captioning`` command's handler, ``runtime.exit_status``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 EXIT_REFUSED = 1
-EXIT_BAD_REQUEST = 2
 
 
 def add_registry_commands(commands: argparse._SubParsersAction) -> None:
@@ -71,8 +70,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from captioning.registry import review
 
     if args.force and not args.reason.strip():
-        print("error: --force needs --reason (it is recorded on the version)", file=sys.stderr)
-        return EXIT_BAD_REQUEST
+        raise review.RegistryError("--force needs --reason (it is recorded on the version)")
 
     def run(client, cfg, name):
         decision = review.promote(
@@ -107,25 +105,38 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _with_registry(args: argparse.Namespace, run) -> int:
-    """Load the register params, point MLflow at the repo's store, run, report errors plainly."""
+    """Load the register params, point MLflow at the repo's store and run.
+
+    What cannot be done as asked raises a CaptioningError (a bad params file, no store, an
+    unknown version, scores that cannot be compared); anything else is a bug with a traceback.
+    """
     import mlflow
 
-    from captioning.config import ConfigError, RegisterConfig, load_params
-    from captioning.registry.per_image import NotComparable
-    from captioning.registry.review import RegistryError
+    from captioning.config import RegisterConfig, load_params
     from captioning.registry.tracking import configure_mlflow
 
-    try:
-        params_path = args.params or Path("params.yaml")
-        if args.params is None and not params_path.is_file():
-            cfg = RegisterConfig()
-        else:
-            cfg = load_params(params_path).register
-        configure_mlflow()
-        return run(mlflow.MlflowClient(), cfg, args.name or cfg.model_name)
-    except (ConfigError, RegistryError, NotComparable, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_REQUEST
+    params_path = args.params or Path("params.yaml")
+    if args.params is None and not params_path.is_file():
+        cfg = RegisterConfig()
+    else:
+        cfg = load_params(params_path).register
+    _require_store(configure_mlflow())
+    return run(mlflow.MlflowClient(), cfg, args.name or cfg.model_name)
+
+
+def _require_store(tracking_uri: str) -> None:
+    """Refuse a local SQLite store that does not exist (MLflow would create an empty one)."""
+    from captioning.registry.review import RegistryError
+
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix) or ":memory:" in tracking_uri:
+        return
+    db = Path(tracking_uri[len(prefix) :])
+    if not db.is_file():
+        raise RegistryError(
+            f"no MLflow store at {db}: nothing is registered there yet (the register stage "
+            "creates it); run from the repository or set MLFLOW_TRACKING_URI"
+        )
 
 
 def _score(cfg) -> str:

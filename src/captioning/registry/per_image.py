@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from captioning.errors import BadInputError, CaptioningError, MissingFileError
 
-class NotComparable(ValueError):
+
+class NotComparable(CaptioningError, ValueError):
     """Two score sets that cannot be compared image by image."""
 
 
@@ -40,33 +42,37 @@ def read_per_image(path: Path, decoding: str, metric: str) -> ImageScores:
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path}: not found (per-image scores of the evaluate stage)"
         ) from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        raise BadInputError(f"{path}: not valid JSON ({exc})") from exc
     return parse_per_image(entries, decoding, metric, source=str(path))
 
 
 def parse_per_image(entries: Any, decoding: str, metric: str, *, source: str) -> ImageScores:
     if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{source}: expected a non-empty list of per-image entries")
+        raise BadInputError(f"{source}: expected a non-empty list of per-image entries")
     scores: dict[str, float] = {}
     references: dict[str, list[str]] = {}
     for i, entry in enumerate(entries):
         where = f"{source}: entry [{i}]"
         if not isinstance(entry, dict) or "image_id" not in entry:
-            raise ValueError(f"{where}: expected an object with 'image_id'")
+            raise BadInputError(f"{where}: expected an object with 'image_id'")
         image_id = str(entry["image_id"])
         if image_id in scores:
-            raise ValueError(f"{where}: image_id {image_id} appears twice")
+            raise BadInputError(f"{where}: image_id {image_id} appears twice")
         decoded = entry.get(decoding)
         if not isinstance(decoded, dict):
             found = sorted(k for k in entry if k not in ("image_id", "references"))
-            raise ValueError(f"{where}: no decoding {decoding!r}; found {found}")
+            raise BadInputError(f"{where}: no decoding {decoding!r}; found {found}")
         value = decoded.get(metric)
-        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-            raise ValueError(
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise BadInputError(
                 f"{where}.{decoding}: expected a number under {metric!r}, found {value!r} "
                 f"(scores there: {sorted(decoded)})"
             )

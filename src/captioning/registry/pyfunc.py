@@ -23,6 +23,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 import captioning
+from captioning.errors import BadInputError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class CaptionerModel(mlflow.pyfunc.PythonModel):
         beam_size = int(params.get("beam_size") or DEFAULT_BEAM_SIZE)
         max_length = int(params.get("max_length") or DEFAULT_MAX_LENGTH)
         if beam_size < 1 or max_length < 1:
-            raise ValueError(
+            raise BadInputError(
                 f"beam_size and max_length must be >= 1, got {beam_size}, {max_length}"
             )
         column = _image_column(model_input)
@@ -89,7 +90,7 @@ class CaptionerModel(mlflow.pyfunc.PythonModel):
             try:
                 images.append(load_rgb(_image_bytes(value, row), name=f"row {row}"))
             except ImageDecodeError as exc:
-                raise ValueError(f"image {exc}") from exc
+                raise BadInputError(f"image {exc}") from exc
         captions, scores = [], []
         for start in range(0, len(images), BATCH_SIZE):
             batch = images[start : start + BATCH_SIZE]
@@ -102,14 +103,14 @@ class CaptionerModel(mlflow.pyfunc.PythonModel):
 def _image_column(model_input: Any) -> list:
     if isinstance(model_input, pd.DataFrame):
         if "image" not in model_input.columns:
-            raise ValueError(f"expected a column 'image', found {list(model_input.columns)}")
+            raise BadInputError(f"expected a column 'image', found {list(model_input.columns)}")
         return list(model_input["image"])
     if isinstance(model_input, dict) and "image" in model_input:
         value = model_input["image"]
         return list(value) if isinstance(value, list | tuple) else [value]
     if isinstance(model_input, pd.Series | list | tuple):
         return list(model_input)
-    raise ValueError(
+    raise BadInputError(
         f"expected a DataFrame with a column 'image', got {type(model_input).__name__}"
     )
 
@@ -121,8 +122,10 @@ def _image_bytes(value: Any, row: int) -> bytes:
         try:
             return base64.b64decode(value.strip(), validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise ValueError(f"image row {row}: not valid base64 ({exc})") from exc
-    raise ValueError(f"image row {row}: expected base64 str or bytes, got {type(value).__name__}")
+            raise BadInputError(f"image row {row}: not valid base64 ({exc})") from exc
+    raise BadInputError(
+        f"image row {row}: expected base64 str or bytes, got {type(value).__name__}"
+    )
 
 
 def encode_image(data: bytes) -> str:
@@ -136,7 +139,7 @@ def log_captioner(
     """Log ``model_dir`` as a pyfunc model in the active run (or a new one)."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: not a trained model directory (no config.json)")
+        raise MissingFileError(f"{model_dir}: not a trained model directory (no config.json)")
     example = pd.DataFrame({"image": [encode_image(example_image)]}) if example_image else None
     with tempfile.TemporaryDirectory(prefix="captioning-code-") as tmp:
         code_dir = Path(tmp) / "captioning"
@@ -164,5 +167,5 @@ def download_model_dir(model_uri: str, dst: Path) -> Path:
     mlmodel = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))
     artifacts = mlmodel.get("flavors", {}).get("python_function", {}).get("artifacts", {})
     if ARTIFACT_KEY not in artifacts:
-        raise ValueError(f"{model_uri}: not a captioner model (no {ARTIFACT_KEY!r} artifact)")
+        raise BadInputError(f"{model_uri}: not a captioner model (no {ARTIFACT_KEY!r} artifact)")
     return local / artifacts[ARTIFACT_KEY]["path"]

@@ -26,6 +26,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from captioning.config import RegisterConfig, flatten, flatten_dict
+from captioning.errors import BadInputError, MissingFileError
 from captioning.io import file_digest, write_json
 from captioning.registry.model_card import CardInputs, render_model_card
 from captioning.registry.per_image import ImageScores, read_per_image
@@ -91,7 +92,7 @@ def register_model(
     metrics = numeric_metrics(_read_json(metrics_path))
     key = promote_key(cfg)
     if key not in metrics:
-        raise ValueError(f"{metrics_path}: no numeric {key!r} to decide promotion on")
+        raise BadInputError(f"{metrics_path}: no numeric {key!r} to decide promotion on")
     score_name = f"{cfg.decoding}.{cfg.promote_metric}"
     per_image: ImageScores | None = None
     if per_image_path is not None:  # read first: a malformed file fails before anything is logged
@@ -248,7 +249,7 @@ def validation_metrics(train_log: Path | None) -> dict[str, float]:
     try:
         losses = [(float(r["val_loss"]), int(float(r["epoch"]))) for r in rows]
     except (KeyError, ValueError) as exc:
-        raise ValueError(
+        raise BadInputError(
             f"{train_log}: expected numeric 'epoch' and 'val_loss' columns ({exc})"
         ) from None
     best, best_epoch = min(losses)
@@ -270,9 +271,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: not found") from None
+        raise MissingFileError(f"{path}: not found") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        raise BadInputError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
+        raise BadInputError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data

@@ -23,6 +23,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from captioning.config import GateConfig
+from captioning.errors import BadInputError, CaptioningError
 from captioning.registry.gate import BootstrapResult, paired_bootstrap
 from captioning.registry.per_image import ImageScores, NotComparable, paired_arrays, read_per_image
 
@@ -39,7 +40,7 @@ MAX_DESCRIPTION_CHARS = 5000  # MLflow's column size for version descriptions
 MAX_LOG_TAG_CHARS = 90_000  # registry tag values hold 100,000
 
 
-class RegistryError(RuntimeError):
+class RegistryError(CaptioningError, RuntimeError):
     """A registry request that cannot be carried out as asked (unknown version, no reason...)."""
 
 
@@ -217,7 +218,7 @@ def promote(
             )
             passed = comparison.result.passed
             why = f"vs champion {str(champion.version)}: {comparison.result.summary()}"
-        except (NotComparable, ValueError) as exc:
+        except (NotComparable, BadInputError) as exc:  # a malformed per_image.json too
             passed, why = False, f"vs champion {str(champion.version)}: cannot compare: {exc}"
     if comparison is not None:
         _record_gate(client, name, str(version.version), comparison)

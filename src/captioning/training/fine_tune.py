@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from captioning.config import FeaturesConfig, TrainConfig, to_dict
+from captioning.config import ConfigError, FeaturesConfig, TrainConfig, to_dict
 from captioning.data.shards import iter_samples
 from captioning.data.vocab import Vocab
 from captioning.devices import choose_device
@@ -79,7 +79,7 @@ def trainable_blocks(encoder: Encoder, blocks: int) -> list[nn.Module]:
     """Freeze the encoder but its last ``blocks`` blocks (-1: all); return those blocks."""
     all_blocks = encoder.blocks()
     if blocks > len(all_blocks):
-        raise ValueError(
+        raise ConfigError(
             f"train.fine_tune.blocks is {blocks}, the encoder has {len(all_blocks)} blocks"
         )
     chosen = all_blocks if blocks == -1 else all_blocks[len(all_blocks) - blocks :]

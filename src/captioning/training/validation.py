@@ -14,7 +14,7 @@ from torch import nn
 from captioning.config import EarlyStoppingConfig
 from captioning.data.vocab import Vocab, tokenize
 from captioning.decoding.search import greedy_search
-from captioning.errors import CaptioningError
+from captioning.errors import BadInputError, CaptioningError
 from captioning.metrics.fast import ReferenceIndex
 from captioning.metrics.shapes_accuracy import object_accuracy
 from captioning.metrics.word_accuracy import word_scores
@@ -37,7 +37,7 @@ class Validator:
     ) -> None:
         self.rows = [i for i, captions in enumerate(captions_per_image) if captions]
         if not self.rows:
-            raise ValueError("validation: no val image has a caption")
+            raise BadInputError("validation: no val image has a caption")
         # The shapes scenes' objects: then the object accuracy of the greedy captions is scored.
         self.objects = None
         if objects_per_image is not None and all(objects_per_image[i] for i in self.rows):

@@ -168,3 +168,18 @@ def test_a_bad_override_fails_before_any_stage_runs(flows, toy_repo):
     assert state.is_failed() and "unknown key 'train.epoch'" in state.message
     assert (toy_repo / "params.yaml").read_text() == before
     assert not (toy_repo / "raw.txt").exists()
+
+
+def test_an_unknown_encoder_fails_with_its_one_line_before_any_stage_runs(flows, toy_repo):
+    from captioning.config import ENCODER_NAMES
+
+    before = (toy_repo / "params.yaml").read_text()
+    state = flows.captioning_pipeline(repo=str(toy_repo), encoder="resnet102", return_state=True)
+    expected = (
+        f"{toy_repo / 'params.yaml'}: key 'features.encoder': expected one of "
+        f"{sorted(ENCODER_NAMES)}, found 'resnet102'"
+    )
+    assert state.is_failed() and state.message == expected
+    assert f"**Failed:** {expected}" in run_summary(state.state_details.flow_run_id)
+    assert (toy_repo / "params.yaml").read_text() == before
+    assert not (toy_repo / "raw.txt").exists()

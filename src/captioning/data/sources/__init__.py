@@ -6,7 +6,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from captioning.config import FetchConfig
+from captioning.config import SOURCE_NAMES, FetchConfig, check_registry
+from captioning.errors import UnknownNameError
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ SOURCES: dict[str, FetchFn] = {
     "flickr30k": _fetch_flickr30k,
     "captcha": _fetch_captcha,
 }
+check_registry("source", SOURCES, SOURCE_NAMES, "SOURCE_NAMES")
 
 
 def fetch(cfg: FetchConfig, out_dir: str | Path, downloads_dir: str | Path | None = None) -> dict:
@@ -69,7 +71,7 @@ def fetch(cfg: FetchConfig, out_dir: str | Path, downloads_dir: str | Path | Non
     beside ``out_dir``).
     """
     if cfg.source not in SOURCES:
-        raise ValueError(f"unknown source {cfg.source!r}; choose one of {sorted(SOURCES)}")
+        raise UnknownNameError(f"unknown source {cfg.source!r}; choose one of {sorted(SOURCES)}")
     out_dir = Path(out_dir)
     downloads = Path(downloads_dir) if downloads_dir is not None else out_dir.parent / "downloads"
     logger.info("fetching source %r into %s", cfg.source, out_dir)
