@@ -6,9 +6,11 @@ shapes vocabulary) is logged to a temporary SQLite store and served on 127.0.0.1
 weights rarely say <end>, so captions run to the model's max length: the upper end of a trained
 model's work per image. For each server setting, clients (1, 4, 8) x images per request (1, 16)
 are measured in turn: requests/s, images/s, p50 and p99 latency; then the settings side by
-side (one uvicorn worker vs several: `mlflow models serve --workers N`).
+side: WxT = W uvicorn workers (`mlflow models serve --workers W`) of T torch threads each
+(OMP_NUM_THREADS=T); the default compares one worker of 2 threads with 2 workers of one.
 
-    python benchmarks/serving.py [--requests 24] [--workers 1 2] [--clients 1 4 8] [--images 1 16]
+    python benchmarks/serving.py [--requests 24] [--settings 1x2 2x1] [--clients 1 4 8]
+        [--images 1 16]
 """
 
 from __future__ import annotations
@@ -113,9 +115,14 @@ def post(port: int, body: bytes) -> float:
 class Server:
     """`mlflow models serve` in its own process group, stopped by its pid."""
 
-    def __init__(self, uri: str, workers: int, log: Path) -> None:
+    def __init__(self, uri: str, workers: int, threads: int, log: Path) -> None:
         self.port = free_port()
-        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": uri,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "OMP_NUM_THREADS": str(threads),
+        }
         mlflow = Path(sys.executable).parent / "mlflow"
         self.log = open(log, "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
@@ -186,7 +193,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--requests", type=int, default=24, help="requests per measurement")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--settings", nargs="+", default=["1x2", "2x1"], help="WxT: W workers of T threads"
+    )
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--images", type=int, nargs="+", default=[1, 16])
     args = parser.parse_args()
@@ -207,8 +216,9 @@ def main() -> None:
         mlflow.MlflowClient().set_registered_model_alias("bench", "champion", version.version)
 
         results: dict[tuple[int, int, int], dict] = {}
-        for workers in args.workers:
-            server = Server(uri, workers, root / f"serve-{workers}.log")
+        for setting in args.settings:
+            workers, threads = map(int, setting.split("x"))
+            server = Server(uri, workers, threads, root / f"serve-{setting}.log")
             try:
                 for per_request in args.images:
                     for clients in args.clients:
@@ -217,12 +227,12 @@ def main() -> None:
                             if per_request > 1
                             else args.requests * 4
                         )
-                        results[workers, per_request, clients] = measure(
+                        results[setting, per_request, clients] = measure(
                             server.port, images, per_request, clients, n
                         )
-                        r = results[workers, per_request, clients]
+                        r = results[setting, per_request, clients]
                         print(
-                            f"workers {workers}, {per_request:2d} images/request, {clients} clients: "
+                            f"{setting}, {per_request:2d} images/request, {clients} clients: "
                             f"{r['rps']:6.1f} req/s {r['ips']:6.1f} img/s p50 {r['p50']:7.0f} ms p99 {r['p99']:7.0f} ms",
                             flush=True,
                         )
@@ -230,28 +240,28 @@ def main() -> None:
                 server.close()
 
     print()
-    print(machine_line(), "; server: torch default threads per worker")
+    print(machine_line(), "(client and server on the same cores)")
     head = "| images/request | clients | " + " | ".join(
-        f"{w} worker{'s' if w > 1 else ''}: req/s, img/s, p50 / p99 ms" for w in args.workers
+        f"{setting} (workers x threads): req/s, img/s, p50 / p99 ms" for setting in args.settings
     )
     print(head + " |")
-    print("|" + "---|" * (2 + len(args.workers)))
+    print("|" + "---|" * (2 + len(args.settings)))
     for per_request in args.images:
         for clients in args.clients:
             cells = []
-            for workers in args.workers:
-                r = results[workers, per_request, clients]
+            for setting in args.settings:
+                r = results[setting, per_request, clients]
                 cells.append(f"{r['rps']:.1f}, {r['ips']:.1f}, {r['p50']:.0f} / {r['p99']:.0f}")
             print(f"| {per_request} | {clients} | " + " | ".join(cells) + " |")
-    base = args.workers[0]
-    for workers in args.workers[1:]:
+    base = args.settings[0]
+    for setting in args.settings[1:]:
         ratios = [
-            results[workers, i, c]["ips"] / results[base, i, c]["ips"]
+            results[setting, i, c]["ips"] / results[base, i, c]["ips"]
             for i in args.images
             for c in args.clients
         ]
         print(
-            f"images/s with {workers} workers / {base}: "
+            f"images/s {setting} / {base}: "
             + ", ".join(f"{x:.2f}x" for x in ratios)
             + f" (median {float(np.median(ratios)):.2f}x)"
         )
