@@ -32,8 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MODEL,
         help=f"a trained model directory or an MLflow models:/ URI (default {DEFAULT_MODEL})",
     )
-    predict.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy)")
-    predict.add_argument("--max-length", type=int, default=24, help="maximum caption length")
+    predict.add_argument(
+        "--beam",
+        type=int,
+        default=3,
+        help="beam size (1 = greedy; at most the vocabulary size and CAPTIONING_MAX_BEAM)",
+    )
+    predict.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="maximum caption length (default and bound: the longest the model was trained on)",
+    )
     predict.add_argument("--scores", action="store_true", help="also print the log-probability")
     predict.add_argument(
         "--attention",
@@ -60,18 +70,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from captioning.data.images import ImageDecodeError, load_rgb
+    from captioning.data.images import ImageDecodeError
+    from captioning.decoding.limits import RequestError, RequestLimits
+    from captioning.inference import load_image
 
-    if args.beam < 1 or args.max_length < 1:
-        print("error: --beam and --max-length must be >= 1", file=sys.stderr)
+    try:
+        limits = RequestLimits.from_env()
+    except RequestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     status = 0
     decoded = []
     for path in args.images:
         try:
-            decoded.append((path, load_rgb(path, name=str(path))))
+            decoded.append((path, load_image(path, str(path), limits)))
         except ImageDecodeError as exc:
-            print(f"error: {exc}; expected a JPEG or PNG image", file=sys.stderr)
+            print(f"error: {exc}", file=sys.stderr)
             status = EXIT_BAD_INPUT
     if not decoded:
         return status
@@ -81,10 +95,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
         logger.debug("model load failed", exc_info=True)
         print(f"error: cannot load model {args.model}: {exc}", file=sys.stderr)
         return 1
+    try:
+        beam_size, max_length = captioner.check_request(
+            args.beam, captioner.max_length if args.max_length is None else args.max_length
+        )
+    except RequestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     for start in range(0, len(decoded), args.batch_size):
         batch = decoded[start : start + args.batch_size]
         results = captioner.caption(
-            [image for _, image in batch], beam_size=args.beam, max_length=args.max_length
+            [image for _, image in batch], beam_size=beam_size, max_length=max_length
         )
         for n, ((path, image), result) in enumerate(zip(batch, results, strict=True), start):
             line = f"{path}\t{result.caption}"

@@ -25,6 +25,7 @@ from captioning.config import (
 from captioning.data.images import load_rgb
 from captioning.data.shards import iter_samples
 from captioning.data.vocab import SPECIALS, Vocab
+from captioning.decoding.limits import check_decoding
 from captioning.decoding.search import Hypothesis, beam_search_n_best, greedy_search
 from captioning.devices import choose_device
 from captioning.errors import BadInputError
@@ -206,6 +207,14 @@ def _decode_all(
 ) -> dict[str, list[list[Hypothesis]]]:
     """Greedy (one hypothesis each) and beam n-best for every image, batch by batch."""
     out: dict[str, list[list[Hypothesis]]] = {"greedy": [], "beam": []}
+    # The same bounds as a served request's, less the deployer's caps (decoding.limits).
+    check_decoding(
+        cfg.beam_size,
+        cfg.max_length,
+        vocab_size=len(vocab),
+        trained_length=vocab.max_length,
+        prefix="evaluate.",
+    )
     device = next(decoder.parameters()).device
     lengths = dict(max_length=cfg.max_length, min_length=cfg.min_length)
     ids = dict(start_id=vocab.start_id, end_id=vocab.end_id)

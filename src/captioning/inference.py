@@ -1,7 +1,8 @@
 """Images in, captions out: the encoder and a trained decoder behind one object.
 
 Used by ``captioning predict``, the MLflow pyfunc model and the attention figures, so that the
-pipeline's evaluation and the served model decode the same way.
+pipeline's evaluation and the served model decode the same way, within the same bounds
+(``decoding.limits``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from captioning.data.images import TOO_LARGE, ImageDecodeError, load_rgb
+from captioning.decoding.limits import ENV_MAX_PIXELS, RequestLimits, check_decoding
 from captioning.decoding.search import decode_batch
 from captioning.devices import choose_device
 from captioning.features.cache import encode_batch, encoder_for_model
@@ -28,19 +31,64 @@ class CaptionResult:
     attention: np.ndarray | None  # (len(words), grid_h, grid_w), if the decoder attends
 
 
+def load_image(source: bytes | str | Path, name: str, limits: RequestLimits) -> Image.Image:
+    """An image decoded to RGB, refused past ``limits.max_pixels`` (from its header)."""
+    try:
+        return load_rgb(source, name=name, max_pixels=limits.max_pixels)
+    except ImageDecodeError as exc:
+        if exc.kind != TOO_LARGE:
+            raise ImageDecodeError(
+                name, f"{exc.reason}; expected a JPEG or PNG image", exc.kind
+            ) from None
+        raise ImageDecodeError(name, f"{exc.reason} ({ENV_MAX_PIXELS})", exc.kind) from None
+
+
 class Captioner:
-    def __init__(self, encoder, spec, decoder, vocab, config: dict, device: torch.device) -> None:
+    def __init__(
+        self,
+        encoder,
+        spec,
+        decoder,
+        vocab,
+        config: dict,
+        device: torch.device,
+        limits: RequestLimits | None = None,
+    ) -> None:
         self.encoder, self.spec, self.decoder = encoder, spec, decoder
         self.vocab, self.config, self.device = vocab, config, device
+        self.limits = limits or RequestLimits.from_env()
 
     @classmethod
-    def load(cls, model_dir: str | Path, device: torch.device | None = None) -> Captioner:
+    def load(
+        cls,
+        model_dir: str | Path,
+        device: torch.device | None = None,
+        limits: RequestLimits | None = None,
+    ) -> Captioner:
         device = device or choose_device()
         decoder, vocab, config = load_decoder(model_dir, device)
         # The encoder the model was trained on: pretrained, random from its recorded seed, or
         # the model's own fine-tuned weights.
         spec, encoder = encoder_for_model(config["encoder"], model_dir, device)
-        return cls(encoder, spec, decoder, vocab, config, device)
+        return cls(encoder, spec, decoder, vocab, config, device, limits)
+
+    @property
+    def max_length(self) -> int:
+        """The longest caption the model was trained on: the default and the bound."""
+        return self.vocab.max_length
+
+    def check_request(self, beam_size: object, max_length: object) -> tuple[int, int]:
+        """The decoding settings, checked against the model and ``limits`` (RequestError)."""
+        return check_decoding(
+            beam_size,
+            max_length,
+            vocab_size=len(self.vocab),
+            trained_length=self.vocab.max_length,
+            max_beam=self.limits.max_beam,
+        )
+
+    def load_image(self, source: bytes | str | Path, name: str) -> Image.Image:
+        return load_image(source, name, self.limits)
 
     def encode(self, images: list[Image.Image]) -> torch.Tensor:
         """(B, L, C) features, computed exactly as the features stage caches them (float16)."""
@@ -52,12 +100,16 @@ class Captioner:
         self,
         images: list[Image.Image],
         beam_size: int = 3,
-        max_length: int = 24,
+        max_length: int | None = None,
         *,
         length_penalty: float = 0.0,
         min_length: int = 0,
     ) -> list[CaptionResult]:
-        """One caption per image, decoded as the evaluate stage decodes (``decoding.search``)."""
+        """One caption per image, decoded as the evaluate stage decodes (``decoding.search``);
+        ``max_length`` defaults to the model's own (``max_length``)."""
+        beam_size, max_length = self.check_request(
+            beam_size, self.max_length if max_length is None else max_length
+        )
         features = self.encode(images)
         hypotheses = decode_batch(
             self.decoder,

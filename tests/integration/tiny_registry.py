@@ -48,8 +48,9 @@ TRAIN = TrainConfig(
 )
 
 
-def train_tiny_captioner(root: Path) -> Path:
-    """models/soft_attention from 8 training images (features of a random-weight small CNN)."""
+def train_tiny_captioner(root: Path, level: str = "word") -> Path:
+    """models/soft_attention from 8 training images (features of a random-weight small CNN);
+    ``level: char`` makes it a reader that spells its captions letter by letter."""
     from conftest import make_layout
 
     make_layout(root / "raw", {"train": 8, "val": 2, "test": 2})
@@ -57,7 +58,8 @@ def train_tiny_captioner(root: Path) -> Path:
     torch.manual_seed(0)
     features = FeaturesConfig(encoder="small_cnn", pretrained=False, batch_size=8, num_workers=0)
     extract_features(root / "shards", root / "features", features, seed=0)
-    vocab, _ = build_vocab(split_captions(root / "shards", "train"), VocabConfig())
+    vocab_cfg = VocabConfig(level=level, max_length=24 if level == "word" else 16)
+    vocab, _ = build_vocab(split_captions(root / "shards", "train"), vocab_cfg)
     vocab.save(root / "vocab.json")
     model_dir = root / "models" / "soft_attention"
     train_decoder(

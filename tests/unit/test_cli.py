@@ -281,3 +281,31 @@ def test_attention_without_an_attending_decoder_is_a_note(workspace, tmp_path, c
         f"note: decoder soft_attention does not attend: no heat-map written to {target}\n"
     )
     assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--beam", "100000"], "error: beam_size=100000 is out of range: allowed 1..7"),
+        (["--beam", "0"], "error: beam_size=0 is out of range"),
+        (["--max-length", "25"], "error: max_length=25 is out of range: allowed 1..24"),
+    ],
+)
+def test_predict_bounds_the_decoding_like_the_served_model(workspace, capsys, args, expected):
+    root, model_dir, images = workspace
+    code = main(["predict", str(images[0]), "--model", str(model_dir), *args])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.strip().startswith(expected) and "Traceback" not in err
+
+
+def test_predict_refuses_an_image_past_the_pixel_cap(workspace, tmp_path, capsys, monkeypatch):
+    root, model_dir, _ = workspace
+    monkeypatch.setenv("CAPTIONING_MAX_PIXELS", "1000")
+    big = write_jpeg(tmp_path / "big.jpg", seed=3)  # 64 x 48 = 3,072 pixels
+    code = main(["predict", str(big), "--model", str(model_dir)])
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert err.strip() == (
+        f"error: {big}: 64x48 pixels, more than the 1,000 allowed per image (CAPTIONING_MAX_PIXELS)"
+    )

@@ -18,12 +18,13 @@ _ORIENTATION = 0x0112  # EXIF tag
 
 
 # Why an image could not be used: the ``kind`` of an ImageDecodeError.
-MISSING, ZERO_BYTES, NOT_AN_IMAGE, CORRUPT, BOMB = (
+MISSING, ZERO_BYTES, NOT_AN_IMAGE, CORRUPT, BOMB, TOO_LARGE = (
     "missing file",
     "zero bytes",
     "not an image",
     "truncated or corrupt",
     "decompression bomb",
+    "too many pixels",
 )
 
 
@@ -36,11 +37,14 @@ class ImageDecodeError(CaptioningError, ValueError):
         self.kind = kind
 
 
-def load_rgb(source: bytes | str | Path, *, name: str | None = None) -> Image.Image:
+def load_rgb(
+    source: bytes | str | Path, *, name: str | None = None, max_pixels: int | None = None
+) -> Image.Image:
     """Decode an image to 8-bit RGB, applying its EXIF orientation.
 
     Grayscale, CMYK, palette, RGBA and 16-bit images are converted; anything else raises
-    ImageDecodeError naming the file and the reason.
+    ImageDecodeError naming the file and the reason. ``max_pixels`` refuses a larger image
+    from its header, before its pixels are decoded (a served model's bound per image).
     """
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     with _decoding(label):
@@ -53,6 +57,10 @@ def load_rgb(source: bytes | str | Path, *, name: str | None = None) -> Image.Im
             if path.stat().st_size == 0:
                 raise ImageDecodeError(label, "zero bytes, expected an image", ZERO_BYTES)
             image = Image.open(path)
+        width, height = image.size
+        if max_pixels is not None and width * height > max_pixels:
+            reason = f"{width}x{height} pixels, more than the {max_pixels:,} allowed per image"
+            raise ImageDecodeError(label, reason, TOO_LARGE)
         image.load()
         image = ImageOps.exif_transpose(image)
     return _to_rgb(image)

@@ -19,18 +19,19 @@ from typing import Any
 import mlflow
 import pandas as pd
 import yaml
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 import captioning
-from captioning.errors import BadInputError, MissingFileError
+from captioning.errors import BadInputError, CaptioningError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
 ARTIFACT_KEY = "model_dir"
 DEFAULT_BEAM_SIZE = 3
-DEFAULT_MAX_LENGTH = 24
-BATCH_SIZE = 16
+BATCH_SIZE = 16  # images decoded and captioned at a time: bounds a request's memory
 PIP_REQUIREMENTS = [
     "torch==2.14.1",
     "torchvision==0.29.1",
@@ -52,20 +53,56 @@ from captioning.registry.pyfunc import CaptionerModel
 
 mlflow.models.set_model(CaptionerModel())
 """
-SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "image")]),
-    outputs=Schema([ColSpec("string", "caption"), ColSpec("double", "score")]),
-    params=ParamSchema(
-        [
-            ParamSpec("beam_size", "long", DEFAULT_BEAM_SIZE),
-            ParamSpec("max_length", "long", DEFAULT_MAX_LENGTH),
-        ]
-    ),
-)
+
+
+def signature_for(max_length: int) -> ModelSignature:
+    """Base64 image in; caption and log-probability out; ``max_length`` defaults to the
+    longest caption the model was trained on (its bound, too).
+
+    ``image`` is declared optional so that a request without it reaches the model, which
+    names what is missing in one line (MLflow's own schema error quotes the whole input).
+    A parameter of the wrong JSON type is still refused by MLflow before the model runs.
+    """
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "image", required=False)]),
+        outputs=Schema([ColSpec("string", "caption"), ColSpec("double", "score")]),
+        params=ParamSchema(
+            [
+                ParamSpec("beam_size", "long", DEFAULT_BEAM_SIZE),
+                ParamSpec("max_length", "long", max_length),
+            ]
+        ),
+    )
+
+
+class BadRequest(MlflowException):
+    """An expected bad request: HTTP 400 with the project's one-line message and no trace.
+
+    MLflow's scoring server answers an MlflowException with its own message and status, but
+    first rewrites the message to ``Failed to predict data '<the input>'. Error: ...``,
+    which would echo the client's images back and break the line; the message is fixed here.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+        self._fixed_message = message
+
+    @property
+    def message(self) -> str:
+        return getattr(self, "_fixed_message", self.__dict__.get("_message", ""))
+
+    @message.setter
+    def message(self, value: str) -> None:
+        self.__dict__["_message"] = value  # MlflowException.__init__ sets it; later sets ignored
 
 
 class CaptionerModel(mlflow.pyfunc.PythonModel):
-    """``image`` (base64 string or raw bytes) in; ``caption`` and ``score`` (log-prob) out."""
+    """``image`` (base64 string or raw bytes) in; ``caption`` and ``score`` (log-prob) out.
+
+    Every request is bounded (``decoding.limits``): rows, pixels per image, beam size and
+    caption length. A bad request raises BadRequest (HTTP 400, one line); anything else is
+    a bug and keeps MLflow's traceback.
+    """
 
     def load_context(self, context) -> None:
         from captioning.inference import Captioner
@@ -75,26 +112,29 @@ class CaptionerModel(mlflow.pyfunc.PythonModel):
     def predict(
         self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        from captioning.data.images import ImageDecodeError, load_rgb
+        try:
+            return self._predict(model_input, params or {})
+        except CaptioningError as exc:
+            raise BadRequest(str(exc)) from None
 
-        params = params or {}
-        beam_size = int(params.get("beam_size") or DEFAULT_BEAM_SIZE)
-        max_length = int(params.get("max_length") or DEFAULT_MAX_LENGTH)
-        if beam_size < 1 or max_length < 1:
-            raise BadInputError(
-                f"beam_size and max_length must be >= 1, got {beam_size}, {max_length}"
-            )
+    def _predict(self, model_input: Any, params: dict[str, Any]) -> pd.DataFrame:
+        from captioning.decoding.limits import check_rows
+
+        captioner = self.captioner
+        beam_size, max_length = captioner.check_request(
+            params.get("beam_size", DEFAULT_BEAM_SIZE),
+            params.get("max_length", captioner.max_length),
+        )
         column = _image_column(model_input)
-        images = []
-        for row, value in enumerate(column):
-            try:
-                images.append(load_rgb(_image_bytes(value, row), name=f"row {row}"))
-            except ImageDecodeError as exc:
-                raise BadInputError(f"image {exc}") from exc
+        check_rows(len(column), captioner.limits)
         captions, scores = [], []
-        for start in range(0, len(images), BATCH_SIZE):
-            batch = images[start : start + BATCH_SIZE]
-            for result in self.captioner.caption(batch, beam_size=beam_size, max_length=max_length):
+        for start in range(0, len(column), BATCH_SIZE):
+            # Decoded a batch at a time: a request of many large images never holds them all.
+            batch = [
+                captioner.load_image(_image_bytes(value, row), name=f"image row {row}")
+                for row, value in enumerate(column[start : start + BATCH_SIZE], start)
+            ]
+            for result in captioner.caption(batch, beam_size=beam_size, max_length=max_length):
                 captions.append(result.caption)
                 scores.append(float(result.score))
         return pd.DataFrame({"caption": captions, "score": pd.Series(scores, dtype="float64")})
@@ -103,7 +143,8 @@ class CaptionerModel(mlflow.pyfunc.PythonModel):
 def _image_column(model_input: Any) -> list:
     if isinstance(model_input, pd.DataFrame):
         if "image" not in model_input.columns:
-            raise BadInputError(f"expected a column 'image', found {list(model_input.columns)}")
+            # MLflow drops the columns its signature does not name before the model sees them.
+            raise BadInputError("expected a column 'image' of base64 images; found none")
         return list(model_input["image"])
     if isinstance(model_input, dict) and "image" in model_input:
         value = model_input["image"]
@@ -122,7 +163,7 @@ def _image_bytes(value: Any, row: int) -> bytes:
         try:
             return base64.b64decode(value.strip(), validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise BadInputError(f"image row {row}: not valid base64 ({exc})") from exc
+            raise BadInputError(f"image row {row}: not valid base64 ({exc})") from None
     raise BadInputError(
         f"image row {row}: expected base64 str or bytes, got {type(value).__name__}"
     )
@@ -156,9 +197,15 @@ def log_captioner(
             artifacts={ARTIFACT_KEY: str(model_dir)},
             code_paths=[str(code_dir)],
             pip_requirements=PIP_REQUIREMENTS,
-            signature=SIGNATURE,
+            signature=signature_for(_trained_length(model_dir)),
             input_example=example,
         )
+
+
+def _trained_length(model_dir: Path) -> int:
+    from captioning.data.vocab import Vocab
+
+    return Vocab.load(model_dir / "vocab.json").max_length
 
 
 def download_model_dir(model_uri: str, dst: Path) -> Path:
