@@ -21,6 +21,8 @@ import mlflow
 import pytest
 from tiny_registry import free_port, register, running_server
 
+from captioning.data.vocab import SPECIALS, Vocab
+
 CHROMIUM = shutil.which("chromium")
 STARTUP_SECONDS = 120
 
@@ -45,7 +47,7 @@ def stand_in_model(root: Path) -> Path:
     model_dir = root / "models" / "soft_attention"
     model_dir.mkdir(parents=True)
     (model_dir / "decoder.safetensors").write_bytes(b"stand-in weights")
-    (model_dir / "vocab.json").write_text(json.dumps({"itos": ["<pad>", "a"]}))
+    Vocab(itos=(*SPECIALS, "a"), max_length=24).save(model_dir / "vocab.json")
     config = {"decoder": "soft_attention", "train": {"epochs": 1}, "encoder": {"encoder": "x"}}
     (model_dir / "config.json").write_text(json.dumps(config))
     return model_dir

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from captioning.data.vocab import SPECIALS, Vocab
+
 N_IMAGES = 40
 REFERENCES = ("a red circle", "a blue square above a green circle")
 
@@ -43,7 +45,7 @@ def make_model(
     model_dir = root / "models" / name
     model_dir.mkdir(parents=True)
     (model_dir / "decoder.safetensors").write_bytes(b"stand-in weights")
-    (model_dir / "vocab.json").write_text(json.dumps({"itos": ["<pad>", "a"]}))
+    Vocab(itos=(*SPECIALS, "a"), max_length=24).save(model_dir / "vocab.json")
     config = {
         "decoder": name,
         "seed": 42,

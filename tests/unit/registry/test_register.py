@@ -43,8 +43,27 @@ FAKE_INFERENCE = textwrap.dedent(
 
 
     class Captioner:
+        max_length = 24
+
         def __init__(self, config):
+            # (imported here: in the "not installed" check, the package comes with the model)
+            from captioning.decoding.limits import RequestLimits
+
             self.config = config
+            self.limits = RequestLimits.from_env()
+
+        def check_request(self, beam_size, max_length):
+            from captioning.decoding.limits import check_decoding
+
+            return check_decoding(
+                beam_size, max_length, vocab_size=8, trained_length=self.max_length,
+                max_beam=self.limits.max_beam,
+            )
+
+        def load_image(self, source, name):
+            from captioning.data.images import load_rgb
+
+            return load_rgb(source, name=name, max_pixels=self.limits.max_pixels)
 
         @classmethod
         def load(cls, model_dir, device=None):
