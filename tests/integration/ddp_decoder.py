@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from torch import nn
 
+from captioning import config
 from captioning.models import DECODERS
 from captioning.models.soft_attention import SoftAttentionDecoder
 
@@ -23,10 +24,14 @@ class SoftAttentionWithoutNorm(SoftAttentionDecoder):
 
 @contextlib.contextmanager
 def registered() -> Iterator[str]:
-    """The test decoder in DECODERS while the block runs (kept out of the other tests'
-    parametrisation over every registered decoder)."""
+    """The test decoder in DECODERS (and its name among config's DECODER_NAMES, which params
+    are checked against) while the block runs: kept out of the other tests' parametrisation
+    over every registered decoder."""
+    names = config.DECODER_NAMES
     DECODERS[NAME] = SoftAttentionWithoutNorm
+    config.DECODER_NAMES = (*names, NAME)
     try:
         yield NAME
     finally:
         DECODERS.pop(NAME, None)
+        config.DECODER_NAMES = names

@@ -10,8 +10,8 @@ from captioning.config import TrainConfig, from_dict
 from captioning.training.loop import train_decoder
 
 root, name, cfg_json = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-cfg = from_dict(TrainConfig, json.loads(cfg_json), path=Path("<test>"), prefix="train.")
 with registered():
+    cfg = from_dict(TrainConfig, json.loads(cfg_json), path=Path("<test>"), prefix="train.")
     train_decoder(
         root / "features",
         root / "vocab.json",

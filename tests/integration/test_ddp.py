@@ -29,9 +29,15 @@ MODEL = DecoderConfig(
     dropout=0.0,
     feature_dropout=0.0,
 )
-CFG = TrainConfig(
-    decoder=NAME, model=MODEL, epochs=3, batch_size=8, seq_per_image=2, warmup_steps=1, lr=0.01
-)
+
+
+def train_config() -> TrainConfig:
+    """Built while the test decoder is registered (its name is checked like any other)."""
+    return TrainConfig(
+        decoder=NAME, model=MODEL, epochs=3, batch_size=8, seq_per_image=2, warmup_steps=1, lr=0.01
+    )
+
+
 # Stated tolerance (docs/scaling.md): after 6 AdamW steps every weight is within 1e-4 of the
 # single-process run's (seen: <= 1e-5; float summation order is all that differs).
 ATOL = 1e-4
@@ -59,7 +65,7 @@ def test_two_gloo_ranks_match_one_process(workspace, test_decoder):  # noqa: F81
         workspace / "features",
         workspace / "vocab.json",
         workspace / "models" / "single",
-        CFG,
+        train_config(),
         seed=7,
         checkpoint_dir=workspace / "checkpoints" / "single",
     )
@@ -79,7 +85,7 @@ def test_two_gloo_ranks_match_one_process(workspace, test_decoder):  # noqa: F81
             str(WORKER),
             str(workspace),
             "ddp",
-            json.dumps(to_dict(CFG)),
+            json.dumps(to_dict(train_config())),
         ],
         env=env,
         capture_output=True,
@@ -98,7 +104,7 @@ def initial_weights(root: Path) -> dict[str, torch.Tensor]:
     meta = json.loads((root / "features" / "meta.json").read_text())
     torch.manual_seed(7)
     decoder = build_decoder(
-        CFG.decoder,
+        NAME,
         MODEL,
         vocab_size=len(Vocab.load(root / "vocab.json")),
         feature_dim=meta["channels"],
