@@ -29,6 +29,20 @@ def run_stage(script: str, *args: str, cwd: Path | None = None, timeout: float =
     )
 
 
+def run_fetch(root: Path, params: Path):
+    """The fetch stage as dvc.yaml runs it, in ``root``: data/raw, data/downloads."""
+    raw, downloads = root / "data" / "raw", root / "data" / "downloads"
+    args = ("--params", str(params), "--out", str(raw), "--downloads", str(downloads))
+    return run_stage("fetch.py", *args, cwd=root)
+
+
+def run_shard(params: Path, raw: Path, out: Path, *, cwd: Path | None = None):
+    """The shard stage as dvc.yaml runs it."""
+    return run_stage(
+        "shard.py", "--params", str(params), "--raw", str(raw), "--out", str(out), cwd=cwd
+    )
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None):
     """The ``captioning`` console script (``python -m captioning.cli``)."""
     return subprocess.run(

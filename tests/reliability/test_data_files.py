@@ -28,7 +28,7 @@ from fake_datasets import (
     make_coco,
 )
 
-from .conftest import REPO, assert_one_line_error, run_stage, tree_digest
+from .conftest import REPO, assert_one_line_error, run_fetch, run_shard, tree_digest
 
 # --- inputs ---------------------------------------------------------------------------------
 
@@ -110,30 +110,9 @@ def replace_line(path: Path, number: int, line: str) -> None:
 # --- the stages -----------------------------------------------------------------------------
 
 
-def fetch_stage(tmp_path: Path, params: Path):
-    return run_stage(
-        "fetch.py",
-        "--params",
-        str(params),
-        "--out",
-        str(tmp_path / "data" / "raw"),
-        "--downloads",
-        str(tmp_path / "data" / "downloads"),
-        cwd=tmp_path,
-    )
-
-
 def shard_stage(tmp_path: Path, raw: Path):
-    return run_stage(
-        "shard.py",
-        "--params",
-        str(write_params(tmp_path, {})),
-        "--raw",
-        str(raw),
-        "--out",
-        str(tmp_path / "data" / "shards"),
-        cwd=tmp_path,
-    )
+    params = write_params(tmp_path, {})
+    return run_shard(params, raw, tmp_path / "data" / "shards", cwd=tmp_path)
 
 
 def outputs(tmp_path: Path) -> tuple[Path, ...]:
@@ -174,7 +153,7 @@ def test_coco_file_name_that_climbs_out_is_refused(tmp_path):
     params = coco_params(tmp_path, local)
     refused_untouched(
         tmp_path,
-        lambda: fetch_stage(tmp_path, params),
+        lambda: run_fetch(tmp_path, params),
         f"{captions}: images[3].file_name: '../../../planted.jpg'",
         "escapes",
         str(local / "train2017"),
@@ -190,7 +169,7 @@ def test_coco_image_that_is_a_link_out_of_its_folder_is_refused(tmp_path):
     params = coco_params(tmp_path, local)
     refused_untouched(
         tmp_path,
-        lambda: fetch_stage(tmp_path, params),
+        lambda: run_fetch(tmp_path, params),
         "captions_train2017.json: images[1].file_name: '000000000025.jpg' resolves outside",
     )
 
@@ -225,7 +204,7 @@ def test_flickr_name_that_climbs_out_is_refused(tmp_path, case):
         replace_line(path, index, bad)
     params = flickr_params(tmp_path, source, root)
     refused_untouched(
-        tmp_path, lambda: fetch_stage(tmp_path, params), f"{path}: {place}: {bad!r}", "escapes"
+        tmp_path, lambda: run_fetch(tmp_path, params), f"{path}: {place}: {bad!r}", "escapes"
     )
 
 
@@ -271,7 +250,7 @@ def test_coco_caption_file_in_latin1_is_refused(tmp_path):
     params = coco_params(tmp_path, local)
     refused_untouched(
         tmp_path,
-        lambda: fetch_stage(tmp_path, params),
+        lambda: run_fetch(tmp_path, params),
         f"{captions}: line 1, byte offset {offset}:",
         "expected UTF-8",
     )
@@ -298,7 +277,7 @@ def test_flickr_text_file_in_latin1_is_refused(tmp_path, case):
     params = flickr_params(tmp_path, source, root)
     refused_untouched(
         tmp_path,
-        lambda: fetch_stage(tmp_path, params),
+        lambda: run_fetch(tmp_path, params),
         f"{root / name}: line ",
         f"byte offset {offset}:",
         "expected UTF-8",
@@ -346,7 +325,7 @@ def test_coco_bad_caption_is_skipped_and_counted_by_fetch(tmp_path, kind):
     local = coco_local_dir(tmp_path)
     captions = local / "annotations" / "captions_train2017.json"
     edit_json(captions, lambda d: spoil(d["annotations"][6], kind))
-    result = fetch_stage(tmp_path, coco_params(tmp_path, local))
+    result = run_fetch(tmp_path, coco_params(tmp_path, local))
     assert result.returncode == 0, result.stderr
     assert f"'captions_skipped': {counts(kind)}" in result.stderr  # the summary
     assert logged_counts(kind) in result.stderr

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.reliability.conftest import assert_one_line_error, run_cli, run_stage, tree_digest
+from tests.reliability.conftest import (
+    assert_one_line_error,
+    run_cli,
+    run_fetch,
+    run_shard,
+    tree_digest,
+)
 from tests.reliability.corpus import ARCHIVE_CASES, CONVERTED, IMAGE_CASES, KEPT, SKIPPED
 
 
@@ -39,7 +45,7 @@ def test_shard_stage_keeps_converts_or_skips_each_image_by_kind(tmp_path: Path):
     before = tree_digest(tmp_path)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"shard": {"workers": 1}}))
-    result = run_stage("shard.py", "--params", str(params), "--raw", str(raw), "--out", str(out))
+    result = run_shard(params, raw, out)
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     skipped = {
@@ -97,11 +103,9 @@ def test_fetch_refuses_a_hostile_archive_in_one_line(tmp_path: Path, case):
     params = tmp_path / "params.yaml"
     source = {"source": "flickr8k", "flickr8k": {"files": [str(archive)]}}
     params.write_text(yaml.safe_dump({"fetch": source}))
-    out, downloads = tmp_path / "data" / "raw", tmp_path / "data" / "downloads"
+    out, downloads = tmp_path / "data" / "raw", tmp_path / "data" / "downloads"  # run_fetch's
     before = tree_digest(tmp_path)
-    result = run_stage(
-        "fetch.py", "--params", str(params), "--out", str(out), "--downloads", str(downloads)
-    )
+    result = run_fetch(tmp_path, params)
     assert_one_line_error(result, str(archive), case.message)
     assert not out.exists()
     # Nothing anywhere but the downloads folder (the stage's cache of what it fetched).

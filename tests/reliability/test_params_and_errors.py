@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.reliability.conftest import REPO, assert_one_line_error, run_cli, run_stage, tree_digest
+from tests.reliability.conftest import (
+    REPO,
+    assert_one_line_error,
+    run_cli,
+    run_fetch,
+    run_shard,
+    tree_digest,
+)
 
 from captioning.config import (
     DECODER_NAMES,
@@ -30,19 +37,6 @@ def write_params(path: Path, **sections: dict) -> Path:
     params = {"fetch": TINY_FETCH, **sections}
     path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     return path
-
-
-def run_fetch(tmp_path: Path, params: Path):
-    return run_stage(
-        "fetch.py",
-        "--params",
-        str(params),
-        "--out",
-        str(tmp_path / "data" / "raw"),
-        "--downloads",
-        str(tmp_path / "data" / "downloads"),
-        cwd=tmp_path,
-    )
 
 
 def choices(names) -> str:
@@ -77,16 +71,7 @@ def test_unknown_name_stops_a_later_stage_too(tmp_path):
     """The shard stage (like every stage) checks the train section it does not use."""
     params = write_params(tmp_path / "params.yaml", train={"decoders": ["soft_atention"]})
     before = tree_digest(tmp_path)
-    result = run_stage(
-        "shard.py",
-        "--params",
-        str(params),
-        "--raw",
-        str(REPO / "no-such-raw"),
-        "--out",
-        str(tmp_path / "shards"),
-        cwd=tmp_path,
-    )
+    result = run_shard(params, REPO / "no-such-raw", tmp_path / "shards", cwd=tmp_path)
     assert_one_line_error(result, "key 'train.decoders[0]'", "found 'soft_atention'")
     assert tree_digest(tmp_path) == before
 

@@ -23,7 +23,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.reliability.conftest import REPO, assert_one_line_error, run_stage, tree_digest
+from tests.reliability.conftest import (
+    REPO,
+    assert_one_line_error,
+    run_shard,
+    run_stage,
+    tree_digest,
+)
 
 from conftest import make_layout
 
@@ -52,15 +58,7 @@ def good_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("shards")
     make_layout(root / "raw", {"train": 12, "val": 4, "test": 4})
     params = write_params(root / "params.yaml", shard={"max_count": 4, "workers": 1})
-    result = run_stage(
-        "shard.py",
-        "--params",
-        str(params),
-        "--raw",
-        str(root / "raw"),
-        "--out",
-        str(root / "shards"),
-    )
+    result = run_shard(params, root / "raw", root / "shards")
     assert result.returncode == 0, result.stderr
     return root / "shards"
 
@@ -227,15 +225,7 @@ def big_layout(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, di
     params = write_params(
         root / "params.yaml", shard={"max_count": 10, "workers": 2, "max_side": 32}
     )
-    clean = run_stage(
-        "shard.py",
-        "--params",
-        str(params),
-        "--raw",
-        str(root / "raw"),
-        "--out",
-        str(root / "clean"),
-    )
+    clean = run_shard(params, root / "raw", root / "clean")
     assert clean.returncode == 0, clean.stderr
     return root / "raw", params, tree_digest(root / "clean")
 
