@@ -24,6 +24,7 @@ import torch  # noqa: E402
 from captioning.config import DecoderConfig  # noqa: E402
 from captioning.models import build_decoder  # noqa: E402
 from captioning.training.loop import caption_loss  # noqa: E402
+from machine import machine_line  # noqa: E402
 
 VOCAB, LOCATIONS, CHANNELS = 31, 49, 1280
 
@@ -67,6 +68,7 @@ def main() -> None:
         cpu, wall = seconds_per_step(width, args.batch, args.steps, args.length)
         results[width] = cpu
         print(f"attention_dim {width}: {cpu * 1000:.0f} ms CPU, {wall * 1000:.0f} ms wall per step")
+    print(machine_line(torch.get_num_threads()))
     print(f"ratio (CPU time, 256 / 128): {results[256] / results[128]:.2f}")
 
 

@@ -29,6 +29,7 @@ from captioning.data.sources.shapes import VOCABULARY  # noqa: E402
 from captioning.data.vocab import SPECIALS  # noqa: E402
 from captioning.decoding.search import beam_search  # noqa: E402
 from captioning.models import build_decoder  # noqa: E402
+from machine import machine_line  # noqa: E402
 
 START, END = 1, 2
 DEFAULT_VOCAB = len(SPECIALS) + len(VOCABULARY)  # what the default pipeline trains on
@@ -86,6 +87,7 @@ def main() -> None:
     )
     print(f"batched ({args.batch_size} images per call): {args.images / batched_s:8.1f} captions/s")
     print(f"one image at a time:                {args.images / single_s:8.1f} captions/s")
+    print(machine_line(torch.get_num_threads()))
     print(f"ratio: {single_s / batched_s:.1f}x")
     print(f"same captions: {args.images - len(ties)}/{args.images} (the rest: ties within 1e-4)")
 

@@ -23,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from machine import machine_line
+
 BLOCK = 1000  # rows per shard, as the shard stage writes
 GROUP = 100  # Parquet row-group size: smaller groups make random reads cheaper
 BATCH = 64
@@ -134,6 +136,7 @@ def main() -> None:
             f"{rand / len(batches) * 1e3:15.2f} {first * 1e3:12.2f}"
         )
     base = results["npy memmap"]
+    print(machine_line())
     for name, (w, size, full, rand, first) in results.items():
         if name == "npy memmap":
             continue

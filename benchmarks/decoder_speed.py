@@ -29,6 +29,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from captioning.config import DecoderConfig  # noqa: E402
 from captioning.models.soft_attention import SoftAttentionDecoder  # noqa: E402
+from machine import machine_line  # noqa: E402
 
 # The seed's sizes (Show-Attend-Tell on ResNet-101 14x14x2048 features).
 BATCH, WORDS, LOCATIONS, CHANNELS, VOCAB = 32, 20, 196, 2048, 10_000
@@ -123,6 +124,7 @@ def main() -> None:
     print(f"tutorial loop, every projection per step:   {rate['naive']:6.0f} tokens/s")
     print(f"tutorial loop, attention projection only:   {rate['naive_att']:6.0f} tokens/s")
     print(f"ours (batched):                             {rate['ours']:6.0f} tokens/s")
+    print(machine_line(torch.get_num_threads()))
     print(f"ratio ours / tutorial loop: {rate['ours'] / rate['naive']:.2f}x")
     print(f"ratio ours / attention-projection-only loop: {rate['ours'] / rate['naive_att']:.2f}x")
 

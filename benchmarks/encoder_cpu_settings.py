@@ -14,6 +14,8 @@ import json
 import subprocess
 import sys
 
+from machine import machine_line
+
 CHILD = """
 import json, sys, time
 tuned = sys.argv[1] == "tuned"
@@ -57,6 +59,7 @@ def main() -> None:
     tuned = measure("tuned", args.batch, args.batches)
     print(f"plain (NCHW, default malloc):            {plain:6.1f} images/s")
     print(f"pipeline (channels_last, kept buffers):  {tuned:6.1f} images/s")
+    print(machine_line())
     print(f"ratio: {tuned / plain:.2f}x")
 
 

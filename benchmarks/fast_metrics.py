@@ -18,6 +18,7 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 
 from captioning.metrics.fast import ReferenceIndex
+from machine import machine_line
 
 COLOURS = ["red", "green", "blue", "yellow", "white", "purple", "orange", "black"]
 SHAPES = ["circle", "square", "triangle", "star", "cross", "heart"]
@@ -83,6 +84,7 @@ def main() -> None:
         assert abs(got[name] - value) < 1e-6 and abs(again[name] - value) < 1e-6, name
     print(f"{args.images} captions x {args.refs} references, scores equal: {expected}")
     print(f"pycocoevalcap Bleu(4) + Cider : {slow:6.2f} s")
+    print(machine_line())
     print(f"fast, references indexed too  : {fast:6.2f} s   ratio {slow / fast:5.1f}x")
     print(f"fast, references pre-indexed  : {indexed:6.2f} s   ratio {slow / indexed:5.1f}x")
 

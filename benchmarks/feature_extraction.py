@@ -42,6 +42,7 @@ from captioning.data.shards import iter_samples, write_shards  # noqa: E402
 from captioning.data.sources.shapes import generate_shapes  # noqa: E402
 from captioning.features.cache import encode_batch, extract_features, load_encoder  # noqa: E402
 from captioning.features.encoders import get_encoder_spec  # noqa: E402
+from machine import machine_line  # noqa: E402
 
 
 def bench_shards(source: Path | None, images: int, out: Path) -> Path:
@@ -155,6 +156,7 @@ def main() -> None:
     print(f"end to end / pure forward:            {end_to_end / forward:7.2f}")
     print(f"encode loop / pure forward:           {loop_only / forward:7.2f}")
     print(f"after the first batch / pure forward: {steady / forward:7.2f}")
+    print(machine_line(torch.get_num_threads()))
     print(f"end to end / one image at a time:     {end_to_end / one_by_one:7.2f}x")
 
 
