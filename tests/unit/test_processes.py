@@ -23,7 +23,9 @@ from captioning.processes import worker_guard
 
 def pid_then_block(_):
     import os, time
-    print(os.getpid(), flush=True)
+    # One write per line: with PYTHONUNBUFFERED print writes the pid and the newline apart, and
+    # the two workers' lines could interleave.
+    os.write(1, f"{os.getpid()}\\n".encode())
     time.sleep(600)
 
 if __name__ == "__main__":
