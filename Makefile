@@ -24,7 +24,8 @@ $(VENV)/.installed: pyproject.toml
 ## Run the whole pipeline on the embedded default dataset (dvc repro).
 run: install
 	dvc repro
-	dvc metrics show
+	@echo; cat reports/comparison.md
+	@echo; echo "Every score: reports/decoders/<decoder>/metrics.json; curves: dvc plots show"
 
 ## The CAPTCHA reader (docs/captcha.md): its own DAG in pipelines/captcha, the same stages.
 ## One MLflow store for both pipelines: the repository's mlflow.db (as `captioning predict` uses).

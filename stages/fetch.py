@@ -7,7 +7,7 @@ from captioning import runtime
 runtime.setup()
 
 from captioning.config import FetchConfig, load_section  # noqa: E402
-from captioning.data.sources import fetch  # noqa: E402
+from captioning.data.sources.registry import fetch  # noqa: E402
 
 
 def main() -> None:

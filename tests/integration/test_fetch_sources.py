@@ -21,7 +21,7 @@ from captioning.data.download import DownloadError
 from captioning.data.extract import ExtractError
 from captioning.data.layout import load_dataset
 from captioning.data.shards import iter_samples, write_shards
-from captioning.data.sources import fetch
+from captioning.data.sources.registry import fetch
 from fake_datasets import (
     COCO_HOST,
     COCO_SPLITS,

@@ -10,7 +10,7 @@ from captioning.config import check_registry
 
 
 def test_every_registry_has_exactly_its_config_names():
-    from captioning.data.sources import SOURCES
+    from captioning.data.sources.registry import SOURCES
     from captioning.evaluation import DECODINGS, PER_IMAGE_SCORES
     from captioning.features.encoders import ENCODERS
     from captioning.models import DECODERS
@@ -45,7 +45,7 @@ def test_a_name_added_to_one_list_only_fails_naming_both():
 
 
 def test_unknown_names_in_the_registries_are_captioning_errors():
-    from captioning.data.sources import fetch
+    from captioning.data.sources.registry import fetch
     from captioning.errors import CaptioningError
     from captioning.features.encoders import get_encoder_spec
     from captioning.models import build_decoder
