@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from tests.integration.ddp_decoder import NAME, registered
 from tests.unit.training.test_loop import workspace  # noqa: F401  (the tiny feature cache)
 
-from captioning.config import DecoderConfig, TrainConfig, to_dict
+from captioning.config import DecoderConfig, EarlyStoppingConfig, TrainConfig, to_dict
 from captioning.data.vocab import Vocab
 from captioning.models import build_decoder
 from captioning.training.loop import train_decoder
@@ -29,12 +29,21 @@ MODEL = DecoderConfig(
     dropout=0.0,
     feature_dropout=0.0,
 )
+# CIDEr: make_layout's scenes have no objects (params.yaml's object_accuracy needs them)
+EARLY_STOPPING = EarlyStoppingConfig(metric="CIDEr")
 
 
 def train_config() -> TrainConfig:
     """Built while the test decoder is registered (its name is checked like any other)."""
     return TrainConfig(
-        decoder=NAME, model=MODEL, epochs=3, batch_size=8, seq_per_image=2, warmup_steps=1, lr=0.01
+        decoder=NAME,
+        model=MODEL,
+        epochs=3,
+        batch_size=8,
+        seq_per_image=2,
+        warmup_steps=1,
+        lr=0.01,
+        early_stopping=EARLY_STOPPING,
     )
 
 
