@@ -83,6 +83,26 @@ class Choice:
     def allowed(self) -> tuple[str, ...]:
         return globals()[self.names]
 
+    def allows(self, value: Any) -> bool:
+        return value in self.allowed()
+
+    def expected(self) -> str:
+        return f"one of {sorted(self.allowed())}"
+
+
+@dataclass(frozen=True)
+class Matches:
+    """A dict[str, str] field whose every value matches ``pattern``."""
+
+    pattern: re.Pattern[str]
+    description: str
+
+    def allows(self, value: Any) -> bool:
+        return all(self.pattern.match(item) for item in value.values())
+
+    def expected(self) -> str:
+        return self.description
+
 
 SourceName = Annotated[str, Choice("SOURCE_NAMES")]
 EncoderName = Annotated[str, Choice("ENCODER_NAMES")]
@@ -122,11 +142,11 @@ Require = Callable[[bool, str, str], None]
 
 class Section:
     """Base of the config dataclasses: at construction (from params.yaml or in code, e.g.
-    ``dataclasses.replace``) every Choice field must hold one of its names and every check of
-    ``_checks`` must pass; all that fail are raised together as one ConfigError."""
+    ``dataclasses.replace``) every field's rule (a Choice, a Matches) must allow its value and
+    every check of ``_checks`` must pass; all that fail are raised together as one ConfigError."""
 
     def __post_init__(self) -> None:
-        problems = list(_choice_problems(self))
+        problems = list(_rule_problems(self))
 
         def require(ok: bool, key: str, expected: str) -> None:
             if not ok:
@@ -165,7 +185,13 @@ class ShapesConfig(Section):
 
 # "<algorithm>:<hex digest>", the form every checksum param takes.
 CHECKSUM_PATTERN = re.compile(r"^(sha256:[0-9a-f]{64}|sha1:[0-9a-f]{40}|md5:[0-9a-f]{32})$")
-_CHECKSUM_EXPECTED = "'sha256:<64 hex>', 'sha1:<40 hex>' or 'md5:<32 hex>' for every file"
+# File name -> checksum; replaces the shipped checksum (and size) of that file.
+Checksums = Annotated[
+    dict[str, str],
+    Matches(
+        CHECKSUM_PATTERN, "'sha256:<64 hex>', 'sha1:<40 hex>' or 'md5:<32 hex>' for every file"
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -181,11 +207,7 @@ class CocoConfig(Section):
     # karpathy: 113,287 / 5,000 / 5,000 for 2014; official: train = train<year>, and val<year>
     # halved by image id into val and test.
     split: Annotated[str, Choice("COCO_SPLITS")] = "karpathy"
-    # File name -> checksum; replaces the shipped checksum (and size) of that file.
-    checksums: dict[str, str] = field(default_factory=dict)
-
-    def _checks(self, require: Require) -> None:
-        _require_checksums(require, self.checksums)
+    checksums: Checksums = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -196,10 +218,7 @@ class Flickr8kConfig(Section):
     # Flickr8k_text.zip, or the Kaggle archive and a split source).
     files: list[str] = field(default_factory=list)
     layout: Annotated[str, Choice("FLICKR8K_LAYOUTS")] = "auto"
-    checksums: dict[str, str] = field(default_factory=dict)
-
-    def _checks(self, require: Require) -> None:
-        _require_checksums(require, self.checksums)
+    checksums: Checksums = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -207,10 +226,7 @@ class Flickr30kConfig(Section):
     """Flickr30k: the images and Karpathy's dataset_flickr30k.json (captions and split)."""
 
     files: list[str] = field(default_factory=list)
-    checksums: dict[str, str] = field(default_factory=dict)
-
-    def _checks(self, require: Require) -> None:
-        _require_checksums(require, self.checksums)
+    checksums: Checksums = field(default_factory=dict)
 
 
 # Fonts that ship with the captcha package (DroidSansMono) or with matplotlib (mpl-data).
@@ -588,14 +604,14 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls, include_extras=True)
 
 
-def _choice_of(hint: Any) -> Choice | None:
+def _rule_of(hint: Any) -> Choice | Matches | None:
     if typing.get_origin(hint) is Annotated:
-        return next((m for m in hint.__metadata__ if isinstance(m, Choice)), None)
+        return next((m for m in hint.__metadata__ if isinstance(m, Choice | Matches)), None)
     return None
 
 
-def _choice_problems(config: Any) -> Iterable[Problem]:
-    """Every Choice field (or list item of one) of ``config`` that holds no name of its tuple."""
+def _rule_problems(config: Any) -> Iterable[Problem]:
+    """Every field (or list item) of ``config`` whose rule (a Choice, a Matches) refuses it."""
     for name, hint in _hints(type(config)).items():
         value = getattr(config, name)
         if typing.get_origin(hint) is list:
@@ -603,18 +619,10 @@ def _choice_problems(config: Any) -> Iterable[Problem]:
             items = [(f"{name}[{i}]", item) for i, item in enumerate(value)]
         else:
             items = [(name, value)]
-        choice = _choice_of(hint)
-        for key, item in items if choice else []:
-            if item not in choice.allowed():
-                yield Problem(key, f"one of {sorted(choice.allowed())}", repr(item))
-
-
-def _require_checksums(require: Require, checksums: dict[str, str]) -> None:
-    require(
-        all(CHECKSUM_PATTERN.match(value) for value in checksums.values()),
-        "checksums",
-        _CHECKSUM_EXPECTED,
-    )
+        rule = _rule_of(hint)
+        for key, item in items if rule else []:
+            if not rule.allows(item):
+                yield Problem(key, rule.expected(), repr(item))
 
 
 T = TypeVar("T")
