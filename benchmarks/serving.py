@@ -202,6 +202,7 @@ def main() -> None:
 
     import mlflow
 
+    from captioning.config import RegisterConfig, load_section
     from captioning.registry.pyfunc import log_captioner
 
     images = test_images(max(args.images))
@@ -211,7 +212,8 @@ def main() -> None:
         build_model(root / "model", args.params)
         mlflow.set_tracking_uri(uri)
         with mlflow.start_run():
-            info = log_captioner(root / "model", name="model")
+            beam_size = load_section(args.params, "register", RegisterConfig).beam_size
+            info = log_captioner(root / "model", beam_size=beam_size, name="model")
         version = mlflow.register_model(info.model_uri, "bench")
         mlflow.MlflowClient().set_registered_model_alias("bench", "champion", version.version)
 

@@ -1,19 +1,23 @@
 """Typed configuration: params.yaml sections load into frozen dataclasses.
 
 An unknown key, a wrong type, an impossible value or a name that no registry has fails at load
-time with the file, the key, what was expected and what was found.
+time with the file, the key, what was expected and what was found: every such error of the file
+at once, one line each. params.yaml is the one source of the default values: each default here
+equals params.yaml's (tests/unit/test_config.py holds them equal), so that a config built in code
+is the pipeline's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
 
@@ -62,6 +66,58 @@ PER_IMAGE_SCORE_NAMES = (
     "exact_match",
     "char_accuracy",
 )
+SAMPLING_SCHEDULES = ("none", "linear", "exponential", "inverse_sigmoid")
+EARLY_STOPPING_METRICS = ("CIDEr", "BLEU-4", "object_accuracy", "exact_match")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A str field whose value must be a name of the tuple ``captioning.config.<names>``.
+
+    The tuple is looked up by name at each check, so a test that adds a name to it (a test
+    decoder in DECODER_NAMES) is seen by every config.
+    """
+
+    names: str
+
+    def allowed(self) -> tuple[str, ...]:
+        return globals()[self.names]
+
+    def allows(self, value: Any) -> bool:
+        return value in self.allowed()
+
+    def expected(self) -> str:
+        return f"one of {sorted(self.allowed())}"
+
+
+@dataclass(frozen=True)
+class Matches:
+    """A dict[str, str] field whose every value matches ``pattern``."""
+
+    pattern: re.Pattern[str]
+    description: str
+
+    def allows(self, value: Any) -> bool:
+        return all(self.pattern.match(item) for item in value.values())
+
+    def expected(self) -> str:
+        return self.description
+
+
+SourceName = Annotated[str, Choice("SOURCE_NAMES")]
+EncoderName = Annotated[str, Choice("ENCODER_NAMES")]
+DecoderName = Annotated[str, Choice("DECODER_NAMES")]
+CellName = Annotated[str, Choice("CELL_NAMES")]
+DecodingName = Annotated[str, Choice("DECODING_NAMES")]
+PerImageScoreName = Annotated[str, Choice("PER_IMAGE_SCORE_NAMES")]
+SamplingSchedule = Annotated[str, Choice("SAMPLING_SCHEDULES")]
+EarlyStoppingMetric = Annotated[str, Choice("EARLY_STOPPING_METRICS")]
+# Settings that pick one of a few behaviours.
+COCO_SPLITS = ("karpathy", "official")
+FLICKR8K_LAYOUTS = ("auto", "kaggle", "original")
+VOCAB_LEVELS = ("word", "char")
+FEATURE_ENGINES = ("local", "dask")
+EVALUATION_TASKS = ("auto", "caption", "word")
 
 
 def check_registry(
@@ -80,35 +136,66 @@ def check_registry(
         )
 
 
+# require(ok, key, expected): a section's check of its values; every failed one is reported.
+Require = Callable[[bool, str, str], None]
+
+
+class Section:
+    """Base of the config dataclasses: at construction (from params.yaml or in code, e.g.
+    ``dataclasses.replace``) every field's rule (a Choice, a Matches) must allow its value and
+    every check of ``_checks`` must pass; all that fail are raised together as one ConfigError."""
+
+    def __post_init__(self) -> None:
+        problems = list(_rule_problems(self))
+
+        def require(ok: bool, key: str, expected: str) -> None:
+            if not ok:
+                attribute = re.split(r"[/\[]", key)[0]
+                problems.append(Problem(key, expected, repr(getattr(self, attribute, None))))
+
+        self._checks(require)
+        if problems:
+            raise _Impossible(problems)
+
+    def _checks(self, require: Require) -> None:
+        """Checks of the values that their types cannot say (ranges, one value given another)."""
+
+
 @dataclass(frozen=True)
-class CommonConfig:
+class CommonConfig(Section):
     seed: int = 42
 
 
 @dataclass(frozen=True)
-class ShapesConfig:
+class ShapesConfig(Section):
     """The embedded synthetic dataset: 1-3 coloured shapes on a textured background."""
 
-    n_train: int = 6000
+    n_train: int = 12000
     n_val: int = 500
     n_test: int = 500
     image_size: int = 224
     captions_per_image: int = 5
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        _require(min(self.n_train, self.n_val, self.n_test) >= 1, "n_train/n_val/n_test", ">= 1")
-        _require(self.image_size >= 64, "image_size", ">= 64")
-        _require(self.captions_per_image >= 1, "captions_per_image", ">= 1")
+    def _checks(self, require: Require) -> None:
+        require(min(self.n_train, self.n_val, self.n_test) >= 1, "n_train/n_val/n_test", ">= 1")
+        require(self.image_size >= 64, "image_size", ">= 64")
+        require(self.captions_per_image >= 1, "captions_per_image", ">= 1")
 
 
 # "<algorithm>:<hex digest>", the form every checksum param takes.
 CHECKSUM_PATTERN = re.compile(r"^(sha256:[0-9a-f]{64}|sha1:[0-9a-f]{40}|md5:[0-9a-f]{32})$")
-_CHECKSUM_EXPECTED = "'sha256:<64 hex>', 'sha1:<40 hex>' or 'md5:<32 hex>' for every file"
+# File name -> checksum; replaces the shipped checksum (and size) of that file.
+Checksums = Annotated[
+    dict[str, str],
+    Matches(
+        CHECKSUM_PATTERN, "'sha256:<64 hex>', 'sha1:<40 hex>' or 'md5:<32 hex>' for every file"
+    ),
+]
 
 
 @dataclass(frozen=True)
-class CocoConfig:
+class CocoConfig(Section):
     """COCO 2014 / 2017 (sources coco2014, coco2017): official zips and the Karpathy split."""
 
     # Base URL of the official files (<url>/zips/train2014.zip, <url>/annotations/...).
@@ -119,41 +206,27 @@ class CocoConfig:
     karpathy: str = ""
     # karpathy: 113,287 / 5,000 / 5,000 for 2014; official: train = train<year>, and val<year>
     # halved by image id into val and test.
-    split: str = "karpathy"
-    # File name -> checksum; replaces the shipped checksum (and size) of that file.
-    checksums: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        _require(self.split in ("karpathy", "official"), "split", "'karpathy' or 'official'")
-        _require_checksums(self.checksums)
+    split: Annotated[str, Choice("COCO_SPLITS")] = "karpathy"
+    checksums: Checksums = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
-class Flickr8kConfig:
+class Flickr8kConfig(Section):
     """Flickr8k in the Kaggle layout (Images/ + captions.txt) or the original one."""
 
     # URLs or local paths: archives, directories or files (e.g. Flickr8k_Dataset.zip and
     # Flickr8k_text.zip, or the Kaggle archive and a split source).
     files: list[str] = field(default_factory=list)
-    layout: str = "auto"  # auto | kaggle | original
-    checksums: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        _require(
-            self.layout in ("auto", "kaggle", "original"), "layout", "auto, kaggle or original"
-        )
-        _require_checksums(self.checksums)
+    layout: Annotated[str, Choice("FLICKR8K_LAYOUTS")] = "auto"
+    checksums: Checksums = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
-class Flickr30kConfig:
+class Flickr30kConfig(Section):
     """Flickr30k: the images and Karpathy's dataset_flickr30k.json (captions and split)."""
 
     files: list[str] = field(default_factory=list)
-    checksums: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        _require_checksums(self.checksums)
+    checksums: Checksums = field(default_factory=dict)
 
 
 # Fonts that ship with the captcha package (DroidSansMono) or with matplotlib (mpl-data).
@@ -166,7 +239,7 @@ CAPTCHA_FONTS = [
 
 
 @dataclass(frozen=True)
-class CaptchaConfig:
+class CaptchaConfig(Section):
     """The seed's CAPTCHA set: words drawn by the ``captcha`` package (source ``captcha``)."""
 
     count: int = 140_000  # images: the first n_train train, the next n_val val, the rest test
@@ -182,20 +255,20 @@ class CaptchaConfig:
     seed: int = 0
     workers: int = 0  # processes drawing images; 0 = one per CPU core
 
-    def __post_init__(self) -> None:
-        _require(min(self.n_train, self.n_val) >= 1, "n_train/n_val", ">= 1")
-        _require(self.count > self.n_train + self.n_val, "count", "> n_train + n_val")
-        _require(self.width >= 16 and self.height >= 16, "width/height", ">= 16")
-        _require(self.n_words >= 1, "n_words", ">= 1")
-        _require(1 <= self.min_letters <= self.max_letters, "min_letters", "in [1, max_letters]")
-        _require(len(set(self.fonts)) == len(self.fonts) >= 1, "fonts", "distinct font names")
-        _require(bool(self.font_sizes) and min(self.font_sizes) >= 8, "font_sizes", ">= 8")
-        _require(self.workers >= 0, "workers", ">= 0 (0 = one per CPU core)")
+    def _checks(self, require: Require) -> None:
+        require(min(self.n_train, self.n_val) >= 1, "n_train/n_val", ">= 1")
+        require(self.count > self.n_train + self.n_val, "count", "> n_train + n_val")
+        require(self.width >= 16 and self.height >= 16, "width/height", ">= 16")
+        require(self.n_words >= 1, "n_words", ">= 1")
+        require(1 <= self.min_letters <= self.max_letters, "min_letters", "in [1, max_letters]")
+        require(len(set(self.fonts)) == len(self.fonts) >= 1, "fonts", "distinct font names")
+        require(bool(self.font_sizes) and min(self.font_sizes) >= 8, "font_sizes", ">= 8")
+        require(self.workers >= 0, "workers", ">= 0 (0 = one per CPU core)")
 
 
 @dataclass(frozen=True)
-class FetchConfig:
-    source: str = "shapes"
+class FetchConfig(Section):
+    source: SourceName = "shapes"
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
     # Re-points every download URL: http://host/path -> <mirror>/host/path (an http(s) URL or a
     # local directory laid out the same way, e.g. by `wget -x`). "" = the original URLs.
@@ -205,12 +278,9 @@ class FetchConfig:
     flickr30k: Flickr30kConfig = field(default_factory=Flickr30kConfig)
     captcha: CaptchaConfig = field(default_factory=CaptchaConfig)
 
-    def __post_init__(self) -> None:
-        _require_choice(self.source, SOURCE_NAMES, "source")
-
 
 @dataclass(frozen=True)
-class ShardConfig:
+class ShardConfig(Section):
     max_count: int = 1000
     max_size_mb: float = 512.0
     # Processes writing shards in parallel; 0 = one per available CPU core.
@@ -220,30 +290,29 @@ class ShardConfig:
     # Quality of re-encoded JPEGs (resized or converted images; others pass through untouched).
     jpeg_quality: int = 95
 
-    def __post_init__(self) -> None:
-        _require(self.max_count >= 1, "max_count", ">= 1")
-        _require(self.max_size_mb > 0, "max_size_mb", "> 0")
-        _require(self.workers >= 0, "workers", ">= 0 (0 = one per CPU core)")
-        _require(self.max_side == 0 or self.max_side >= 16, "max_side", "0 (keep) or >= 16")
-        _require(1 <= self.jpeg_quality <= 100, "jpeg_quality", "in [1, 100]")
+    def _checks(self, require: Require) -> None:
+        require(self.max_count >= 1, "max_count", ">= 1")
+        require(self.max_size_mb > 0, "max_size_mb", "> 0")
+        require(self.workers >= 0, "workers", ">= 0 (0 = one per CPU core)")
+        require(self.max_side == 0 or self.max_side >= 16, "max_side", "0 (keep) or >= 16")
+        require(1 <= self.jpeg_quality <= 100, "jpeg_quality", "in [1, 100]")
 
 
 @dataclass(frozen=True)
-class VocabConfig:
+class VocabConfig(Section):
     min_freq: int = 1
     max_length: int = 24  # tokens per caption: words, or characters at level char
     # word: tokens are words; char: tokens are the characters of each caption (a CAPTCHA's word)
-    level: str = "word"
+    level: Annotated[str, Choice("VOCAB_LEVELS")] = "word"
 
-    def __post_init__(self) -> None:
-        _require(self.min_freq >= 1, "min_freq", ">= 1")
-        _require(self.max_length >= 2, "max_length", ">= 2")
-        _require(self.level in ("word", "char"), "level", "'word' or 'char'")
+    def _checks(self, require: Require) -> None:
+        require(self.min_freq >= 1, "min_freq", ">= 1")
+        require(self.max_length >= 2, "max_length", ">= 2")
 
 
 @dataclass(frozen=True)
-class FeaturesConfig:
-    encoder: str = "efficientnet_lite0"
+class FeaturesConfig(Section):
+    encoder: EncoderName = "efficientnet_lite0"
     pretrained: bool = True
     # A local weights file (torchvision checkpoint, or an encoder's own state) instead of the
     # encoder's published source; needs pretrained: true.
@@ -252,37 +321,35 @@ class FeaturesConfig:
     num_workers: int = 1
     # local: this process (+ num_workers decoding workers); dask: one Prefect task per shard
     # on a Dask cluster (features/distributed.py). The cache is the same either way.
-    engine: str = "local"
+    engine: Annotated[str, Choice("FEATURE_ENGINES")] = "local"
     dask_address: str = ""  # a running scheduler, e.g. tcp://10.0.0.5:8786; "" = LocalCluster
     dask_workers: int = 2  # worker processes of the LocalCluster
 
-    def __post_init__(self) -> None:
-        _require_choice(self.encoder, ENCODER_NAMES, "encoder")
-        _require(self.batch_size >= 1, "batch_size", ">= 1")
-        _require(self.num_workers >= 0, "num_workers", ">= 0")
-        _require(self.engine in ("local", "dask"), "engine", "local or dask")
-        _require(self.dask_workers >= 1, "dask_workers", ">= 1")
-        _require(
+    def _checks(self, require: Require) -> None:
+        require(self.batch_size >= 1, "batch_size", ">= 1")
+        require(self.num_workers >= 0, "num_workers", ">= 0")
+        require(self.dask_workers >= 1, "dask_workers", ">= 1")
+        require(
             self.weights_path is None or self.pretrained,
             "weights_path",
             "null when pretrained is false (a weights file is pretrained weights)",
         )
-        _require(self.weights_path != "", "weights_path", "a file path or null")
+        require(self.weights_path != "", "weights_path", "a file path or null")
 
 
 @dataclass(frozen=True)
-class DecoderConfig:
+class DecoderConfig(Section):
     """Sizes shared by the decoders; each decoder reads the fields it needs."""
 
     embed_dim: int = 256
     hidden_dim: int = 256
-    attention_dim: int = 256
+    attention_dim: int = 128
     feature_proj_dim: int = 256
     dropout: float = 0.3
-    feature_dropout: float = 0.3
+    feature_dropout: float = 0.6
     alpha_c: float = 1.0
     # Recurrent cell of the attention decoders (soft_attention, hard_attention).
-    cell: str = "lstm"
+    cell: CellName = "lstm"
     # m-RNN's multimodal layer (mrnn).
     multimodal_dim: int = 512
     # Hard attention's REINFORCE (hard_attention): weight of the location-policy gradient,
@@ -292,23 +359,34 @@ class DecoderConfig:
     baseline_decay: float = 0.9
     # soft_attention: the attention query also sees the word just fed, so the object whose colour
     # was just named is the one attended for its shape (False: Xu et al.'s query, h alone).
-    attend_with_word: bool = False
+    attend_with_word: bool = True
 
-    def __post_init__(self) -> None:
+    def _checks(self, require: Require) -> None:
         for name in ("embed_dim", "hidden_dim", "attention_dim", "feature_proj_dim"):
-            _require(getattr(self, name) >= 1, name, ">= 1")
+            require(getattr(self, name) >= 1, name, ">= 1")
         for name in ("dropout", "feature_dropout"):
-            _require(0.0 <= getattr(self, name) < 1.0, name, "in [0, 1)")
-        _require(self.alpha_c >= 0, "alpha_c", ">= 0")
-        _require_choice(self.cell, CELL_NAMES, "cell")
-        _require(self.multimodal_dim >= 1, "multimodal_dim", ">= 1")
-        _require(self.reinforce_weight >= 0, "reinforce_weight", ">= 0")
-        _require(self.entropy_weight >= 0, "entropy_weight", ">= 0")
-        _require(0.0 <= self.baseline_decay < 1.0, "baseline_decay", "in [0, 1)")
+            require(0.0 <= getattr(self, name) < 1.0, name, "in [0, 1)")
+        require(self.alpha_c >= 0, "alpha_c", ">= 0")
+        require(self.multimodal_dim >= 1, "multimodal_dim", ">= 1")
+        require(self.reinforce_weight >= 0, "reinforce_weight", ">= 0")
+        require(self.entropy_weight >= 0, "entropy_weight", ">= 0")
+        require(0.0 <= self.baseline_decay < 1.0, "baseline_decay", "in [0, 1)")
+
+
+# Decoder keys added after models were first saved, each with the value that a model saved
+# without it was built with (not params.yaml's default), so that its config.json still loads.
+SAVED_DECODER_FALLBACKS = {"attend_with_word": False}
+
+
+def saved_decoder_config(raw: Any, *, path: Path | str) -> DecoderConfig:
+    """The DecoderConfig that a trained model's config.json records (its ``train.model``)."""
+    if isinstance(raw, dict):
+        raw = {**SAVED_DECODER_FALLBACKS, **raw}
+    return from_dict(DecoderConfig, raw, path=path, prefix="train.model.")
 
 
 @dataclass(frozen=True)
-class FineTuneConfig:
+class FineTuneConfig(Section):
     """Train the encoder's last blocks with the decoder, reading images from the shards."""
 
     enabled: bool = False
@@ -317,72 +395,64 @@ class FineTuneConfig:
     num_workers: int = 1  # DataLoader workers decoding images
     shuffle_buffer: int = 1000  # samples mixed across shards
 
-    def __post_init__(self) -> None:
-        _require(self.blocks >= 1 or self.blocks == -1, "blocks", ">= 1, or -1 for all")
-        _require(self.lr > 0, "lr", "> 0")
-        _require(self.num_workers >= 0, "num_workers", ">= 0")
-        _require(self.shuffle_buffer >= 1, "shuffle_buffer", ">= 1")
-
-
-SAMPLING_SCHEDULES = ("none", "linear", "exponential", "inverse_sigmoid")
+    def _checks(self, require: Require) -> None:
+        require(self.blocks >= 1 or self.blocks == -1, "blocks", ">= 1, or -1 for all")
+        require(self.lr > 0, "lr", "> 0")
+        require(self.num_workers >= 0, "num_workers", ">= 0")
+        require(self.shuffle_buffer >= 1, "shuffle_buffer", ">= 1")
 
 
 @dataclass(frozen=True)
-class ScheduledSamplingConfig:
+class ScheduledSamplingConfig(Section):
     """Scheduled sampling (Bengio et al. 2015) over training steps i: the probability of feeding
     the true word is linear max(min_truth_prob, k - c*i), exponential k**i or inverse sigmoid
     k / (k + exp(i / k)), floored at min_truth_prob; the model's own sample is fed otherwise."""
 
-    schedule: str = "none"  # none | linear | exponential | inverse_sigmoid
+    schedule: SamplingSchedule = "none"  # none | linear | exponential | inverse_sigmoid
     k: float = 1.0  # linear: start (<= 1); exponential: decay per step (< 1); inverse_sigmoid: >= 1
     c: float = 0.0  # linear: decrease per step
     min_truth_prob: float = 0.0
 
-    def __post_init__(self) -> None:
-        _require_choice(self.schedule, SAMPLING_SCHEDULES, "schedule")
-        _require(0.0 <= self.min_truth_prob <= 1.0, "min_truth_prob", "in [0, 1]")
-        _require(self.c >= 0, "c", ">= 0")
+    def _checks(self, require: Require) -> None:
+        require(0.0 <= self.min_truth_prob <= 1.0, "min_truth_prob", "in [0, 1]")
+        require(self.c >= 0, "c", ">= 0")
         if self.schedule == "linear":
-            _require(0.0 <= self.k <= 1.0, "k", "in [0, 1] for the linear schedule")
+            require(0.0 <= self.k <= 1.0, "k", "in [0, 1] for the linear schedule")
         elif self.schedule == "exponential":
-            _require(0.0 < self.k <= 1.0, "k", "in (0, 1] for the exponential schedule")
+            require(0.0 < self.k <= 1.0, "k", "in (0, 1] for the exponential schedule")
         elif self.schedule == "inverse_sigmoid":
-            _require(self.k >= 1.0, "k", ">= 1 for the inverse sigmoid schedule")
-
-
-EARLY_STOPPING_METRICS = ("CIDEr", "BLEU-4", "object_accuracy", "exact_match")
+            require(self.k >= 1.0, "k", ">= 1 for the inverse sigmoid schedule")
 
 
 @dataclass(frozen=True)
-class EarlyStoppingConfig:
+class EarlyStoppingConfig(Section):
     """Greedy captions of the validation split scored every ``every_epochs`` epochs (and after
     the last); the saved model is the best-scoring epoch's."""
 
     # CIDEr | BLEU-4 | object_accuracy (shapes: val images whose greedy caption names exactly
     # their objects; needs the objects the shapes source writes) | exact_match (a reader over a
     # character vocabulary: val words read exactly)
-    metric: str = "CIDEr"
+    metric: EarlyStoppingMetric = "object_accuracy"
     patience: int = 0  # validations without improvement before stopping; 0 = never stop early
     every_epochs: int = 1
     batch_size: int = 500  # images per greedy decoding batch (few large steps: the CPU is op-bound)
 
-    def __post_init__(self) -> None:
-        _require_choice(self.metric, EARLY_STOPPING_METRICS, "metric")
-        _require(self.patience >= 0, "patience", ">= 0 (0 = never stop early)")
-        _require(self.every_epochs >= 1, "every_epochs", ">= 1")
-        _require(self.batch_size >= 1, "batch_size", ">= 1")
+    def _checks(self, require: Require) -> None:
+        require(self.patience >= 0, "patience", ">= 0 (0 = never stop early)")
+        require(self.every_epochs >= 1, "every_epochs", ">= 1")
+        require(self.batch_size >= 1, "batch_size", ">= 1")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    decoder: str = "soft_attention"
+class TrainConfig(Section):
+    decoder: DecoderName = "soft_attention"
     model: DecoderConfig = field(default_factory=DecoderConfig)
-    epochs: int = 30
+    epochs: int = 9
     batch_size: int = 64  # captions per batch
     # Captions of one image trained together, sharing its projected features (seq_per_img).
     seq_per_image: int = 1
     lr: float = 3e-3
-    weight_decay: float = 0.0
+    weight_decay: float = 0.2
     warmup_steps: int = 100
     grad_clip: float = 5.0
     # Scenes with this many objects or more are repeated in each epoch: they are the hard ones.
@@ -392,10 +462,10 @@ class TrainConfig:
     fine_tune: FineTuneConfig = field(default_factory=FineTuneConfig)
     # The decoders the DAG trains (one train@<name>, evaluate@<name>, register@<name> each);
     # ``decoder`` above is the one a single training run builds (the stage sets it per item).
-    decoders: list[str] = field(default_factory=lambda: ["soft_attention"])
+    decoders: list[DecoderName] = field(default_factory=lambda: ["soft_attention"])
     scheduled_sampling: ScheduledSamplingConfig = field(default_factory=ScheduledSamplingConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
-    checkpoint_every_steps: int = 0  # resume state every N optimiser steps too; 0 = per epoch
+    checkpoint_every_steps: int = 100  # resume state every N optimiser steps too; 0 = per epoch
     log_every_steps: int = 50  # the training loss goes to MLflow every N steps
     # >1: data-parallel training, one process per device under torchrun (training/distributed.py)
     devices: int = 1
@@ -403,37 +473,34 @@ class TrainConfig:
     # past it at the last epoch's pace (the LR schedule still spans train.epochs).
     max_minutes: float = 0.0
 
-    def __post_init__(self) -> None:
-        _require(self.epochs >= 1, "epochs", ">= 1")
-        _require(self.devices >= 1, "devices", ">= 1")
-        _require(
+    def _checks(self, require: Require) -> None:
+        require(self.epochs >= 1, "epochs", ">= 1")
+        require(self.devices >= 1, "devices", ">= 1")
+        require(
             self.devices == 1 or not self.fine_tune.enabled,
             "devices",
             "1 when fine_tune.enabled (data-parallel training covers cached features only)",
         )
-        _require(self.batch_size >= 1, "batch_size", ">= 1")
-        _require(self.seq_per_image >= 1, "seq_per_image", ">= 1")
-        _require(self.lr > 0, "lr", "> 0")
-        _require(self.weight_decay >= 0, "weight_decay", ">= 0")
-        _require(self.warmup_steps >= 0, "warmup_steps", ">= 0")
-        _require(self.grad_clip > 0, "grad_clip", "> 0")
-        _require(self.hard_repeat >= 1, "hard_repeat", ">= 1")
-        _require(self.num_threads >= 0, "num_threads", ">= 0 (0 = torch default)")
-        _require_choice(self.decoder, DECODER_NAMES, "decoder")
-        _require(
+        require(self.batch_size >= 1, "batch_size", ">= 1")
+        require(self.seq_per_image >= 1, "seq_per_image", ">= 1")
+        require(self.lr > 0, "lr", "> 0")
+        require(self.weight_decay >= 0, "weight_decay", ">= 0")
+        require(self.warmup_steps >= 0, "warmup_steps", ">= 0")
+        require(self.grad_clip > 0, "grad_clip", "> 0")
+        require(self.hard_repeat >= 1, "hard_repeat", ">= 1")
+        require(self.num_threads >= 0, "num_threads", ">= 0 (0 = torch default)")
+        require(
             len(self.decoders) >= 1 and len(set(self.decoders)) == len(self.decoders),
             "decoders",
             "a non-empty list of distinct decoder names",
         )
-        for i, name in enumerate(self.decoders):
-            _require_choice(name, DECODER_NAMES, f"decoders[{i}]")
-        _require(self.checkpoint_every_steps >= 0, "checkpoint_every_steps", ">= 0")
-        _require(self.log_every_steps >= 1, "log_every_steps", ">= 1")
-        _require(self.max_minutes >= 0, "max_minutes", ">= 0 (0 = no budget)")
+        require(self.checkpoint_every_steps >= 0, "checkpoint_every_steps", ">= 0")
+        require(self.log_every_steps >= 1, "log_every_steps", ">= 1")
+        require(self.max_minutes >= 0, "max_minutes", ">= 0 (0 = no budget)")
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(Section):
     beam_size: int = 3
     max_length: int = 24
     batch_size: int = 100
@@ -444,24 +511,23 @@ class EvaluateConfig:
     n_best: int = 3  # beam captions per image kept in per_image.json, best first
     # caption: COCO metrics; word: exact match + character accuracy (a CAPTCHA reader);
     # auto: word when the vocabulary is character-level.
-    task: str = "auto"
+    task: Annotated[str, Choice("EVALUATION_TASKS")] = "auto"
     spice: bool = True  # when its Stanford CoreNLP jars are installed; skipped otherwise
     n_gallery: int = 12  # test images in gallery.html (0 = no gallery)
 
-    def __post_init__(self) -> None:
-        _require(self.beam_size >= 1, "beam_size", ">= 1")
-        _require(self.max_length >= 1, "max_length", ">= 1")
-        _require(self.batch_size >= 1, "batch_size", ">= 1")
-        _require(self.n_attention_figures >= 0, "n_attention_figures", ">= 0")
-        _require(self.length_penalty >= 0, "length_penalty", ">= 0")
-        _require(0 <= self.min_length <= self.max_length, "min_length", "in [0, max_length]")
-        _require(1 <= self.n_best <= self.beam_size, "n_best", "in [1, beam_size]")
-        _require(self.task in ("auto", "caption", "word"), "task", "auto, caption or word")
-        _require(self.n_gallery >= 0, "n_gallery", ">= 0")
+    def _checks(self, require: Require) -> None:
+        require(self.beam_size >= 1, "beam_size", ">= 1")
+        require(self.max_length >= 1, "max_length", ">= 1")
+        require(self.batch_size >= 1, "batch_size", ">= 1")
+        require(self.n_attention_figures >= 0, "n_attention_figures", ">= 0")
+        require(self.length_penalty >= 0, "length_penalty", ">= 0")
+        require(0 <= self.min_length <= self.max_length, "min_length", "in [0, max_length]")
+        require(1 <= self.n_best <= self.beam_size, "n_best", "in [1, beam_size]")
+        require(self.n_gallery >= 0, "n_gallery", ">= 0")
 
 
 @dataclass(frozen=True)
-class GateConfig:
+class GateConfig(Section):
     """The promotion gate: a paired bootstrap over the test images (registry/gate.py)."""
 
     confidence: float = 0.95  # two-sided percentile interval of the mean per-image gain
@@ -470,36 +536,36 @@ class GateConfig:
     # The interval's lower end must be above this (in units of the per-image score).
     min_gain: float = 0.0
 
-    def __post_init__(self) -> None:
-        _require(0.5 <= self.confidence < 1.0, "confidence", "in [0.5, 1)")
-        _require(self.resamples >= 100, "resamples", ">= 100")
-        _require(self.seed >= 0, "seed", ">= 0")
-        _require(self.min_gain >= 0.0, "min_gain", ">= 0 (a gate that admits a loss is no gate)")
+    def _checks(self, require: Require) -> None:
+        require(0.5 <= self.confidence < 1.0, "confidence", "in [0.5, 1)")
+        require(self.resamples >= 100, "resamples", ">= 100")
+        require(self.seed >= 0, "seed", ">= 0")
+        require(self.min_gain >= 0.0, "min_gain", ">= 0 (a gate that admits a loss is no gate)")
 
 
 @dataclass(frozen=True)
-class RegisterConfig:
+class RegisterConfig(Section):
     model_name: str = "captioner"
     experiment: str = "captioning"
     # The test metric a challenger must beat the champion on to be promoted.
-    promote_metric: str = "CIDEr"
+    promote_metric: PerImageScoreName = "CIDEr"
+    # The served model's beam size for a request that gives none (registry/pyfunc.py).
     beam_size: int = 3
     # Whose per-image scores the gate compares: per_image.json entry[decoding][promote_metric]
     # (CIDEr there is pycocoevalcap's CIDEr-D); e.g. greedy + exact_match for a CAPTCHA reader.
-    decoding: str = "beam"
+    decoding: DecodingName = "beam"
     # The stage promotes a challenger that passes the gate; false: reviewers run
     # `captioning registry promote` themselves (the gate's numbers are logged either way).
     auto_promote: bool = True
     gate: GateConfig = field(default_factory=GateConfig)
 
-    def __post_init__(self) -> None:
-        _require(bool(self.model_name.strip()), "model_name", "a non-empty name")
-        _require_choice(self.promote_metric, PER_IMAGE_SCORE_NAMES, "promote_metric")
-        _require_choice(self.decoding, DECODING_NAMES, "decoding")
+    def _checks(self, require: Require) -> None:
+        require(bool(self.model_name.strip()), "model_name", "a non-empty name")
+        require(self.beam_size >= 1, "beam_size", ">= 1")
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(Section):
     common: CommonConfig = field(default_factory=CommonConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
@@ -510,38 +576,53 @@ class Params:
     register: RegisterConfig = field(default_factory=RegisterConfig)
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One impossible value: its key (relative to the section that found it), what was expected,
+    and the value found (a repr)."""
+
+    key: str
+    expected: str
+    found: str
+
+    def line(self, prefix: str = "") -> str:
+        return f"key {prefix + self.key!r}: expected {self.expected}, found {self.found}"
+
+
 class _Impossible(ConfigError):
-    """An impossible value, found by a dataclass's own checks; ``from_dict`` names the file and
-    the whole dotted key. Raised as is where code builds a config itself (``dataclasses.replace``).
-    ``found`` is the value's repr where the key alone does not lead to it (``decoders[1]``)."""
+    """The impossible values of one section, found by its own checks; ``from_dict`` names the file
+    and the whole dotted keys. Raised as is where code builds a config itself
+    (``dataclasses.replace``): one line per problem."""
 
-    def __init__(self, key: str, expected: str, found: str | None = None) -> None:
-        super().__init__(key, expected, found)
-        self.key = key
-        self.expected = expected
-        self.found = found
-
-    def __str__(self) -> str:
-        found = f", found {self.found}" if self.found is not None else ""
-        return f"key {self.key!r}: expected {self.expected}{found}"
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(problem.line() for problem in problems))
+        self.problems = problems
 
 
-def _require(ok: bool, key: str, expected: str) -> None:
-    if not ok:
-        raise _Impossible(key, expected)
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=True)
 
 
-def _require_choice(value: str, choices: Sequence[str], key: str) -> None:
-    if value not in choices:
-        raise _Impossible(key, f"one of {sorted(choices)}", repr(value))
+def _rule_of(hint: Any) -> Choice | Matches | None:
+    if typing.get_origin(hint) is Annotated:
+        return next((m for m in hint.__metadata__ if isinstance(m, Choice | Matches)), None)
+    return None
 
 
-def _require_checksums(checksums: dict[str, str]) -> None:
-    _require(
-        all(CHECKSUM_PATTERN.match(value) for value in checksums.values()),
-        "checksums",
-        _CHECKSUM_EXPECTED,
-    )
+def _rule_problems(config: Any) -> Iterable[Problem]:
+    """Every field (or list item) of ``config`` whose rule (a Choice, a Matches) refuses it."""
+    for name, hint in _hints(type(config)).items():
+        value = getattr(config, name)
+        if typing.get_origin(hint) is list:
+            (hint,) = typing.get_args(hint)
+            items = [(f"{name}[{i}]", item) for i, item in enumerate(value)]
+        else:
+            items = [(name, value)]
+        rule = _rule_of(hint)
+        for key, item in items if rule else []:
+            if not rule.allows(item):
+                yield Problem(key, rule.expected(), repr(item))
 
 
 T = TypeVar("T")
@@ -588,61 +669,90 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def from_dict(cls: type[T], raw: Any, *, path: Path | str, prefix: str) -> T:
-    """Build dataclass ``cls`` from a mapping, checking keys and types recursively."""
-    where = prefix.rstrip(".") or "<top level>"
+    """Build dataclass ``cls`` from a mapping, checking keys, types and values recursively.
+
+    Every error is reported at once: a ConfigError of one line per error, each naming the file,
+    the dotted key, what was expected and what was found.
+    """
+    errors: list[str] = []
+    config = _build(cls, raw, prefix, errors)
+    if errors:
+        raise ConfigError("\n".join(f"{path}: {error}" for error in errors))
+    return config  # type: ignore[return-value]
+
+
+class _Invalid:
+    """What ``_coerce`` returns for a value it reported as an error."""
+
+
+_INVALID = _Invalid()
+
+
+def _build(cls: type[T], raw: Any, prefix: str, errors: list[str]) -> T | _Invalid:
+    """``cls`` from ``raw``, each error appended to ``errors``. A field whose value is in error
+    takes its default, so that the section's own checks of its other values still run; their
+    problems with that field are left out (its error is reported already)."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: key {where!r}: expected a mapping, found {_describe(raw)}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown key {prefix + str(unknown[0])!r}; expected one of {sorted(fields)}"
-        )
+        where = prefix.rstrip(".") or "<top level>"
+        errors.append(f"key {where!r}: expected a mapping, found {_describe(raw)}")
+        return _INVALID
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = _hints(cls)
     kwargs: dict[str, Any] = {}
+    invalid: set[str] = set()
     for name, value in raw.items():
-        kwargs[name] = _coerce(hints[name], value, path=path, key=prefix + name)
+        if name not in fields:
+            errors.append(f"unknown key {prefix + str(name)!r}; expected one of {sorted(fields)}")
+            continue
+        kwargs[name] = _coerce(hints[name], value, prefix + name, errors)
+        if kwargs[name] is _INVALID:
+            invalid.add(name)
+            del kwargs[name]
     try:
         return cls(**kwargs)
     except _Impossible as exc:
-        found = exc.found or repr(kwargs.get(exc.key.split("/")[0], "see file"))
-        raise ConfigError(
-            f"{path}: key {prefix + exc.key!r}: expected {exc.expected}, found {found}"
-        ) from None
+        for problem in exc.problems:
+            if re.split(r"[/\[]", problem.key)[0] not in invalid:
+                errors.append(problem.line(prefix))
+        return _INVALID
 
 
-def _coerce(hint: Any, value: Any, *, path: Path | str, key: str) -> Any:
+def _coerce(hint: Any, value: Any, key: str, errors: list[str]) -> Any:
+    """``value`` as type ``hint``, or _INVALID with the error(s) appended to ``errors``."""
+    if typing.get_origin(hint) is Annotated:
+        hint = typing.get_args(hint)[0]  # a Choice's names are checked by the section
     if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, path=path, prefix=key + ".")  # type: ignore[arg-type]
+        return _build(hint, value, key + ".", errors)  # type: ignore[arg-type]
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(hint)]
+        options = typing.get_args(hint)
         if value is None and type(None) in options:
             return None
         for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(option, value, path=path, key=key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{path}: key {key!r}: expected {hint}, found {_describe(value)}")
+            if option is not type(None):
+                coerced = _coerce(option, value, key, [])
+                if coerced is not _INVALID:
+                    return coerced
+        return _mismatch(errors, key, str(hint), value)
     if origin is dict:
         key_hint, value_hint = typing.get_args(hint) or (Any, Any)
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: key {key!r}: expected a mapping, found {_describe(value)}")
-        return {
-            _coerce(key_hint, k, path=path, key=f"{key}[{k!r}]"): _coerce(
-                value_hint, v, path=path, key=f"{key}.{k}"
+            return _mismatch(errors, key, "a mapping", value)
+        items = {
+            _coerce(key_hint, k, f"{key}[{k!r}]", errors): _coerce(
+                value_hint, v, f"{key}.{k}", errors
             )
             for k, v in value.items()
         }
+        return _INVALID if _INVALID in (*items, *items.values()) else items
     if origin in (list, tuple):
         (item,) = typing.get_args(hint)[:1] or (Any,)
         if not isinstance(value, list):
-            raise ConfigError(f"{path}: key {key!r}: expected a list, found {_describe(value)}")
-        items = [_coerce(item, v, path=path, key=f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+            return _mismatch(errors, key, "a list", value)
+        listed = [_coerce(item, v, f"{key}[{i}]", errors) for i, v in enumerate(value)]
+        if _INVALID in listed:
+            return _INVALID
+        return tuple(listed) if origin is tuple else listed
     if hint is Any:
         return value
     if hint is bool:
@@ -659,7 +769,12 @@ def _coerce(hint: Any, value: Any, *, path: Path | str, key: str) -> Any:
             return value
     else:
         raise TypeError(f"unsupported config type {hint!r} for {key}")
-    raise ConfigError(f"{path}: key {key!r}: expected {hint.__name__}, found {_describe(value)}")
+    return _mismatch(errors, key, hint.__name__, value)
+
+
+def _mismatch(errors: list[str], key: str, expected: str, value: Any) -> _Invalid:
+    errors.append(f"key {key!r}: expected {expected}, found {_describe(value)}")
+    return _INVALID
 
 
 def _describe(value: Any) -> str:

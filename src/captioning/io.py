@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from captioning.errors import BadInputError, CaptioningError, MissingFileError
+
 
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
@@ -53,6 +55,23 @@ def write_json(path: str | Path, data: Any) -> None:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def read_json(
+    path: str | Path,
+    *,
+    not_found: str = "not found",
+    missing_error: type[CaptioningError] = MissingFileError,
+    invalid_error: type[CaptioningError] = BadInputError,
+) -> Any:
+    """The JSON in ``path``, a file a step needs: missing or not JSON, a one-line error naming it
+    (``not_found`` may say what writes the file)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise missing_error(f"{path}: {not_found}") from None
+    except json.JSONDecodeError as exc:
+        raise invalid_error(f"{path}: not valid JSON ({exc})") from None
 
 
 def read_json_object(path: str | Path) -> dict[str, Any]:

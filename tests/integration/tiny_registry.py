@@ -19,6 +19,7 @@ import torch
 
 from captioning.config import (
     DecoderConfig,
+    EarlyStoppingConfig,
     FeaturesConfig,
     RegisterConfig,
     ShardConfig,
@@ -45,6 +46,8 @@ TRAIN = TrainConfig(
     batch_size=8,
     lr=0.05,
     warmup_steps=1,
+    # CIDEr: make_layout's scenes have no objects (params.yaml's object_accuracy needs them)
+    early_stopping=EarlyStoppingConfig(metric="CIDEr"),
 )
 
 

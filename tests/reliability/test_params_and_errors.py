@@ -2,7 +2,7 @@
 
 Every stage loads the whole params.yaml, so a name no registry has (a source, an encoder, a
 decoder, a promotion score or decoding) stops the first stage, fetch, with one line naming the key
-and the choices, before it writes anything. The ``captioning registry`` commands report a request
+and the choices, before it writes anything; several mistakes are all named, one line each. The ``captioning registry`` commands report a request
 that cannot be carried out the same way: one line, exit 2, no traceback.
 """
 
@@ -65,6 +65,24 @@ def test_unknown_name_in_any_section_stops_fetch_before_any_work(
     assert_one_line_error(result, f"{params}: key '{key}': {choices(names)}, found '{found}'")
     assert tree_digest(tmp_path) == before  # no data/raw, no data/downloads, nothing else
     assert not (tmp_path / "data").exists()
+
+
+def test_every_error_of_the_params_file_is_reported_at_once_one_line_each(tmp_path):
+    """Three mistakes in three sections: one run names them all, one line each."""
+    params = write_params(
+        tmp_path / "params.yaml",
+        fetch={**TINY_FETCH, "source": "coco2018"},
+        train={"epochs": "ten", "decoders": ["nic", "mrn"]},
+    )
+    before = tree_digest(tmp_path)
+    result = run_fetch(tmp_path, params)
+    first = assert_one_line_error(result, f"{params}: key 'fetch.source': {choices(SOURCE_NAMES)}")
+    after = result.stderr.split(first, 1)[1].splitlines()[1:]
+    assert after == [
+        f"{params}: key 'train.epochs': expected int, found str 'ten'",
+        f"{params}: key 'train.decoders[1]': {choices(DECODER_NAMES)}, found 'mrn'",
+    ]
+    assert tree_digest(tmp_path) == before
 
 
 def test_unknown_name_stops_a_later_stage_too(tmp_path):

@@ -1,9 +1,22 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
-from captioning.config import ConfigError, Params, TrainConfig, flatten, load_params, load_section
+from captioning import config
+from captioning.config import (
+    CaptchaConfig,
+    ConfigError,
+    DecoderConfig,
+    Params,
+    TrainConfig,
+    flatten,
+    flatten_dict,
+    load_params,
+    load_section,
+    saved_decoder_config,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -143,8 +156,8 @@ def test_fetch_sources_params(tmp_path):
         ({"coco": {"checksums": {"a.zip": "12345"}}}, r"'fetch.coco.checksums': expected 'sha256"),
         ({"coco": {"checksums": ["a.zip"]}}, r"'fetch.coco.checksums': expected a mapping"),
         ({"coco": {"checksums": {"a.zip": 5}}}, r"'fetch.coco.checksums.a.zip': expected str"),
-        ({"coco": {"split": "random"}}, r"'fetch.coco.split': expected 'karpathy' or 'official'"),
-        ({"flickr8k": {"layout": "zip"}}, r"'fetch.flickr8k.layout': expected auto, kaggle"),
+        ({"coco": {"split": "random"}}, r"'fetch.coco.split': expected one of \['karpathy', 'off"),
+        ({"flickr8k": {"layout": "zip"}}, r"'fetch.flickr8k.layout': expected one of \['auto', "),
         ({"flickr30k": {"files": "a.zip"}}, r"'fetch.flickr30k.files': expected a list"),
     ],
 )
@@ -171,8 +184,6 @@ def test_unknown_names_list_the_choices(tmp_path, data, message):
 
 def test_a_config_built_in_code_refuses_an_unknown_name_as_a_config_error():
     """e.g. the train stage's --decoder goes through dataclasses.replace: one line, not a bug."""
-    import dataclasses
-
     with pytest.raises(ConfigError, match=r"^key 'decoder': expected one of \[.*found 'nick'$"):
         dataclasses.replace(TrainConfig(), decoder="nick")
 
@@ -182,3 +193,95 @@ def test_params_not_utf8_names_the_file_and_byte(tmp_path):
     path.write_bytes(b"train:\n  epochs: 3  # \xff\n")
     with pytest.raises(ConfigError, match=rf"^{path}: byte 22 \(0xff\) is not UTF-8; expected"):
         load_params(path)
+
+
+# params.yaml is the one source of defaults: the dataclasses' defaults are its values.
+
+# Fields params.yaml leaves out: the CAPTCHA set (pipelines/captcha/params.yaml gives it, checked
+# below), the fine-tuning time budget, and the one decoder a training run builds.
+NOT_IN_PARAMS_YAML = {"train.max_minutes", "train.decoder"}
+
+
+def test_every_default_is_params_yaml_value():
+    given = flatten_dict(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")))
+    defaults = flatten(Params())
+    differ = {key: (defaults.get(key), value) for key, value in given.items()}
+    assert {k: v for k, v in differ.items() if v[0] != v[1]} == {}  # key: (default, params.yaml)
+    assert set(given) <= set(defaults)
+    left_out = {key for key in defaults if key not in given and not key.startswith("fetch.captcha")}
+    assert left_out <= NOT_IN_PARAMS_YAML
+
+
+def test_captcha_defaults_are_the_captcha_pipeline_values():
+    raw = yaml.safe_load((REPO / "pipelines/captcha/params.yaml").read_text(encoding="utf-8"))
+    assert dataclasses.asdict(CaptchaConfig()) == raw["fetch"]["captcha"]
+
+
+def test_a_model_saved_before_a_decoder_key_existed_loads_as_it_was_built():
+    saved = dataclasses.asdict(DecoderConfig())
+    del saved["attend_with_word"]  # config.json written before the key existed
+    assert saved_decoder_config(saved, path="config.json").attend_with_word is False
+    saved["attend_with_word"] = True
+    assert saved_decoder_config(saved, path="config.json").attend_with_word is True
+    with pytest.raises(ConfigError, match=r"^m/config.json: key 'train.model.cell': expected one"):
+        saved_decoder_config({**saved, "cell": "rnn"}, path="m/config.json")
+
+
+# Every error of a params file at once, one line each.
+
+
+def test_every_error_of_the_file_is_reported_one_line_each(tmp_path):
+    path = write(
+        tmp_path,
+        {
+            "fetch": {"source": "coco2018", "shapes": {"n_val": 0, "image_size": 8}},
+            "vocab": {"min_fre": 1},
+            "train": {"epochs": "ten", "lr": -1, "decoders": ["nic", "mrn", "nick"]},
+            "register": {"gate": {"resamples": 1.5}},
+        },
+    )
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    lines = str(err.value).splitlines()
+    assert sorted(lines) == sorted(
+        [
+            f"{path}: key 'fetch.shapes.n_train/n_val/n_test': expected >= 1, found 12000",
+            f"{path}: key 'fetch.shapes.image_size': expected >= 64, found 8",
+            f"{path}: key 'fetch.source': expected one of {sorted(config.SOURCE_NAMES)}, "
+            "found 'coco2018'",
+            f"{path}: unknown key 'vocab.min_fre'; expected one of ['level', 'max_length', 'min_freq']",
+            f"{path}: key 'train.epochs': expected int, found str 'ten'",
+            f"{path}: key 'train.decoders[1]': expected one of {sorted(config.DECODER_NAMES)}, "
+            "found 'mrn'",
+            f"{path}: key 'train.decoders[2]': expected one of {sorted(config.DECODER_NAMES)}, "
+            "found 'nick'",
+            f"{path}: key 'train.lr': expected > 0, found -1.0",
+            f"{path}: key 'register.gate.resamples': expected int, found float 1.5",
+        ]
+    )
+
+
+def test_a_value_in_error_is_not_reported_again_by_its_section_checks(tmp_path):
+    """evaluate.n_best is checked against beam_size; a beam_size of the wrong type is one error."""
+    path = write(tmp_path, {"evaluate": {"beam_size": "3", "n_best": 2}})
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(err.value) == f"{path}: key 'evaluate.beam_size': expected int, found str '3'"
+
+
+def test_a_config_built_in_code_reports_each_impossible_value_on_its_line():
+    with pytest.raises(ConfigError) as err:
+        DecoderConfig(dropout=1.0, cell="rnn", embed_dim=0)
+    assert str(err.value).splitlines() == [
+        f"key 'cell': expected one of {sorted(config.CELL_NAMES)}, found 'rnn'",
+        "key 'embed_dim': expected >= 1, found 0",
+        "key 'dropout': expected in [0, 1), found 1.0",
+    ]
+
+
+def test_a_choice_reads_its_tuple_when_it_checks(monkeypatch):
+    """A test decoder added to DECODER_NAMES (tests/integration/ddp_decoder.py) is accepted."""
+    with pytest.raises(ConfigError):
+        TrainConfig(decoders=["extra"])
+    monkeypatch.setattr(config, "DECODER_NAMES", (*config.DECODER_NAMES, "extra"))
+    assert TrainConfig(decoders=["extra"]).decoders == ["extra"]

@@ -16,6 +16,7 @@ import yaml
 
 from captioning.config import (
     DecoderConfig,
+    EarlyStoppingConfig,
     EvaluateConfig,
     FeaturesConfig,
     ShardConfig,
@@ -62,6 +63,8 @@ def workspace(tmp_path_factory) -> Path:
         epochs=2,
         batch_size=4,
         warmup_steps=1,
+        # CIDEr: make_layout's scenes have no objects (params.yaml's object_accuracy needs them)
+        early_stopping=EarlyStoppingConfig(metric="CIDEr"),
     )
     train_decoder(
         root / "features",

@@ -60,10 +60,6 @@ class Expected:
         return self.checksum.split(":", 1)[0] if self.checksum else "sha256"
 
 
-def is_url(location: str) -> bool:
-    return urlsplit(location).scheme in ("http", "https", "file")
-
-
 def apply_mirror(url: str, mirror: str) -> str:
     """``http://host/path`` -> ``<mirror>/host/path``; other locations are left alone."""
     parts = urlsplit(url)

@@ -30,7 +30,10 @@ from captioning.errors import BadInputError, CaptioningError, MissingFileError
 logger = logging.getLogger(__name__)
 
 ARTIFACT_KEY = "model_dir"
-DEFAULT_BEAM_SIZE = 3
+# A request's beam size when it gives none is register.beam_size, recorded in the logged model's
+# model_config (and as the signature's default); models logged before it was recorded used 3.
+BEAM_SIZE_KEY = "beam_size"
+UNRECORDED_BEAM_SIZE = 3
 BATCH_SIZE = 16  # images decoded and captioned at a time: bounds a request's memory
 PIP_REQUIREMENTS = [
     "torch==2.14.1",
@@ -55,9 +58,9 @@ mlflow.models.set_model(CaptionerModel())
 """
 
 
-def signature_for(max_length: int) -> ModelSignature:
+def signature_for(max_length: int, beam_size: int) -> ModelSignature:
     """Base64 image in; caption and log-probability out; ``max_length`` defaults to the
-    longest caption the model was trained on (its bound, too).
+    longest caption the model was trained on (its bound, too), ``beam_size`` to register's.
 
     ``image`` is declared optional so that a request without it reaches the model, which
     names what is missing in one line (MLflow's own schema error quotes the whole input).
@@ -68,7 +71,7 @@ def signature_for(max_length: int) -> ModelSignature:
         outputs=Schema([ColSpec("string", "caption"), ColSpec("double", "score")]),
         params=ParamSchema(
             [
-                ParamSpec("beam_size", "long", DEFAULT_BEAM_SIZE),
+                ParamSpec("beam_size", "long", beam_size),
                 ParamSpec("max_length", "long", max_length),
             ]
         ),
@@ -108,6 +111,8 @@ class CaptionerModel(mlflow.pyfunc.PythonModel):
         from captioning.inference import Captioner
 
         self.captioner = Captioner.load(Path(context.artifacts[ARTIFACT_KEY]))
+        model_config = getattr(context, "model_config", None) or {}
+        self.beam_size = int(model_config.get(BEAM_SIZE_KEY, UNRECORDED_BEAM_SIZE))
 
     def predict(
         self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -122,7 +127,7 @@ class CaptionerModel(mlflow.pyfunc.PythonModel):
 
         captioner = self.captioner
         beam_size, max_length = captioner.check_request(
-            params.get("beam_size", DEFAULT_BEAM_SIZE),
+            params.get("beam_size", self.beam_size),
             params.get("max_length", captioner.max_length),
         )
         column = _image_column(model_input)
@@ -175,9 +180,10 @@ def encode_image(data: bytes) -> str:
 
 
 def log_captioner(
-    model_dir: Path, *, name: str = "model", example_image: bytes | None = None
+    model_dir: Path, *, beam_size: int, name: str = "model", example_image: bytes | None = None
 ) -> mlflow.models.model.ModelInfo:
-    """Log ``model_dir`` as a pyfunc model in the active run (or a new one)."""
+    """Log ``model_dir`` as a pyfunc model in the active run (or a new one); a request that
+    gives no beam size is decoded with ``beam_size`` (register.beam_size)."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise MissingFileError(f"{model_dir}: not a trained model directory (no config.json)")
@@ -197,7 +203,8 @@ def log_captioner(
             artifacts={ARTIFACT_KEY: str(model_dir)},
             code_paths=[str(code_dir)],
             pip_requirements=PIP_REQUIREMENTS,
-            signature=signature_for(_trained_length(model_dir)),
+            signature=signature_for(_trained_length(model_dir), beam_size),
+            model_config={BEAM_SIZE_KEY: beam_size},
             input_example=example,
         )
 

@@ -26,8 +26,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from captioning.config import RegisterConfig, flatten, flatten_dict
-from captioning.errors import BadInputError, MissingFileError
-from captioning.io import file_digest, write_json
+from captioning.errors import BadInputError
+from captioning.io import file_digest, read_json, write_json
 from captioning.registry.model_card import CardInputs, render_model_card
 from captioning.registry.per_image import ImageScores, read_per_image
 from captioning.registry.pyfunc import log_captioner
@@ -141,7 +141,7 @@ def register_model(
             for figure in figures:
                 mlflow.log_artifact(str(figure), artifact_path="figures/attention")
             mlflow.log_text(card, "model_card.md")
-            info = log_captioner(model_dir, example_image=example_image)
+            info = log_captioner(model_dir, beam_size=cfg.beam_size, example_image=example_image)
         version_tags = {**tags, key: repr(metrics[key]), SCORE_TAG: score_name, INPUTS_TAG: inputs}
         if per_image is not None:
             version_tags["test_set.references"] = per_image.test_set
@@ -268,12 +268,7 @@ def _encoder_name(config: dict[str, Any]) -> str:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MissingFileError(f"{path}: not found") from None
-    except json.JSONDecodeError as exc:
-        raise BadInputError(f"{path}: not valid JSON ({exc})") from exc
+    data = read_json(path)
     if not isinstance(data, dict):
         raise BadInputError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data

@@ -503,17 +503,12 @@ def load_decoder(
     """Rebuild a trained decoder from its directory (safetensors: nothing is unpickled)."""
     from safetensors.torch import load_file
 
-    from captioning.config import DecoderConfig, from_dict
+    from captioning.config import saved_decoder_config
 
     model_dir = Path(model_dir)
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     vocab = Vocab.load(model_dir / "vocab.json")
-    decoder_cfg = from_dict(
-        DecoderConfig,
-        config["train"]["model"],
-        path=model_dir / "config.json",
-        prefix="train.model.",
-    )
+    decoder_cfg = saved_decoder_config(config["train"]["model"], path=model_dir / "config.json")
     grid_h, grid_w = grid_shape(config["encoder"])
     decoder = build_decoder(
         config["decoder"],

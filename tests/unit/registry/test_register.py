@@ -81,7 +81,10 @@ FAKE_INFERENCE = textwrap.dedent(
             return out
     """
 )
-CFG = RegisterConfig(model_name="captioner", experiment="captioning", promote_metric="CIDEr")
+# beam_size 2: the served model's beam for a request that gives none (the fake's score -1/beam)
+CFG = RegisterConfig(
+    model_name="captioner", experiment="captioning", promote_metric="CIDEr", beam_size=2
+)
 
 
 def fake_inference_module() -> types.ModuleType:
@@ -220,6 +223,8 @@ def test_version_carries_lineage_card_signature_and_example(registry):
     info = mlflow.models.get_model_info("models:/captioner/1")
     assert info.signature.inputs.input_names() == ["image"]
     assert [c.name for c in info.signature.outputs.inputs] == ["caption", "score"]
+    defaults = {param.name: param.default for param in info.signature.params.params}
+    assert defaults["beam_size"] == CFG.beam_size == 2
     model_dir = Path(
         mlflow.artifacts.download_artifacts("models:/captioner/1", dst_path=str(root / "dl"))
     )
@@ -239,7 +244,9 @@ def test_pyfunc_round_trip_from_champion(registry):
     python_model = model.unwrap_python_model()
     raw = python_model.predict(None, pd.DataFrame({"image": [jpeg_bytes((220, 20, 20))]}))
     assert raw["caption"].tolist() == ["c red"]
-    assert raw["score"].tolist() == [-1.0 / 3]
+    assert raw["score"].tolist() == [-1.0 / CFG.beam_size]  # register.beam_size, not 3
+    served = model.predict(pd.DataFrame({"image": images[:1]}))
+    assert served["score"].tolist() == [-1.0 / CFG.beam_size]
 
 
 def test_pyfunc_names_the_bad_row(registry):

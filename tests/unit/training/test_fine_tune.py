@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from captioning.config import (
     DecoderConfig,
+    EarlyStoppingConfig,
     FeaturesConfig,
     FineTuneConfig,
     ShardConfig,
@@ -38,6 +39,8 @@ def _cfg(blocks: int, epochs: int = 1, lr: float = 1e-3) -> TrainConfig:
         fine_tune=FineTuneConfig(
             enabled=True, blocks=blocks, lr=lr, num_workers=0, shuffle_buffer=8
         ),
+        # CIDEr: make_layout's scenes have no objects (params.yaml's object_accuracy needs them)
+        early_stopping=EarlyStoppingConfig(metric="CIDEr"),
     )
 
 

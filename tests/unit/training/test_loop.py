@@ -32,6 +32,8 @@ CFG = TrainConfig(
     batch_size=4,
     seq_per_image=2,
     warmup_steps=1,
+    # CIDEr: make_layout's scenes have no objects (params.yaml's object_accuracy needs them)
+    early_stopping=EarlyStoppingConfig(metric="CIDEr"),
 )
 # 8 images, 2 per batch: 4 steps per epoch. The model's own words are fed more and more often,
 # so resuming must restore the RNG that draws them; a checkpoint every 3 steps.

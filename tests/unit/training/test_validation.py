@@ -49,7 +49,8 @@ def test_object_accuracy_is_scored_when_the_objects_are_known(monkeypatch):
 
 
 def test_without_objects_there_is_no_object_accuracy(monkeypatch):
-    validator = Validator.for_split(cache([None, None, None]), VOCAB, EarlyStoppingConfig(), "val")
+    cider = EarlyStoppingConfig(metric="CIDEr")
+    validator = Validator.for_split(cache([None, None, None]), VOCAB, cider, "val")
     assert "object_accuracy" not in scores_for(validator, ["a red circle"] * 3, monkeypatch)
 
 
@@ -76,7 +77,9 @@ def test_a_character_reader_is_scored_by_whole_words_read_exactly(monkeypatch):
 
 
 def test_captions_have_no_exact_match(monkeypatch):
-    validator = Validator.for_split(cache(OBJECTS), VOCAB, EarlyStoppingConfig(), "val")
+    validator = Validator.for_split(
+        cache(OBJECTS), VOCAB, EarlyStoppingConfig(metric="CIDEr"), "val"
+    )
     assert "exact_match" not in scores_for(validator, ["a red circle"] * 3, monkeypatch)
 
 
