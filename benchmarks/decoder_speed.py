@@ -53,7 +53,7 @@ def naive_loss(
     m: SoftAttentionDecoder, features, captions, *, input_per_step: bool = True
 ) -> torch.Tensor:
     """The tutorial loop, with the decoder's own weights."""
-    normed = m.feature_norm(features.float().flatten(0, 1)).view(features.shape)  # once
+    normed = m.standardise(features)  # once
 
     def project_input() -> torch.Tensor:
         return torch.relu(m.feature_in(normed)) + m.position  # (B, L, D)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from captioning.data.images import TOO_LARGE, ImageDecodeError, load_rgb
 from captioning.decoding.limits import ENV_MAX_PIXELS, RequestLimits, check_decoding
-from captioning.decoding.search import decode_batch
+from captioning.decoding.search import beam_search
 from captioning.devices import choose_device
 from captioning.features.cache import encode_batch, encoder_for_model
 from captioning.features.encoders import grid_shape
@@ -111,7 +111,7 @@ class Captioner:
             beam_size, self.max_length if max_length is None else max_length
         )
         features = self.encode(images)
-        hypotheses = decode_batch(
+        hypotheses = beam_search(
             self.decoder,
             features,
             start_id=self.vocab.start_id,

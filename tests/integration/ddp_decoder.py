@@ -18,7 +18,7 @@ NAME = "soft_attention_without_norm"
 class SoftAttentionWithoutNorm(SoftAttentionDecoder):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.feature_norm = nn.Identity()
+        self.standardise.norm = nn.Identity()
         self.attention.score = nn.Linear(self.attention.score.in_features, 1, bias=False)
 
 

@@ -92,17 +92,9 @@ def sample_search(
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if temperature == 0:
-        return greedy_search(
-            decoder,
-            features,
-            start_id=start_id,
-            end_id=end_id,
-            max_length=max_length,
-            min_length=min_length,
-        )
-    generator = torch.Generator(device=features.device).manual_seed(seed)
-    sampler = (temperature, generator)
+    sampler = None  # temperature 0: greedy
+    if temperature > 0:
+        sampler = (temperature, torch.Generator(device=features.device).manual_seed(seed))
     return _sequential(decoder, features, start_id, end_id, max_length, min_length, sampler)
 
 
@@ -159,7 +151,12 @@ def beam_search(
     length_penalty: float = 0.0,
     min_length: int = 0,
 ) -> list[Hypothesis]:
-    """The best beam-search caption of every image (see ``beam_search_n_best``)."""
+    """The best beam-search caption of every image (see ``beam_search_n_best``).
+
+    Beam size 1 is greedy search: the same captions without the beam bookkeeping.
+    """
+    if beam_size == 1:
+        return _sequential(decoder, features, start_id, end_id, max_length, min_length, None)
     n_best = beam_search_n_best(
         decoder,
         features,
@@ -296,36 +293,3 @@ def _hypothesis(
     length = ids.index(end_id) if end_id in ids else len(ids)
     attention = alphas[row, :length].cpu() if alphas is not None else None
     return Hypothesis(tokens=ids[:length], score=score, alphas=attention)
-
-
-def decode_batch(
-    decoder: Decoder,
-    features: torch.Tensor,
-    *,
-    start_id: int,
-    end_id: int,
-    max_length: int,
-    beam_size: int,
-    length_penalty: float = 0.0,
-    min_length: int = 0,
-) -> list[Hypothesis]:
-    """Greedy when ``beam_size`` is 1, beam search otherwise."""
-    if beam_size == 1:
-        return greedy_search(
-            decoder,
-            features,
-            start_id=start_id,
-            end_id=end_id,
-            max_length=max_length,
-            min_length=min_length,
-        )
-    return beam_search(
-        decoder,
-        features,
-        start_id=start_id,
-        end_id=end_id,
-        max_length=max_length,
-        beam_size=beam_size,
-        length_penalty=length_penalty,
-        min_length=min_length,
-    )

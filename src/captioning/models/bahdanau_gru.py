@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from captioning.config import DecoderConfig
-from captioning.models.base import Decoder, DecoderOutput, State
-from captioning.models.layers import AdditiveAttention, FeatureStandardiser, unroll
+from captioning.models.base import Decoder, State
+from captioning.models.layers import AdditiveAttention, FeatureStandardiser
 
 
 class BahdanauGRUDecoder(Decoder):
@@ -51,21 +51,3 @@ class BahdanauGRUDecoder(Decoder):
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.out(self.fc1(hidden))  # (..., V)
-
-    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
-        hidden, state, alpha = self.recur(self.embedding(tokens), state)
-        return self.project(hidden), state, alpha
-
-    def forward(
-        self,
-        features: torch.Tensor,
-        captions: torch.Tensor,
-        rows: torch.Tensor | None = None,
-        *,
-        sample_prob: float = 0.0,
-    ) -> DecoderOutput:
-        state = self.start(features, rows)
-        logits, alphas = unroll(
-            self.recur, self.embedding, self.project, captions, state, sample_prob
-        )
-        return DecoderOutput(logits, torch.stack(alphas, dim=1), logits.new_zeros(()))

@@ -17,58 +17,22 @@ not depend on the random state. ``alphas`` are the distributions alpha_t, for th
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from captioning.config import DecoderConfig
-from captioning.models.base import Decoder, DecoderOutput, State
-from captioning.models.layers import (
-    AdditiveAttention,
-    FeatureStandardiser,
-    cell_step,
-    make_cell,
-    unroll,
-)
+from captioning.models.base import DecoderOutput, State
+from captioning.models.show_attend_tell import ShowAttendTellDecoder
 
 # Per step: alpha (B, L), log p(s_t) (B,), entropy of alpha (B,)
 StepExtra = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-class HardAttentionDecoder(Decoder):
+class HardAttentionDecoder(ShowAttendTellDecoder):
     def __init__(
         self, cfg: DecoderConfig, vocab_size: int, feature_dim: int, num_locations: int
     ) -> None:
-        super().__init__()
-        self.cfg = cfg
-        d = cfg.feature_proj_dim
-        self.standardise = FeatureStandardiser(feature_dim)
-        self.feature_in = nn.Linear(feature_dim, d)
-        self.feature_dropout = nn.Dropout(cfg.feature_dropout)
-        self.position = nn.Parameter(torch.zeros(1, num_locations, d))
-        nn.init.normal_(self.position, std=0.02)
-        self.embedding = nn.Embedding(vocab_size, cfg.embed_dim)
-        self.attention = AdditiveAttention(d, cfg.hidden_dim, cfg.attention_dim)
-        self.init_h = nn.Linear(d, cfg.hidden_dim)
-        if cfg.cell == "lstm":
-            self.init_c = nn.Linear(d, cfg.hidden_dim)
-        self.f_beta = nn.Linear(cfg.hidden_dim, d)
-        self.cell = make_cell(cfg.cell, cfg.embed_dim + d, cfg.hidden_dim)
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.out = nn.Linear(cfg.hidden_dim, vocab_size)
+        super().__init__(cfg, vocab_size, feature_dim, num_locations)
         # The REINFORCE baseline: saved with the weights, so a resumed run keeps it.
         self.register_buffer("baseline", torch.zeros(()))
-
-    def init_state(self, features: torch.Tensor) -> State:
-        feats = torch.relu(self.feature_in(self.standardise(features)))  # (B, L, D)
-        feats = self.feature_dropout(feats) + self.position  # (B, L, D)
-        mean = feats.mean(dim=1)  # (B, D)
-        state = {
-            "feats": feats,
-            "projected": self.attention.precompute(feats),  # (B, L, A)
-            "h": torch.tanh(self.init_h(mean)),  # (B, H)
-        }
-        if self.cfg.cell == "lstm":
-            state["c"] = torch.tanh(self.init_c(mean))  # (B, H)
-        return state
 
     def recur(self, embedded: torch.Tensor, state: State) -> tuple[torch.Tensor, State, StepExtra]:
         log_alpha = torch.log_softmax(
@@ -80,33 +44,22 @@ class HardAttentionDecoder(Decoder):
         else:
             where = alpha.argmax(dim=-1)  # (B,) the most likely location
         batch = torch.arange(where.size(0), device=where.device)
-        context = state["feats"][batch, where]  # (B, D)
-        gated = torch.sigmoid(self.f_beta(state["h"])) * context  # (B, D)
-        x = torch.cat([embedded, gated.to(embedded.dtype)], dim=-1)  # (B, E + D)
-        state = {**state, **cell_step(self.cell, x, state)}
+        hidden, state = self.read(embedded, state["feats"][batch, where], state)  # context (B, D)
         entropy = -(alpha * log_alpha).sum(dim=-1)  # (B,)
-        return self.dropout(state["h"]), state, (alpha, log_alpha[batch, where], entropy)
+        return hidden, state, (alpha, log_alpha[batch, where], entropy)
 
-    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
-        hidden, state, (alpha, _, _) = self.recur(self.embedding(tokens), state)
-        return self.out(hidden), state, alpha  # (B, V)
+    @staticmethod
+    def attention_of(extra: StepExtra) -> torch.Tensor:
+        return extra[0]
 
-    def forward(
-        self,
-        features: torch.Tensor,
-        captions: torch.Tensor,
-        rows: torch.Tensor | None = None,
-        *,
-        sample_prob: float = 0.0,
-    ) -> DecoderOutput:
-        state = self.start(features, rows)
-        logits, extras = unroll(self.recur, self.embedding, self.out, captions, state, sample_prob)
-        alphas = torch.stack([e[0] for e in extras], dim=1)  # (B, T, L)
+    def aux_loss(
+        self, out: DecoderOutput, captions: torch.Tensor, extras: list[StepExtra]
+    ) -> torch.Tensor:
         if not self.training:
-            return DecoderOutput(logits, alphas, logits.new_zeros(()))
+            return out.aux_loss  # 0
         log_p = torch.stack([e[1] for e in extras], dim=1)  # (B, T) log p(s_t)
         entropy = torch.stack([e[2] for e in extras], dim=1)  # (B, T)
-        return DecoderOutput(logits, alphas, self.reinforce(logits, captions, log_p, entropy))
+        return self.reinforce(out.logits, captions, log_p, entropy)
 
     def reinforce(
         self,

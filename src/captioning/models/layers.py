@@ -1,17 +1,14 @@
 """Pieces the decoders share: recurrent cells by name, feature standardisation, additive
-attention, and the teacher-forced unroll that does the per-batch work once."""
+attention, and state-dict names kept across a change of module layout."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
 
 from captioning.config import CELL_NAMES, check_registry
 from captioning.errors import UnknownNameError
-from captioning.models.base import Decoder, State
+from captioning.models.base import State
 
 CELLS: dict[str, type[nn.RNNCellBase]] = {"lstm": nn.LSTMCell, "gru": nn.GRUCell}
 check_registry("cell", CELLS, CELL_NAMES, "CELL_NAMES")
@@ -93,38 +90,29 @@ class AdditiveAttention(nn.Module):
         return context.flatten(0, 1), alpha.flatten(0, 1)
 
 
-# recur(embedded word (B, E), state) -> (output features (B, H), new state, per-step extra)
-Recur = Callable[[torch.Tensor, State], tuple[torch.Tensor, State, Any]]
+def keep_saved_names(module: nn.Module, renames: dict[str, str]) -> None:
+    """Save ``module``'s state with each key prefix of ``renames`` (a module path) under the
+    name it maps to, and load that name back: weights saved before a layer moved keep loading,
+    and new ones are saved as before."""
+    back = {saved: current for current, saved in renames.items()}
+
+    def save(module: nn.Module, state: dict, prefix: str, local_metadata: dict) -> None:
+        renamed = [(_renamed(key, prefix, renames), value) for key, value in state.items()]
+        state.clear()  # refilled in the same order, so the keys keep their places
+        state.update(renamed)
+
+    def load(module: nn.Module, state: dict, prefix: str, *_: object) -> None:
+        for key in list(state):
+            current = _renamed(key, prefix, back)
+            if current != key:
+                state[current] = state.pop(key)
+
+    module.register_state_dict_post_hook(save)
+    module.register_load_state_dict_pre_hook(load)
 
 
-def unroll(
-    recur: Recur,
-    embed: nn.Module,
-    out: Callable[[torch.Tensor], torch.Tensor],
-    captions: torch.Tensor,
-    state: State,
-    sample_prob: float,
-) -> tuple[torch.Tensor, list[Any]]:
-    """Teacher-forced unroll: logits (B, T, V) for tokens 1..T and each step's extra.
-
-    Under teacher forcing every word is embedded at once and the output layer runs once over
-    all steps after the loop; only the recurrence is per step. Scheduled sampling needs each
-    step's logits to draw the next input, so it embeds and projects step by step.
-    """
-    steps = captions.size(1) - 1
-    extras: list[Any] = []
-    if sample_prob <= 0.0:
-        embedded = embed(captions[:, :steps])  # (B, T, E)
-        outputs = []
-        for t in range(steps):
-            output, state, extra = recur(embedded[:, t], state)
-            outputs.append(output)
-            extras.append(extra)
-        return out(torch.stack(outputs, dim=1)), extras  # (B, T, V)
-    logits: list[torch.Tensor] = []
-    for t in range(steps):
-        tokens = Decoder.next_input(captions, t, logits[-1] if logits else None, sample_prob)
-        output, state, extra = recur(embed(tokens), state)
-        logits.append(out(output))
-        extras.append(extra)
-    return torch.stack(logits, dim=1), extras
+def _renamed(key: str, prefix: str, renames: dict[str, str]) -> str:
+    for old, new in renames.items():
+        if key.startswith(prefix + old):
+            return prefix + new + key[len(prefix + old) :]
+    return key

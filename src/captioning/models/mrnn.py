@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from captioning.config import DecoderConfig
-from captioning.models.base import Decoder, DecoderOutput, State
-from captioning.models.layers import FeatureStandardiser, unroll
+from captioning.models.base import Decoder, State
+from captioning.models.layers import FeatureStandardiser
 
 
 def scaled_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -40,7 +40,7 @@ class MultimodalRNNDecoder(Decoder):
         self.out = nn.Linear(cfg.multimodal_dim, vocab_size)
         self.hidden_dim = cfg.hidden_dim
 
-    def embed_words(self, tokens: torch.Tensor) -> torch.Tensor:
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.embedding2(self.dropout(self.embedding(tokens))))  # (..., E)
 
     def multimodal(
@@ -57,24 +57,8 @@ class MultimodalRNNDecoder(Decoder):
         r = self.recurrent(words.unsqueeze(1), state["r"].unsqueeze(0))[0].squeeze(1)  # (B, H)
         return self.multimodal(words, r, state["image"]), {**state, "r": r}, None
 
-    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, None]:
-        joined, state, _ = self.recur(self.embed_words(tokens), state)
-        return self.out(joined), state, None  # (B, V)
-
-    def forward(
-        self,
-        features: torch.Tensor,
-        captions: torch.Tensor,
-        rows: torch.Tensor | None = None,
-        *,
-        sample_prob: float = 0.0,
-    ) -> DecoderOutput:
-        state = self.start(features, rows)
-        if sample_prob > 0.0:
-            logits, _ = unroll(self.recur, self.embed_words, self.out, captions, state, sample_prob)
-        else:
-            words = self.embed_words(captions[:, :-1])  # (B, T, E)
-            recurrent, _ = self.recurrent(words, state["r"].unsqueeze(0))  # (B, T, H)
-            joined = self.multimodal(words, recurrent, state["image"].unsqueeze(1))  # (B, T, M)
-            logits = self.out(joined)  # (B, T, V)
-        return DecoderOutput(logits, None, logits.new_zeros(()))
+    def recur_caption(self, words: torch.Tensor, state: State) -> tuple[torch.Tensor, list[None]]:
+        """The whole caption's recurrence in one nn.RNN call: words (B, T, E) -> (B, T, M)."""
+        recurrent, _ = self.recurrent(words, state["r"].unsqueeze(0))  # (B, T, H)
+        joined = self.multimodal(words, recurrent, state["image"].unsqueeze(1))  # (B, T, M)
+        return joined, [None] * words.size(1)

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from captioning.config import DecoderConfig
-from captioning.models.base import Decoder, DecoderOutput, State
-from captioning.models.layers import FeatureStandardiser, cell_step, unroll
+from captioning.models.base import Decoder, State
+from captioning.models.layers import FeatureStandardiser, cell_step
 
 
 class ShowAndTellDecoder(Decoder):
@@ -37,19 +37,3 @@ class ShowAndTellDecoder(Decoder):
     def recur(self, embedded: torch.Tensor, state: State) -> tuple[torch.Tensor, State, None]:
         state = cell_step(self.cell, self.dropout(embedded), state)
         return self.dropout(state["h"]), state, None
-
-    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, None]:
-        hidden, state, _ = self.recur(self.embedding(tokens), state)
-        return self.out(hidden), state, None  # (B, V)
-
-    def forward(
-        self,
-        features: torch.Tensor,
-        captions: torch.Tensor,
-        rows: torch.Tensor | None = None,
-        *,
-        sample_prob: float = 0.0,
-    ) -> DecoderOutput:
-        state = self.start(features, rows)
-        logits, _ = unroll(self.recur, self.embedding, self.out, captions, state, sample_prob)
-        return DecoderOutput(logits, None, logits.new_zeros(()))

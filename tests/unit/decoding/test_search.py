@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from captioning.config import DecoderConfig
-from captioning.decoding.search import beam_search, greedy_search
+from captioning.decoding.search import beam_search, beam_search_n_best, greedy_search
 from captioning.models import CELL_CHOICE, DECODERS, build_decoder
 
 VOCAB, START, END = 13, 1, 2
@@ -31,9 +31,20 @@ def test_beam_one_equals_greedy(name, cell):
     decoder, features = decoder_and_features(name, cell=cell)
     kwargs = dict(start_id=START, end_id=END, max_length=8)
     greedy = greedy_search(decoder, features, **kwargs)
-    beam = beam_search(decoder, features, beam_size=1, **kwargs)
+    beam = [
+        hyps[0] for hyps in beam_search_n_best(decoder, features, beam_size=1, n_best=1, **kwargs)
+    ]
     assert [h.tokens for h in greedy] == [h.tokens for h in beam]
     assert [h.score for h in greedy] == pytest.approx([h.score for h in beam], abs=1e-5)
+
+
+def test_beam_search_of_size_one_is_greedy_search():
+    decoder, features = decoder_and_features("soft_attention")
+    kwargs = dict(start_id=START, end_id=END, max_length=8, min_length=2)
+    greedy = greedy_search(decoder, features, **kwargs)
+    beam = beam_search(decoder, features, beam_size=1, length_penalty=0.7, **kwargs)
+    assert [(h.tokens, h.score) for h in beam] == [(h.tokens, h.score) for h in greedy]
+    assert all(torch.equal(b.alphas, g.alphas) for b, g in zip(beam, greedy, strict=True))
 
 
 @pytest.mark.parametrize(("name", "cell"), VARIANTS, ids=IDS)

@@ -58,9 +58,17 @@ def test_beam_one_equals_greedy_on_trained_model(
 ):
     kwargs = dict(max_length=8, min_length=min_length, **IDS)
     greedy = greedy_search(trained_decoder, test_features, **kwargs)
-    beam = beam_search(
-        trained_decoder, test_features, beam_size=1, length_penalty=length_penalty, **kwargs
-    )
+    beam = [
+        hyps[0]
+        for hyps in beam_search_n_best(
+            trained_decoder,
+            test_features,
+            beam_size=1,
+            n_best=1,
+            length_penalty=length_penalty,
+            **kwargs,
+        )
+    ]
     assert [h.tokens for h in greedy] == [h.tokens for h in beam]
     assert [h.score for h in greedy] == pytest.approx([h.score for h in beam], abs=1e-5)
 
