@@ -24,13 +24,11 @@ import hashlib
 import io
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +52,7 @@ from captioning.data.shard_check import (
     sample_problem,
 )
 from captioning.io import atomic_path, file_digest, link_or_copy, read_json_object, write_json
-from captioning.processes import exclusive, worker_guard
+from captioning.processes import exclusive, run_each
 
 logger = logging.getLogger(__name__)
 
@@ -193,30 +191,9 @@ def _run(plans: list[ShardPlan], images_dir: Path, work: Path, cfg: ShardConfig)
     done: dict[str, dict] = {}
     total = sum(len(plan.records) for plan in plans)
     with tqdm(total=total, desc="shard", unit="img") as progress:
-        if workers <= 1:
-            for plan in plans:
-                done[plan.name] = write_shard(plan, images_dir, work, cfg)
-                progress.update(len(plan.records))
-        else:
-            # forkserver: workers do not inherit the parent's threads (tqdm's monitor) or locks;
-            # the guard ends them if this process dies.
-            context = multiprocessing.get_context("forkserver")
-            with ProcessPoolExecutor(
-                workers, mp_context=context, initializer=worker_guard()
-            ) as pool:
-                pending: dict[Future, ShardPlan] = {
-                    pool.submit(write_shard, plan, images_dir, work, cfg): plan for plan in plans
-                }
-                try:
-                    while pending:
-                        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                        for future in finished:
-                            plan = pending.pop(future)
-                            done[plan.name] = future.result()
-                            progress.update(len(plan.records))
-                except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
+        for plan, record in run_each(write_shard, plans, (images_dir, work, cfg), workers):
+            done[plan.name] = record
+            progress.update(len(plan.records))
     resumed = sum(record["resumed"] for record in done.values())
     if resumed:
         logger.info("resumed: %d of %d shards were already complete", resumed, len(plans))
