@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from captioning.errors import BadInputError, CaptioningError, MissingFileError
+
 
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
@@ -53,6 +55,20 @@ def write_json(path: str | Path, data: Any) -> None:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def read_json_input(
+    path: str | Path, missing: str, error: type[CaptioningError] | None = None
+) -> Any:
+    """The JSON in ``path``, a file a step needs: a missing one fails as "<path>: <missing>"
+    (say what writes it), invalid JSON with the parser's message; both as ``error``, or as
+    MissingFileError and BadInputError."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise (error or MissingFileError)(f"{path}: {missing}") from None
+    except json.JSONDecodeError as exc:
+        raise (error or BadInputError)(f"{path}: not valid JSON ({exc})") from exc
 
 
 def read_json_object(path: str | Path) -> dict[str, Any]:

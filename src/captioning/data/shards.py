@@ -51,7 +51,14 @@ from captioning.data.shard_check import (
     reading,
     sample_problem,
 )
-from captioning.io import atomic_path, file_digest, link_or_copy, read_json_object, write_json
+from captioning.io import (
+    atomic_path,
+    file_digest,
+    link_or_copy,
+    read_json_input,
+    read_json_object,
+    write_json,
+)
 from captioning.processes import exclusive, run_each
 
 logger = logging.getLogger(__name__)
@@ -321,12 +328,7 @@ def _remove_strays(work: Path, plans: list[ShardPlan]) -> None:
 def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
     """The manifest of a shard directory, checked: every split lists its shards."""
     path = Path(shard_dir) / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ShardError(f"{path}: shard manifest not found; run the shard stage") from None
-    except json.JSONDecodeError as exc:
-        raise ShardError(f"{path}: not valid JSON ({exc})") from None
+    manifest = read_json_input(path, "shard manifest not found; run the shard stage", ShardError)
     splits = manifest.get("splits") if isinstance(manifest, dict) else None
     if not isinstance(splits, dict) or not splits:
         raise ShardError(f"{path}: expected a non-empty 'splits' mapping")

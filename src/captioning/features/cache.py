@@ -59,7 +59,7 @@ from captioning.features.loader import (
     shard_files,
     start_workers_early,
 )
-from captioning.io import atomic_path, replace_path, write_json
+from captioning.io import atomic_path, read_json_input, replace_path, write_json
 
 __all__ = [
     "FeatureCache",
@@ -460,12 +460,11 @@ class FeatureCache:
         """
         root = Path(out_dir)
         meta_path = root / META_FILE
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FeatureCacheError(
-                f"{meta_path}: no feature cache here (meta.json missing); run the features stage"
-            ) from None
+        meta = read_json_input(
+            meta_path,
+            "no feature cache here (meta.json missing); run the features stage",
+            FeatureCacheError,
+        )
         missing = [
             k for k in ("encoder", "input_size", "grid", "channels", "splits") if k not in meta
         ]

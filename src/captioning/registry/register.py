@@ -26,8 +26,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from captioning.config import RegisterConfig, flatten, flatten_dict
-from captioning.errors import BadInputError, MissingFileError
-from captioning.io import file_digest, write_json
+from captioning.errors import BadInputError
+from captioning.io import file_digest, read_json_input, write_json
 from captioning.registry.model_card import CardInputs, render_model_card
 from captioning.registry.per_image import ImageScores, read_per_image
 from captioning.registry.pyfunc import log_captioner
@@ -268,12 +268,7 @@ def _encoder_name(config: dict[str, Any]) -> str:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MissingFileError(f"{path}: not found") from None
-    except json.JSONDecodeError as exc:
-        raise BadInputError(f"{path}: not valid JSON ({exc})") from exc
+    data = read_json_input(path, "not found")
     if not isinstance(data, dict):
         raise BadInputError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
