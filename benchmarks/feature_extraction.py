@@ -40,8 +40,9 @@ from captioning.config import FeaturesConfig, ShapesConfig, ShardConfig  # noqa:
 from captioning.data.images import load_rgb  # noqa: E402
 from captioning.data.shards import iter_samples, write_shards  # noqa: E402
 from captioning.data.sources.shapes import generate_shapes  # noqa: E402
-from captioning.features.cache import encode_batch, extract_features, load_encoder  # noqa: E402
+from captioning.features.cache import extract_features  # noqa: E402
 from captioning.features.encoders import get_encoder_spec  # noqa: E402
+from captioning.features.encoding import encode_batch, load_encoder  # noqa: E402
 from machine import machine_line  # noqa: E402
 
 

@@ -29,13 +29,9 @@ from captioning.decoding.limits import check_decoding
 from captioning.decoding.search import Hypothesis, beam_search_n_best, greedy_search
 from captioning.devices import choose_device
 from captioning.errors import BadInputError
-from captioning.features.cache import (
-    ENCODER_WEIGHTS_FILE,
-    FeatureCache,
-    encode_split,
-    encoder_for_model,
-)
+from captioning.features.cache import FeatureCache, encode_split
 from captioning.features.encoders import grid_shape
+from captioning.features.encoding import ENCODER_WEIGHTS_FILE, encoder_for_model
 from captioning.io import write_json, write_text
 from captioning.metrics import coco_eval, word_accuracy
 from captioning.metrics.coco_eval import coco_scores_many, require_java

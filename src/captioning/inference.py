@@ -18,8 +18,8 @@ from captioning.data.images import TOO_LARGE, ImageDecodeError, load_rgb
 from captioning.decoding.limits import ENV_MAX_PIXELS, RequestLimits, check_decoding
 from captioning.decoding.search import beam_search
 from captioning.devices import choose_device
-from captioning.features.cache import encode_batch, encoder_for_model
 from captioning.features.encoders import grid_shape
+from captioning.features.encoding import encode_batch, encoder_for_model
 from captioning.training.loop import load_decoder
 
 

@@ -57,21 +57,18 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def read_json(
-    path: str | Path,
-    *,
-    not_found: str = "not found",
-    missing_error: type[CaptioningError] = MissingFileError,
-    invalid_error: type[CaptioningError] = BadInputError,
+def read_json_input(
+    path: str | Path, missing: str, error: type[CaptioningError] | None = None
 ) -> Any:
-    """The JSON in ``path``, a file a step needs: missing or not JSON, a one-line error naming it
-    (``not_found`` may say what writes the file)."""
+    """The JSON in ``path``, a file a step needs: a missing one fails as "<path>: <missing>"
+    (say what writes it), invalid JSON with the parser's message; both as ``error``, or as
+    MissingFileError and BadInputError."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise missing_error(f"{path}: {not_found}") from None
+        raise (error or MissingFileError)(f"{path}: {missing}") from None
     except json.JSONDecodeError as exc:
-        raise invalid_error(f"{path}: not valid JSON ({exc})") from None
+        raise (error or BadInputError)(f"{path}: not valid JSON ({exc})") from exc
 
 
 def read_json_object(path: str | Path) -> dict[str, Any]:

@@ -34,18 +34,24 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing import reduction
 from pathlib import Path
+from typing import Any, TypeVar
 
 logger = logging.getLogger(__name__)
 
 _lifeline: tuple[int, int] | None = None  # (read end, write end), made on first use
 _locks: list[int] = []  # the work-directory locks this process holds: its workers hold them too
 _kept: list[int] = []  # in a worker: the lock duplicates it keeps open until it ends
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 class WorkerGuard:
@@ -71,6 +77,30 @@ class WorkerGuard:
 def worker_guard() -> WorkerGuard:
     """The guard for the workers this process is about to start."""
     return WorkerGuard((_lifeline_ends()[0], *_locks))
+
+
+def run_each(
+    task: Callable[..., Result], items: Sequence[Item], args: tuple[Any, ...], workers: int
+) -> Iterator[tuple[Item, Result]]:
+    """``(item, task(item, *args))`` for every item: in order in this process when ``workers``
+    <= 1, else as they finish in a pool of ``workers`` guarded processes. Forkserver: the
+    workers do not inherit this process's threads (tqdm's monitor) or locks. An error (or the
+    caller stopping early) cancels the items not yet started."""
+    if workers <= 1:
+        for item in items:
+            yield item, task(item, *args)
+        return
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=worker_guard()) as pool:
+        pending: dict[Future, Item] = {pool.submit(task, item, *args): item for item in items}
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield pending.pop(future), future.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from captioning.processes import exclusive
+from captioning.processes import exclusive, run_each
 
 # A "stage": a pool whose workers block in a task; prints their pids, then waits to be killed.
 STAGE = """
@@ -95,3 +95,16 @@ def test_exclusive_waits_for_the_holder_then_cleans_up(
         waiter.join(timeout=20)
     assert second_has_it.is_set()
     assert not lock.exists()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_run_each_pairs_every_item_with_its_result(workers: int) -> None:
+    # divmod: a builtin, so the forkserver's workers need not import this test module
+    results = dict(run_each(divmod, [7, 9, 10], (4,), workers))
+    assert results == {7: (1, 3), 9: (2, 1), 10: (2, 2)}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_run_each_raises_a_task_error(workers: int) -> None:
+    with pytest.raises(ZeroDivisionError):
+        list(run_each(divmod, [1, 2], (0,), workers))

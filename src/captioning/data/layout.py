@@ -65,13 +65,8 @@ def load_dataset(
     coco = read_json(captions_path)
     splits = read_json(splits_path)
 
-    images = expect_key(coco, "images", list, captions_path, "<top level>")
-    annotations = expect_key(coco, "annotations", list, captions_path, "<top level>")
     by_id: dict[int, dict[str, Any]] = {}
-    for i, image in enumerate(images):
-        where = f"images[{i}]"
-        if not isinstance(image, dict):
-            raise AnnotationError(f"{captions_path}: {where}: expected an object, found {image!r}")
+    for where, image in expect_objects(coco, "images", captions_path):
         image_id = expect_key(image, "id", int, captions_path, where)
         file_name = expect_key(image, "file_name", str, captions_path, where)
         inside(root / "images", file_name, f"{captions_path}: {where}.file_name")
@@ -80,10 +75,7 @@ def load_dataset(
         by_id[image_id] = image
 
     captions: dict[int, list[str]] = defaultdict(list)
-    for i, ann in enumerate(annotations):
-        where = f"annotations[{i}]"
-        if not isinstance(ann, dict):
-            raise AnnotationError(f"{captions_path}: {where}: expected an object, found {ann!r}")
+    for where, ann in expect_objects(coco, "annotations", captions_path):
         image_id = expect_key(ann, "image_id", int, captions_path, where)
         caption = expect_key(ann, "caption", str, captions_path, where)
         if image_id not in by_id:

@@ -24,13 +24,11 @@ import hashlib
 import io
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,11 +55,11 @@ from captioning.io import (
     atomic_path,
     file_digest,
     link_or_copy,
-    read_json,
+    read_json_input,
     read_json_object,
     write_json,
 )
-from captioning.processes import exclusive, worker_guard
+from captioning.processes import exclusive, run_each
 
 logger = logging.getLogger(__name__)
 
@@ -200,30 +198,9 @@ def _run(plans: list[ShardPlan], images_dir: Path, work: Path, cfg: ShardConfig)
     done: dict[str, dict] = {}
     total = sum(len(plan.records) for plan in plans)
     with tqdm(total=total, desc="shard", unit="img") as progress:
-        if workers <= 1:
-            for plan in plans:
-                done[plan.name] = write_shard(plan, images_dir, work, cfg)
-                progress.update(len(plan.records))
-        else:
-            # forkserver: workers do not inherit the parent's threads (tqdm's monitor) or locks;
-            # the guard ends them if this process dies.
-            context = multiprocessing.get_context("forkserver")
-            with ProcessPoolExecutor(
-                workers, mp_context=context, initializer=worker_guard()
-            ) as pool:
-                pending: dict[Future, ShardPlan] = {
-                    pool.submit(write_shard, plan, images_dir, work, cfg): plan for plan in plans
-                }
-                try:
-                    while pending:
-                        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                        for future in finished:
-                            plan = pending.pop(future)
-                            done[plan.name] = future.result()
-                            progress.update(len(plan.records))
-                except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
+        for plan, record in run_each(write_shard, plans, (images_dir, work, cfg), workers):
+            done[plan.name] = record
+            progress.update(len(plan.records))
     resumed = sum(record["resumed"] for record in done.values())
     if resumed:
         logger.info("resumed: %d of %d shards were already complete", resumed, len(plans))
@@ -351,12 +328,7 @@ def _remove_strays(work: Path, plans: list[ShardPlan]) -> None:
 def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
     """The manifest of a shard directory, checked: every split lists its shards."""
     path = Path(shard_dir) / "manifest.json"
-    manifest = read_json(
-        path,
-        not_found="shard manifest not found; run the shard stage",
-        missing_error=ShardError,
-        invalid_error=ShardError,
-    )
+    manifest = read_json_input(path, "shard manifest not found; run the shard stage", ShardError)
     splits = manifest.get("splits") if isinstance(manifest, dict) else None
     if not isinstance(splits, dict) or not splits:
         raise ShardError(f"{path}: expected a non-empty 'splits' mapping")

@@ -230,10 +230,12 @@ class SmallCNN(nn.Module):
         return self.features(images)
 
 
-class SmallCNNEncoder(Encoder):
-    """(B, 256, S/32, S/32). Blocks: the five conv blocks."""
+class ScratchCNNEncoder(Encoder):
+    """One of our from-scratch CNNs (SmallCNN, CaptchaCNN), whose output is the feature map:
+    SmallCNN (B, 256, S/32, S/32), CaptchaCNN (B, 128, 4, 20) at 60x160. Blocks: its conv
+    blocks, ``net.features``."""
 
-    def __init__(self, net: SmallCNN) -> None:
+    def __init__(self, net: SmallCNN | CaptchaCNN) -> None:
         super().__init__()
         self.net = net
 
@@ -307,17 +309,3 @@ class CaptchaCNN(nn.Module):
         # The colours carry no letter information: read the mean of the channels (grayscale).
         gray = images.mean(dim=1, keepdim=True)  # (B, 1, H, W)
         return self.features(gray)  # (B, 128, H/16, W/8)
-
-
-class CaptchaCNNEncoder(Encoder):
-    """(B, 128, 4, 20) at 60x160. Blocks: the six conv blocks."""
-
-    def __init__(self, net: CaptchaCNN) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
-
-    def blocks(self) -> list[nn.Module]:
-        return list(self.net.features)

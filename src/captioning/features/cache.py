@@ -45,9 +45,9 @@ import torch
 from tqdm import tqdm
 
 from captioning.config import FeaturesConfig
-from captioning.devices import autocast, choose_device
-from captioning.features.backbones import Encoder
+from captioning.devices import choose_device
 from captioning.features.encoders import EncoderSpec, get_encoder_spec, grid_shape
+from captioning.features.encoding import DTYPE, encode_pixels, encoder_identity, load_encoder
 from captioning.features.loader import (
     MANIFEST_FILE,
     FeatureCacheError,
@@ -59,30 +59,20 @@ from captioning.features.loader import (
     shard_files,
     start_workers_early,
 )
-from captioning.features.weights import EncoderWeightsError, state_digest
-from captioning.io import atomic_path, replace_path, write_json
+from captioning.io import atomic_path, read_json_input, replace_path, write_json
 
 __all__ = [
     "FeatureCache",
     "FeatureCacheError",
-    "encode_batch",
-    "encode_pixels",
     "encode_split",
-    "encoder_for_model",
     "extract_features",
-    "load_encoder",
     "scan_shard",
 ]
 
 log = logging.getLogger(__name__)
 
-DTYPE = "float16"
 META_FILE = "meta.json"
 FINGERPRINT_FILE = "fingerprint.json"
-# meta.json keys that say which weights made the features (besides encoder, size, grid, channels).
-ENCODER_IDENTITY = ("pretrained", "weights", "weights_path", "init_seed", "weights_sha256")
-# A model that trained its encoder keeps the encoder's weights beside the decoder's.
-ENCODER_WEIGHTS_FILE = "encoder.safetensors"
 # Bump when the bytes a given fingerprint produces change: older work directories are dropped.
 CACHE_FORMAT = 2
 # Fields of the sample JSON that get their own index column; the rest go to "meta".
@@ -102,127 +92,6 @@ ShardCallback = Callable[[Shard], None]
 # Encodes the pending shards into the work directory elsewhere (e.g. on a Dask cluster: see
 # features/distributed.py) and returns how many images it encoded.
 ShardRunner = Callable[[Sequence[Shard], dict[str, list[Shard]], Path], int]
-
-
-# --------------------------------------------------------------------------------------------
-# The encoder
-# --------------------------------------------------------------------------------------------
-
-
-def load_encoder(
-    spec: EncoderSpec,
-    pretrained: bool,
-    device: torch.device,
-    *,
-    weights_path: str | Path | None = None,
-    seed: int | None = None,
-) -> Encoder:
-    """The encoder ready for inference. channels_last pays on CUDA and on the CPU alike
-    (EfficientNet-Lite0 on 2 CPU cores: 39 -> 55 img/s)."""
-    model = spec.build(pretrained, weights_path, seed=seed).to(device).eval()
-    return model.to(memory_format=torch.channels_last)
-
-
-def encoder_identity(
-    spec: EncoderSpec,
-    model: torch.nn.Module,
-    *,
-    pretrained: bool,
-    weights_path: str | Path | None,
-    seed: int | None,
-) -> dict[str, Any]:
-    """What the features are a function of (besides the images): recorded in meta.json and
-    copied into a trained model's config, so that prediction rebuilds the same encoder."""
-    if weights_path is not None:
-        weights = f"file {weights_path}"
-    elif pretrained:
-        weights = spec.describe_weights()
-    else:
-        weights = "random" if seed is None else f"random (seed {seed})"
-    # A non-square encoder also records its heights (square ones keep their earlier record).
-    heights = (
-        {"input_height": spec.input_hw[0], "grid_height": spec.grid_hw[0]}
-        if spec.input_height or spec.grid_height
-        else {}
-    )
-    return {
-        "encoder": spec.name,
-        "input_size": spec.input_size,
-        "grid": spec.grid,
-        **heights,
-        "channels": spec.channels,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "dtype": DTYPE,
-        "pretrained": pretrained,
-        "weights": weights,
-        "weights_path": None if weights_path is None else str(weights_path),
-        "init_seed": None if pretrained else seed,
-        "weights_sha256": state_digest(model),
-    }
-
-
-def encoder_for_model(
-    info: dict[str, Any], model_dir: str | Path | None, device: torch.device
-) -> tuple[EncoderSpec, Encoder]:
-    """The encoder a trained model's features came from, from its config's ``encoder`` entry:
-    the model's own ``encoder.safetensors`` (fine-tuned), the pretrained weights, or random
-    weights rebuilt from the recorded seed; checked against the recorded weights digest."""
-    spec = get_encoder_spec(info["encoder"])
-    own = Path(model_dir) / ENCODER_WEIGHTS_FILE if model_dir is not None else None
-    if own is not None and own.is_file():
-        source, model = str(own), load_encoder(spec, True, device, weights_path=own)
-    elif info.get("pretrained", True):
-        path = info.get("weights_path")
-        source = path or spec.describe_weights()
-        model = load_encoder(spec, True, device, weights_path=path)
-    else:
-        seed = info.get("init_seed")
-        if seed is None:
-            raise EncoderWeightsError(
-                f"the model's encoder {spec.name!r} had random weights from an unrecorded seed, "
-                "so it cannot be rebuilt; re-run the features stage (it records common.seed)"
-            )
-        source, model = (
-            f"random weights (seed {seed})",
-            load_encoder(spec, False, device, seed=seed),
-        )
-    wanted = info.get("weights_sha256")
-    found = state_digest(model)
-    if wanted and found != wanted:
-        raise EncoderWeightsError(
-            f"encoder {spec.name!r} from {source} has weights sha256 {found[:12]}..., the "
-            f"model was trained on features of {wanted[:12]}...: not the same encoder"
-        )
-    return spec, model
-
-
-def encode_pixels(
-    model: torch.nn.Module, pixels: torch.Tensor, spec: EncoderSpec, device: torch.device
-) -> np.ndarray:
-    """uint8 pixels (B, H, W, 3) from the loader -> float16 features (B, grid*grid, channels),
-    normalised on ``device``."""
-    images = spec.normalize(pixels.to(device, non_blocking=True))  # (B, 3, H, W)
-    return encode_batch(model, images, spec, device)
-
-
-@torch.inference_mode()
-def encode_batch(
-    model: torch.nn.Module, images: torch.Tensor, spec: EncoderSpec, device: torch.device
-) -> np.ndarray:
-    """Preprocessed images (B, 3, H, W) -> float16 features (B, grid*grid, channels)."""
-    x = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    with autocast(device):
-        fmap = model(x)  # (B, C, Gh, Gw)
-    expected = (spec.channels, *spec.grid_hw)
-    if tuple(fmap.shape[1:]) != expected:
-        raise FeatureCacheError(
-            f"encoder {spec.name!r} returned feature maps {tuple(fmap.shape[1:])}, "
-            f"its spec says {expected}"
-        )
-    b = fmap.shape[0]
-    feats = fmap.float().permute(0, 2, 3, 1).reshape(b, spec.locations, spec.channels)
-    return feats.to(torch.float16).cpu().numpy()  # (B, G*G, C)
 
 
 # --------------------------------------------------------------------------------------------
@@ -591,12 +460,11 @@ class FeatureCache:
         """
         root = Path(out_dir)
         meta_path = root / META_FILE
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FeatureCacheError(
-                f"{meta_path}: no feature cache here (meta.json missing); run the features stage"
-            ) from None
+        meta = read_json_input(
+            meta_path,
+            "no feature cache here (meta.json missing); run the features stage",
+            FeatureCacheError,
+        )
         missing = [
             k for k in ("encoder", "input_size", "grid", "channels", "splits") if k not in meta
         ]

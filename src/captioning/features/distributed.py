@@ -26,8 +26,9 @@ import torch
 
 from captioning.config import FeaturesConfig
 from captioning.devices import choose_device
-from captioning.features.cache import _SplitWriter, encode_pixels, load_encoder
+from captioning.features.cache import _SplitWriter
 from captioning.features.encoders import get_encoder_spec
+from captioning.features.encoding import encode_pixels, load_encoder
 from captioning.features.loader import Shard, extraction_loader
 
 log = logging.getLogger(__name__)

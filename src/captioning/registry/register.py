@@ -27,7 +27,7 @@ from mlflow.exceptions import MlflowException
 
 from captioning.config import RegisterConfig, flatten, flatten_dict
 from captioning.errors import BadInputError
-from captioning.io import file_digest, read_json, write_json
+from captioning.io import file_digest, read_json_input, write_json
 from captioning.registry.model_card import CardInputs, render_model_card
 from captioning.registry.per_image import ImageScores, read_per_image
 from captioning.registry.pyfunc import log_captioner
@@ -268,7 +268,7 @@ def _encoder_name(config: dict[str, Any]) -> str:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    data = read_json(path)
+    data = read_json_input(path, "not found")
     if not isinstance(data, dict):
         raise BadInputError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data

@@ -34,8 +34,9 @@ from captioning.data.shards import iter_samples
 from captioning.data.vocab import Vocab
 from captioning.devices import choose_device
 from captioning.features.backbones import Encoder
-from captioning.features.cache import encode_split, encoder_identity, load_encoder
+from captioning.features.cache import encode_split
 from captioning.features.encoders import EncoderSpec, get_encoder_spec
+from captioning.features.encoding import encoder_identity, load_encoder
 from captioning.features.loader import shard_files, start_workers_early, training_loader
 from captioning.features.weights import state_digest
 from captioning.models import Decoder, build_decoder

@@ -32,8 +32,9 @@ from tqdm import tqdm
 from captioning.config import TrainConfig, to_dict
 from captioning.data.vocab import Vocab
 from captioning.devices import autocast, pin_memory
-from captioning.features.cache import ENCODER_IDENTITY, ENCODER_WEIGHTS_FILE, FeatureCache
+from captioning.features.cache import FeatureCache
 from captioning.features.encoders import grid_shape
+from captioning.features.encoding import ENCODER_IDENTITY, ENCODER_WEIGHTS_FILE
 from captioning.io import atomic_path, write_json
 from captioning.models import Decoder, build_decoder
 from captioning.training.batches import (

@@ -21,8 +21,8 @@ from captioning.config import (
 )
 from captioning.data.shards import split_captions, write_shards
 from captioning.data.vocab import build_vocab
-from captioning.features.cache import ENCODER_WEIGHTS_FILE
 from captioning.features.encoders import get_encoder_spec
+from captioning.features.encoding import ENCODER_WEIGHTS_FILE
 from captioning.features.weights import state_digest
 from captioning.inference import Captioner
 from captioning.training.fine_tune import train_fine_tuned, trainable_blocks

@@ -23,13 +23,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import multiprocessing
 import os
 import random
 import re
 import shutil
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,7 @@ from tqdm import tqdm
 from captioning.config import CaptchaConfig
 from captioning.data.sources.common import SourceError
 from captioning.io import read_json_object, replace_path, write_json, write_text
-from captioning.processes import exclusive, worker_guard
+from captioning.processes import exclusive, run_each
 
 logger = logging.getLogger(__name__)
 
@@ -218,26 +216,9 @@ def _generate(out_dir: Path, work: Path, cfg: CaptchaConfig, words: list[str]) -
     )
     labels: dict[int, list] = {}
     with tqdm(total=cfg.count, desc="captcha", unit="img") as bar:
-        if workers <= 1:
-            for c in chunks:
-                labels[c] = _write_chunk(c, cfg, words, work)
-                bar.update(len(labels[c]))
-        else:
-            # forkserver: workers do not inherit the parent's threads (tqdm's monitor) or locks;
-            # the guard ends them if this process dies.
-            context = multiprocessing.get_context("forkserver")
-            with ProcessPoolExecutor(
-                workers, mp_context=context, initializer=worker_guard()
-            ) as pool:
-                pending: dict[Future, int] = {
-                    pool.submit(_write_chunk, c, cfg, words, work): c for c in chunks
-                }
-                while pending:
-                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        c = pending.pop(future)
-                        labels[c] = future.result()
-                        bar.update(len(labels[c]))
+        for c, chunk_labels in run_each(_write_chunk, chunks, (cfg, words, work), workers):
+            labels[c] = chunk_labels
+            bar.update(len(chunk_labels))
     rows = [row for c in chunks for row in labels[c]]
     summary = _write_layout(work, rows, cfg, words)
     shutil.rmtree(work / "chunks")
