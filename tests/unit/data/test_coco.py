@@ -14,7 +14,7 @@ import pytest
 from captioning.config import CocoConfig, FetchConfig
 from captioning.data.download import DownloadError
 from captioning.data.layout import AnnotationError, load_dataset
-from captioning.data.sources import fetch
+from captioning.data.sources.registry import fetch
 from captioning.data.sources.common import SourceError
 from fake_datasets import (
     COCO_HOST,

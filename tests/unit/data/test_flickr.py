@@ -9,7 +9,7 @@ import pytest
 
 from captioning.config import FetchConfig, Flickr8kConfig, Flickr30kConfig
 from captioning.data.layout import AnnotationError, load_dataset
-from captioning.data.sources import fetch
+from captioning.data.sources.registry import fetch
 from captioning.data.sources.common import SourceError, photo_ids
 from captioning.data.sources.flickr import read_kaggle_captions
 from fake_datasets import (
