@@ -34,6 +34,7 @@ from captioning.evaluation import (
 )
 from captioning.features.cache import extract_features
 from captioning.training.loop import train_decoder
+from captioning.training.sources import CachedFeatures
 
 REPO = Path(__file__).resolve().parents[2]
 COCO_METRICS = {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"}
@@ -64,7 +65,8 @@ def workspace(tmp_path_factory) -> Path:
         warmup_steps=1,
     )
     train_decoder(
-        root / "features",
+        "soft_attention",
+        CachedFeatures(root / "features"),
         root / "vocab.json",
         root / "model",
         train_cfg,
