@@ -375,7 +375,6 @@ class EarlyStoppingConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    decoder: str = "soft_attention"
     model: DecoderConfig = field(default_factory=DecoderConfig)
     epochs: int = 30
     batch_size: int = 64  # captions per batch
@@ -391,7 +390,7 @@ class TrainConfig:
     num_threads: int = 0
     fine_tune: FineTuneConfig = field(default_factory=FineTuneConfig)
     # The decoders the DAG trains (one train@<name>, evaluate@<name>, register@<name> each);
-    # ``decoder`` above is the one a single training run builds (the stage sets it per item).
+    # a training run builds the one its stage names (stages/train.py --decoder).
     decoders: list[str] = field(default_factory=lambda: ["soft_attention"])
     scheduled_sampling: ScheduledSamplingConfig = field(default_factory=ScheduledSamplingConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
@@ -419,7 +418,6 @@ class TrainConfig:
         _require(self.grad_clip > 0, "grad_clip", "> 0")
         _require(self.hard_repeat >= 1, "hard_repeat", ">= 1")
         _require(self.num_threads >= 0, "num_threads", ">= 0 (0 = torch default)")
-        _require_choice(self.decoder, DECODER_NAMES, "decoder")
         _require(
             len(self.decoders) >= 1 and len(set(self.decoders)) == len(self.decoders),
             "decoders",
