@@ -13,21 +13,23 @@ from captioning.training.tracked import train_tracked
 REPO = Path(__file__).resolve().parents[3]
 
 
+# The stage's paths, all under tmp_path/out: nothing may appear there when it refuses.
+OUTPUTS = {
+    "vocab_path": "vocab.json",
+    "model_dir": "model",
+    "log_path": "log.csv",
+    "checkpoint_dir": "checkpoints",
+}
+
+
 def run(tmp_path: Path, decoder: str, fine_tune: bool = False, **dirs):
     """The repo's params with ``train.fine_tune.enabled`` set; outputs under ``tmp_path/out``."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     raw["train"]["fine_tune"]["enabled"] = fine_tune
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
-    out = tmp_path / "out"
-    return train_tracked(
-        load_params(tmp_path / "params.yaml"),
-        decoder,
-        vocab_path=out / "vocab.json",
-        model_dir=out / "model",
-        log_path=out / "log.csv",
-        checkpoint_dir=out / "checkpoints",
-        **{"features_dir": None, **dirs},
-    )
+    paths = {key: tmp_path / "out" / name for key, name in OUTPUTS.items()}
+    params = load_params(tmp_path / "params.yaml")
+    return train_tracked(params, decoder, **{"features_dir": None, **paths, **dirs})
 
 
 def test_an_unknown_decoder_is_refused_with_the_choices(tmp_path):
