@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 from captioning.config import DecoderConfig  # noqa: E402
 from captioning.models import build_decoder  # noqa: E402
-from captioning.training.loop import caption_loss  # noqa: E402
+from captioning.training.objectives import caption_loss  # noqa: E402
 from machine import machine_line  # noqa: E402
 
 VOCAB, LOCATIONS, CHANNELS = 31, 49, 1280

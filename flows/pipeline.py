@@ -68,7 +68,7 @@ def captioning_pipeline(
 ):
     """Run the DVC stages up to ``targets`` (default: all) with these parameters.
 
-    dataset, encoder and decoder set fetch.source, features.encoder and train.decoder (with a
+    dataset, encoder and decoder set fetch.source, features.encoder and train.decoders (with a
     foreach train stage, decoder picks its variant); ``overrides`` sets any other params.yaml
     keys, e.g. {"train.epochs": 30}. Returns each stage's outcome: "ran" or "skipped".
     """

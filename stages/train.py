@@ -23,7 +23,9 @@ def main() -> None:
         "--shards", type=Path, help="image shards (read when train.fine_tune.enabled)"
     )
     parser.add_argument("--vocab", required=True, type=Path)
-    parser.add_argument("--decoder", help="registered decoder name (default: train.decoder)")
+    parser.add_argument(
+        "--decoder", required=True, help="registered decoder name (one of train.decoders)"
+    )
     parser.add_argument("--model", required=True, type=Path, help="output model directory")
     parser.add_argument("--log", required=True, type=Path, help="per-epoch CSV (DVC plot)")
     parser.add_argument(
@@ -39,13 +41,13 @@ def main() -> None:
         os.execv(sys.executable, launch)
     train_tracked(
         params,
+        args.decoder,
         features_dir=args.features,
         vocab_path=args.vocab,
         model_dir=args.model,
         log_path=args.log,
         checkpoint_dir=args.checkpoints,
         shards_dir=args.shards,
-        decoder=args.decoder,
         summary_path=args.summary,
     )
 

@@ -445,7 +445,6 @@ class EarlyStoppingConfig(Section):
 
 @dataclass(frozen=True)
 class TrainConfig(Section):
-    decoder: DecoderName = "soft_attention"
     model: DecoderConfig = field(default_factory=DecoderConfig)
     epochs: int = 9
     batch_size: int = 64  # captions per batch
@@ -461,7 +460,7 @@ class TrainConfig(Section):
     num_threads: int = 0
     fine_tune: FineTuneConfig = field(default_factory=FineTuneConfig)
     # The decoders the DAG trains (one train@<name>, evaluate@<name>, register@<name> each);
-    # ``decoder`` above is the one a single training run builds (the stage sets it per item).
+    # a training run builds the one its stage names (stages/train.py --decoder).
     decoders: list[DecoderName] = field(default_factory=lambda: ["soft_attention"])
     scheduled_sampling: ScheduledSamplingConfig = field(default_factory=ScheduledSamplingConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)

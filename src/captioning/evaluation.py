@@ -37,7 +37,7 @@ from captioning.metrics import coco_eval, word_accuracy
 from captioning.metrics.coco_eval import coco_scores_many, require_java
 from captioning.metrics.shapes_accuracy import object_accuracy, object_correct
 from captioning.metrics.word_accuracy import word_scores
-from captioning.training.loop import load_decoder
+from captioning.models.saved import load_decoder
 from captioning.viz.attention import plot_attention
 from captioning.viz.gallery import GalleryEntry, write_gallery
 

@@ -20,7 +20,7 @@ from captioning.decoding.search import beam_search
 from captioning.devices import choose_device
 from captioning.features.encoders import grid_shape
 from captioning.features.encoding import encode_batch, encoder_for_model
-from captioning.training.loop import load_decoder
+from captioning.models.saved import load_decoder
 
 
 @dataclass

@@ -40,8 +40,10 @@ FLOW_RUN_ENV = "CAPTIONING_PREFECT_FLOW_RUN_ID"
 NAMED_PARAMS = {
     "dataset": "fetch.source",
     "encoder": "features.encoder",
-    "decoder": "train.decoder",
+    "decoder": "train.decoders",  # the one decoder a DAG without a foreach over them trains
 }
+# Shorthands whose key holds a list: the named value is its one item.
+_LIST_KEYS = frozenset({"train.decoders"})
 
 _STAGE_ERROR = re.compile(r"^\S+ (?:ERROR|CRITICAL) captioning[\w.]*: (?P<message>.+)$")
 _DVC_ERROR = re.compile(r"^ERROR: (?P<message>.+)$")
@@ -84,7 +86,7 @@ def plan_stages(root: Path, targets: Sequence[str] = (), decoder: str | None = N
     ``pipelines/captcha/dvc.yaml``; empty: the whole DAG of the root ``dvc.yaml``),
     each with everything upstream of it. If ``train`` is a foreach stage, ``decoder`` keeps only
     that variant of every foreach stage (and drops what depends on the other variants, e.g. a
-    comparison of all decoders); otherwise the decoder is a parameter (``train.decoder``).
+    comparison of all decoders); otherwise the decoder is a parameter (``train.decoders``).
     """
     import networkx as nx
     from dvc.repo import Repo
@@ -130,11 +132,12 @@ def run_overrides(
         if value is None:
             continue
         key = NAMED_PARAMS[name]
-        if key in merged and merged[key] != value:
+        setting = [value] if key in _LIST_KEYS else value
+        if key in merged and merged[key] != setting:
             raise ConfigError(
                 f"parameter {name}={value!r} contradicts override {key}={merged[key]!r}"
             )
-        merged[key] = value
+        merged[key] = setting
     return merged
 
 

@@ -8,12 +8,14 @@ from tests.integration.ddp_decoder import registered
 
 from captioning.config import TrainConfig, from_dict
 from captioning.training.loop import train_decoder
+from captioning.training.sources import CachedFeatures
 
 root, name, cfg_json = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-with registered():
+with registered() as decoder:
     cfg = from_dict(TrainConfig, json.loads(cfg_json), path=Path("<test>"), prefix="train.")
     train_decoder(
-        root / "features",
+        decoder,
+        CachedFeatures(root / "features"),
         root / "vocab.json",
         root / "models" / name,
         cfg,

@@ -20,6 +20,7 @@ from captioning.config import DecoderConfig, EarlyStoppingConfig, TrainConfig, t
 from captioning.data.vocab import Vocab
 from captioning.models import build_decoder
 from captioning.training.loop import train_decoder
+from captioning.training.sources import CachedFeatures
 
 # No dropout: the ranks' dropout masks come from their own RNG streams.
 MODEL = DecoderConfig(
@@ -33,9 +34,9 @@ MODEL = DecoderConfig(
 
 
 def train_config() -> TrainConfig:
-    """Built while the test decoder is registered (its name is checked like any other)."""
+    """A model of the test decoder, registered while the test runs."""
     cfg = TrainConfig(
-        decoder=NAME, model=MODEL, epochs=3, batch_size=8, seq_per_image=2, warmup_steps=1, lr=0.01
+        model=MODEL, epochs=3, batch_size=8, seq_per_image=2, warmup_steps=1, lr=0.01
     )
     # CIDEr: make_layout's scenes have no objects (params.yaml's object_accuracy needs them)
     return dataclasses.replace(cfg, early_stopping=EarlyStoppingConfig(metric="CIDEr"))
@@ -65,7 +66,8 @@ def test_decoder():
 
 def test_two_gloo_ranks_match_one_process(workspace, test_decoder):  # noqa: F811
     train_decoder(
-        workspace / "features",
+        test_decoder,
+        CachedFeatures(workspace / "features"),
         workspace / "vocab.json",
         workspace / "models" / "single",
         train_config(),

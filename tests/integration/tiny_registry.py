@@ -31,6 +31,7 @@ from captioning.data.vocab import build_vocab
 from captioning.features.cache import extract_features
 from captioning.registry.register import register_model
 from captioning.training.loop import train_decoder
+from captioning.training.sources import CachedFeatures
 
 # One step per epoch; lr and no dropout so that 12 steps learn "a picture number ...".
 TRAIN = TrainConfig(
@@ -66,7 +67,8 @@ def train_tiny_captioner(root: Path, level: str = "word") -> Path:
     vocab.save(root / "vocab.json")
     model_dir = root / "models" / "soft_attention"
     train_decoder(
-        root / "features",
+        "soft_attention",
+        CachedFeatures(root / "features"),
         root / "vocab.json",
         model_dir,
         TRAIN,

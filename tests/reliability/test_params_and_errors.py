@@ -50,11 +50,10 @@ def choices(names) -> str:
         ({"features": {"encoder": "resnet102"}}, "features.encoder", ENCODER_NAMES, "resnet102"),
         ({"train": {"decoders": ["soft_atention"]}}, "train.decoders[0]", DECODER_NAMES, "soft_atention"),
         ({"train": {"decoders": ["nic", "mrn"]}}, "train.decoders[1]", DECODER_NAMES, "mrn"),
-        ({"train": {"decoder": "show_tell"}}, "train.decoder", DECODER_NAMES, "show_tell"),
         ({"register": {"promote_metric": "CIDEr-D"}}, "register.promote_metric", PER_IMAGE_SCORE_NAMES, "CIDEr-D"),
         ({"register": {"decoding": "sampled"}}, "register.decoding", DECODING_NAMES, "sampled"),
     ],
-    ids=["source", "encoder", "decoders-0", "decoders-1", "decoder", "promote-metric", "decoding"],
+    ids=["source", "encoder", "decoders-0", "decoders-1", "promote-metric", "decoding"],
 )  # fmt: skip
 def test_unknown_name_in_any_section_stops_fetch_before_any_work(
     tmp_path, sections, key, names, found

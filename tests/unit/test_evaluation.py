@@ -35,6 +35,7 @@ from captioning.evaluation import (
 )
 from captioning.features.cache import extract_features
 from captioning.training.loop import train_decoder
+from captioning.training.sources import CachedFeatures
 
 REPO = Path(__file__).resolve().parents[2]
 COCO_METRICS = {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"}
@@ -67,7 +68,8 @@ def workspace(tmp_path_factory) -> Path:
         early_stopping=EarlyStoppingConfig(metric="CIDEr"),
     )
     train_decoder(
-        root / "features",
+        "soft_attention",
+        CachedFeatures(root / "features"),
         root / "vocab.json",
         root / "model",
         train_cfg,

@@ -10,13 +10,25 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from captioning.config import TrainConfig
 from captioning.data.vocab import Vocab
 
 Draw = tuple[int, tuple[int, ...]]  # (image row, indices into that image's captions)
+
+
+def images_per_batch(cfg: TrainConfig) -> int:
+    """Draws per batch: ``batch_size`` counts captions, ``seq_per_image`` of them per draw."""
+    return max(1, cfg.batch_size // cfg.seq_per_image)
+
+
+def hard_repeats(record: dict[str, Any], cfg: TrainConfig) -> int:
+    """Images with many objects are the hard ones: draw them ``hard_repeat`` times per epoch."""
+    return cfg.hard_repeat if len(record.get("objects", ())) >= cfg.hard_min_objects else 1
 
 
 @dataclass(frozen=True)
@@ -82,11 +94,11 @@ def length_grouped_batches(
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def collate(
-    features: torch.Tensor, caption_set: CaptionSet, draws: Sequence[Draw], pad_id: int
+def caption_batch(
+    caption_set: CaptionSet, draws: Sequence[Draw], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Features (B, L, C) of the drawn images, captions (M, T) padded, and rows (M,) mapping
-    each caption to its image in the batch."""
+    """The drawn images' rows (B,), their captions (M, T) padded, and rows (M,) mapping each
+    caption to its image in the batch."""
     image_rows = torch.tensor([row for row, _ in draws], dtype=torch.long)
     captions = [caption_set.captions[row][i] for row, picked in draws for i in picked]
     rows = torch.tensor([b for b, (_, picked) in enumerate(draws) for _ in picked])
@@ -94,7 +106,16 @@ def collate(
     padded = torch.full((len(captions), width), pad_id, dtype=torch.long)
     for i, caption in enumerate(captions):
         padded[i, : len(caption)] = torch.tensor(caption)
-    return features[image_rows], padded, rows
+    return image_rows, padded, rows
+
+
+def collate(
+    features: torch.Tensor, caption_set: CaptionSet, draws: Sequence[Draw], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Features (B, L, C) of the drawn images, captions (M, T) padded, and rows (M,) mapping
+    each caption to its image in the batch."""
+    image_rows, captions, rows = caption_batch(caption_set, draws, pad_id)
+    return features[image_rows], captions, rows
 
 
 def iterate_batches(

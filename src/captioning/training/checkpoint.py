@@ -56,6 +56,14 @@ class LoopState:
         self.batches, self.position = batches, 0
         self.loss_sum, self.loss_count, self.sample_prob_sum = 0.0, 0, 0.0
 
+    def count_step(self, loss: float, captions: int, sample_prob: float) -> None:
+        """Book-keeping of one optimiser step: ``loss`` is the mean over its ``captions``."""
+        self.step += 1
+        self.position += 1
+        self.loss_sum += loss * captions
+        self.loss_count += captions
+        self.sample_prob_sum += sample_prob
+
     def finish_epoch(self) -> None:
         self.epoch += 1
         self.batches, self.position = None, 0

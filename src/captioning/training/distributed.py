@@ -93,6 +93,12 @@ class DistContext:
         if self.enabled:
             dist.barrier()
 
+    def shutdown(self) -> None:
+        """Leave the process group at the end of a run (NCCL warns of pending work if a
+        process exits without)."""
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
     @property
     def _comm_device(self) -> torch.device:
         return self.device if self.device.type == "cuda" else torch.device("cpu")
@@ -114,13 +120,3 @@ def init_distributed() -> DistContext:
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
     return DistContext(rank, world, device)
-
-
-def shutdown(ctx: DistContext) -> None:
-    if ctx.enabled and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The decoder inside a DDP wrapper (for saving, evaluation and decoding)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

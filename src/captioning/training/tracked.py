@@ -8,14 +8,14 @@ epoch and the model directory (the best epoch's weights) as artifacts.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import logging
 import os
+from functools import partial
 from pathlib import Path
 
 import mlflow
 
-from captioning.config import ConfigError, Params, TrainConfig, flatten
+from captioning.config import ConfigError, Params, flatten
 from captioning.io import atomic_path, write_json
 from captioning.models import DECODERS
 from captioning.registry.tracking import (
@@ -24,8 +24,9 @@ from captioning.registry.tracking import (
     lineage_tags,
     repo_root,
 )
-from captioning.training.fine_tune import train_fine_tuned
-from captioning.training.loop import EpochCallback, StepCallback, TrainResult, train_decoder
+from captioning.training.fine_tune import EncodedImages
+from captioning.training.loop import TrainResult, train_decoder
+from captioning.training.sources import BatchSource, CachedFeatures
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ UPSTREAM_STAGES = ("fetch", "shard", "vocab", "features")
 
 def train_tracked(
     params: Params,
+    decoder: str,
     *,
     features_dir: Path | None,
     vocab_path: Path,
@@ -41,30 +43,38 @@ def train_tracked(
     log_path: Path,
     checkpoint_dir: Path,
     shards_dir: Path | None = None,
-    decoder: str | None = None,
     summary_path: Path | None = None,
 ) -> TrainResult:
-    """Train ``decoder`` (default ``train.decoder``) on cached features, or, with
-    ``train.fine_tune.enabled``, on the images of ``shards_dir`` with the encoder's last blocks
-    trained too. ``summary_path`` gets its size, time and best epoch (for the comparison)."""
-    cfg = params.train if decoder is None else dataclasses.replace(params.train, decoder=decoder)
-    if cfg.decoder not in DECODERS:
+    """Train ``decoder`` on cached features, or, with ``train.fine_tune.enabled``, on the
+    images of ``shards_dir`` with the encoder's last blocks trained too. ``summary_path`` gets
+    its size, time and best epoch (for the comparison)."""
+    cfg = params.train
+    if decoder not in DECODERS:
         raise ConfigError(
-            f"train.decoders: unknown decoder {cfg.decoder!r}; choose from {sorted(DECODERS)}"
+            f"train.decoders: unknown decoder {decoder!r}; choose from {sorted(DECODERS)}"
         )
-    if cfg.fine_tune.enabled and shards_dir is None:
-        raise ConfigError("train.fine_tune.enabled needs the shards (--shards) to read images")
+    train = partial(
+        train_decoder,
+        decoder,
+        _batch_source(params, features_dir, shards_dir),
+        vocab_path,
+        model_dir,
+        cfg,
+        seed=params.common.seed,
+        checkpoint_dir=checkpoint_dir,
+    )
     if int(os.environ.get("RANK", "0")) != 0:
         # Under torchrun only rank 0 records the run and writes the outputs.
-        return _train(cfg, params, features_dir, vocab_path, model_dir, checkpoint_dir, shards_dir)
+        return train()
     root = repo_root()
     configure_mlflow(root)
     experiment_id = get_or_create_experiment(params.register.experiment, root)
-    tags = {**lineage_tags(root, UPSTREAM_STAGES), "stage": "train", "decoder": cfg.decoder}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{cfg.decoder}", tags=tags):
+    tags = {**lineage_tags(root, UPSTREAM_STAGES), "stage": "train", "decoder": decoder}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{decoder}", tags=tags):
         mlflow.log_params(
             {
                 **flatten(cfg, "train."),
+                "train.decoder": decoder,  # the run's decoder, under the key it always had
                 **flatten(params.features, "features."),
                 "common.seed": params.common.seed,
             }
@@ -77,19 +87,9 @@ def train_tracked(
             if step % cfg.log_every_steps == 0:
                 mlflow.log_metrics({f"step_{k}": v for k, v in report.items()}, step=step)
 
-        result = _train(
-            cfg,
-            params,
-            features_dir,
-            vocab_path,
-            model_dir,
-            checkpoint_dir,
-            shards_dir,
-            on_epoch=on_epoch,
-            on_step=on_step,
-        )
+        result = train(on_epoch=on_epoch, on_step=on_step)
         write_training_log(log_path, result.history)
-        summary = result.summary(cfg.decoder)
+        summary = result.summary(decoder)
         if summary_path is not None:
             write_json(summary_path, summary)
             mlflow.log_artifact(str(summary_path))
@@ -109,41 +109,18 @@ def train_tracked(
     return result
 
 
-def _train(
-    cfg: TrainConfig,
-    params: Params,
-    features_dir: Path,
-    vocab_path: Path,
-    model_dir: Path,
-    checkpoint_dir: Path,
-    shards_dir: Path | None,
-    *,
-    on_epoch: EpochCallback | None = None,
-    on_step: StepCallback | None = None,
-) -> TrainResult:
-    if cfg.fine_tune.enabled:
-        assert shards_dir is not None
-        return train_fine_tuned(
-            shards_dir,
-            vocab_path,
-            model_dir,
-            cfg,
-            params.features,
-            seed=params.common.seed,
-            checkpoint_dir=checkpoint_dir,
-            on_epoch=on_epoch,
-            on_step=on_step,
-        )
-    return train_decoder(
-        features_dir,
-        vocab_path,
-        model_dir,
-        cfg,
-        seed=params.common.seed,
-        checkpoint_dir=checkpoint_dir,
-        on_epoch=on_epoch,
-        on_step=on_step,
-    )
+def _batch_source(
+    params: Params, features_dir: Path | None, shards_dir: Path | None
+) -> BatchSource:
+    """The images of the shards through the encoder with ``train.fine_tune.enabled``, else the
+    cached features."""
+    if params.train.fine_tune.enabled:
+        if shards_dir is None:
+            raise ConfigError("train.fine_tune.enabled needs the shards (--shards) to read images")
+        return EncodedImages(shards_dir, params.features)
+    if features_dir is None:
+        raise ConfigError("training on cached features needs them (--features)")
+    return CachedFeatures(features_dir)
 
 
 def write_training_log(path: Path, history: list[dict[str, float]]) -> None:

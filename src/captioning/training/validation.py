@@ -1,6 +1,6 @@
-"""Validation during training: greedy captions of the val split scored with the fast metrics
-(and what the task is judged by: object accuracy on shapes, exact match for a character-level
-reader), and the best-so-far weights that early stopping keeps."""
+"""Validation during training: the teacher-forced val loss, greedy captions of the val split
+scored with the fast metrics (and what the task is judged by: object accuracy on shapes, exact
+match for a character-level reader), and the best-so-far weights that early stopping keeps."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from captioning.metrics.fast import ReferenceIndex
 from captioning.metrics.shapes_accuracy import object_accuracy
 from captioning.metrics.word_accuracy import word_scores
 from captioning.models import Decoder
+from captioning.training.batches import CaptionSet, iterate_batches
+from captioning.training.objectives import PAD_ID, masked_cross_entropy
 
 
 class Validator:
@@ -101,6 +103,39 @@ class Validator:
         if self.words is not None:
             corpus.update(word_scores(predictions, self.words)[0])  # exact_match, char_accuracy
         return corpus
+
+
+@dataclass(frozen=True)
+class ValSplit:
+    """The val split as validation reads it: its features (N, L, C), captions and scorer."""
+
+    features: torch.Tensor
+    captions: CaptionSet
+    validator: Validator
+
+    @classmethod
+    def of(cls, cache: Any, vocab: Vocab, cfg: EarlyStoppingConfig, where: str) -> ValSplit:
+        """A feature cache's split (``load_in_memory``, ``captions``, ``row_meta``)."""
+        return cls(
+            torch.from_numpy(cache.load_in_memory()),
+            CaptionSet.build(cache.captions, vocab),
+            Validator.for_split(cache, vocab, cfg, where),
+        )
+
+    @torch.no_grad()
+    def loss(self, decoder: Decoder, images_per_batch: int, device: torch.device) -> float:
+        """Mean teacher-forced cross-entropy over every caption of the split."""
+        decoder.eval()
+        draws = self.captions.all_draws()
+        batches = [draws[i : i + images_per_batch] for i in range(0, len(draws), images_per_batch)]
+        total, tokens = 0.0, 0
+        for x, captions, rows in iterate_batches(self.features, self.captions, batches, PAD_ID):
+            x, captions, rows = x.to(device), captions.to(device), rows.to(device)
+            targets = captions[:, 1:]
+            logits = decoder(x, captions, rows).logits
+            total += float(masked_cross_entropy(logits, targets, reduction="sum"))
+            tokens += int((targets != PAD_ID).sum())
+        return total / max(tokens, 1)
 
 
 @dataclass

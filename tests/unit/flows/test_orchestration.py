@@ -98,7 +98,10 @@ def test_gpu_tags_by_base_name():
 
 def test_named_parameters_become_params_keys():
     merged = run_overrides({"train.epochs": 3}, dataset="captcha", encoder=None, decoder="x")
-    assert merged == {"train.epochs": 3, "fetch.source": "captcha", "train.decoder": "x"}
+    assert merged == {"train.epochs": 3, "fetch.source": "captcha", "train.decoders": ["x"]}
+    assert run_overrides({"train.decoders": ["x"]}, decoder="x") == {"train.decoders": ["x"]}
+    with pytest.raises(ConfigError, match=r"decoder='y' contradicts override train.decoders="):
+        run_overrides({"train.decoders": ["x"]}, decoder="y")
     with pytest.raises(ConfigError, match="dataset='captcha' contradicts override fetch.source"):
         run_overrides({"fetch.source": "shapes"}, dataset="captcha")
 

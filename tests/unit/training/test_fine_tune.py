@@ -25,7 +25,8 @@ from captioning.features.encoders import get_encoder_spec
 from captioning.features.encoding import ENCODER_WEIGHTS_FILE
 from captioning.features.weights import state_digest
 from captioning.inference import Captioner
-from captioning.training.fine_tune import train_fine_tuned, trainable_blocks
+from captioning.training.fine_tune import EncodedImages, trainable_blocks
+from captioning.training.loop import train_decoder
 
 MODEL = DecoderConfig(embed_dim=16, hidden_dim=16, attention_dim=8, feature_proj_dim=16)
 
@@ -57,12 +58,12 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def train(root: Path, name: str, cfg: TrainConfig, features: FeaturesConfig, **kwargs):
-    return train_fine_tuned(
-        root / "shards",
+    return train_decoder(
+        "soft_attention",
+        EncodedImages(root / "shards", features),
         root / "vocab.json",
         root / "models" / name,
         cfg,
-        features,
         seed=3,
         checkpoint_dir=root / "checkpoints" / name,
         **kwargs,

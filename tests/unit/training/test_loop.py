@@ -23,8 +23,10 @@ from captioning.config import (
 from captioning.data.shards import split_captions, write_shards
 from captioning.data.vocab import build_vocab
 from captioning.features.cache import extract_features
+from captioning.models.saved import load_decoder
 from captioning.training import validation
-from captioning.training.loop import load_decoder, train_decoder
+from captioning.training.loop import train_decoder
+from captioning.training.sources import CachedFeatures
 
 CFG = TrainConfig(
     model=DecoderConfig(embed_dim=16, hidden_dim=16, attention_dim=8, feature_proj_dim=16),
@@ -66,9 +68,10 @@ class Killed(Exception):
     pass
 
 
-def train(root: Path, name: str, cfg: TrainConfig = CFG, **kwargs):
+def train(root: Path, name: str, cfg: TrainConfig = CFG, decoder="soft_attention", **kwargs):
     return train_decoder(
-        root / "features",
+        decoder,
+        CachedFeatures(root / "features"),
         root / "vocab.json",
         root / "models" / name,
         cfg,
@@ -210,3 +213,26 @@ def test_early_stopping_keeps_the_best_epoch(workspace, monkeypatch):
     epoch_2 = {k: v for k, v in saved["model"].items()}
     assert_same_weights(epoch_2, weights(workspace, "early"))
     assert_same_weights(epoch_2, saved["best"]["weights"])
+
+
+def test_the_objective_is_the_callers(workspace):
+    """Another objective plugs into the same loop (here: teacher forcing's loss, doubled)."""
+    from captioning.training.objectives import StepLoss, TeacherForcing
+
+    one_epoch = dataclasses.replace(CFG, epochs=1)
+    teacher = TeacherForcing(one_epoch.scheduled_sampling)
+
+    def doubled(model, batch, step, ctx):
+        loss = teacher(model, batch, step, ctx)
+        return StepLoss(2 * loss.loss, loss.captions, loss.sample_prob)
+
+    plain, twice = [], []
+    train(workspace, "teacher", one_epoch, on_step=lambda i, r: plain.append(r["loss"]))
+    train(
+        workspace,
+        "doubled",
+        one_epoch,
+        objective=doubled,
+        on_step=lambda i, r: twice.append(r["loss"]),
+    )
+    assert twice[0] == pytest.approx(2 * plain[0])  # the same first step, from the same weights

@@ -3,7 +3,7 @@ import time
 import pytest
 
 from captioning.config import ConfigError, TrainConfig, from_dict
-from captioning.training.fine_tune import out_of_time
+from captioning.training.loop import out_of_time
 
 
 def test_no_budget_never_stops():

@@ -1,0 +1,103 @@
+"""What a training step minimises: an objective turns the decoder and a batch into a loss.
+
+Today's is teacher forcing (the masked next-token cross-entropy, the decoder fed the true
+words or, under scheduled sampling, sometimes its own) plus the decoder's regulariser (the
+doubly stochastic attention penalty; hard attention's REINFORCE surrogate). A sequence-level
+objective (self-critical training: sample captions, reward them with CIDEr-D) is another class
+with the same call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from torch import nn
+
+from captioning.config import ScheduledSamplingConfig
+from captioning.data.vocab import PAD, SPECIALS
+from captioning.models import Decoder
+from captioning.training.distributed import DistContext
+from captioning.training.schedules import sampling_probability
+
+if TYPE_CHECKING:
+    from captioning.training.sources import Batch
+
+PAD_ID = SPECIALS.index(PAD)
+
+
+def masked_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy of next-token logits (M, T, V) against targets (M, T) over real tokens
+    only (padding masked): their mean, or their sum (``reduction="sum"``). In float32 whatever
+    autocast computed the logits in."""
+    return nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(),
+        targets.reshape(-1),
+        ignore_index=PAD_ID,
+        reduction=reduction,
+    )
+
+
+def caption_loss(
+    decoder: Decoder,
+    features: torch.Tensor,
+    captions: torch.Tensor,
+    rows: torch.Tensor | None = None,
+    *,
+    sample_prob: float = 0.0,
+) -> torch.Tensor:
+    """Cross-entropy over real tokens plus the decoder's regulariser; ``sample_prob`` > 0
+    feeds the decoder's own samples (scheduled sampling)."""
+    output = decoder(features, captions, rows, sample_prob=sample_prob)
+    return masked_cross_entropy(output.logits, captions[:, 1:]) + output.aux_loss
+
+
+@dataclass(frozen=True)
+class StepLoss:
+    loss: torch.Tensor  # what the optimiser step back-propagates
+    captions: int  # the batch's captions (this rank's): the loss's weight in the epoch's mean
+    sample_prob: float = 0.0  # the scheduled-sampling probability the step ran at
+
+
+class Objective(Protocol):
+    def __call__(self, model: nn.Module, batch: Batch, step: int, ctx: DistContext) -> StepLoss: ...
+
+
+@dataclass(frozen=True)
+class TeacherForcing:
+    """Masked cross-entropy with scheduled sampling at the run's optimiser ``step``."""
+
+    schedule: ScheduledSamplingConfig
+
+    def __call__(self, model: nn.Module, batch: Batch, step: int, ctx: DistContext) -> StepLoss:
+        sample_prob = sampling_probability(self.schedule, step)
+        features, captions, rows = batch.features(), batch.captions, batch.rows
+        if ctx.enabled:
+            loss = _rank_share_loss(model, features, captions, rows, ctx, sample_prob)
+        else:
+            loss = caption_loss(model, features, captions, rows, sample_prob=sample_prob)
+        return StepLoss(loss, captions.size(0), sample_prob)
+
+
+def _rank_share_loss(
+    model: nn.Module,
+    features: torch.Tensor,
+    captions: torch.Tensor,
+    rows: torch.Tensor,
+    ctx: DistContext,
+    sample_prob: float,
+) -> torch.Tensor:
+    """This rank's share of the global batch's ``caption_loss``, times ``world`` (DDP averages
+    the gradients): summed over the ranks it is the single-process loss of the whole batch. The
+    regulariser is a mean over captions in every decoder, so it is weighted by the rank's share
+    of the captions. (Logged per rank it is close to the batch's mean loss: the shares are
+    about 1/world each.)"""
+    output = model(features, captions, rows, sample_prob=sample_prob)
+    targets = captions[:, 1:]
+    ce_sum = masked_cross_entropy(output.logits, targets, reduction="sum")
+    tokens = ctx.total(float((targets != PAD_ID).sum()))
+    share = captions.size(0) / ctx.total(float(captions.size(0)))
+    return ctx.world * (ce_sum / max(tokens, 1.0) + output.aux_loss * share)
