@@ -35,9 +35,7 @@ MODEL = DecoderConfig(
 
 def train_config() -> TrainConfig:
     """A model of the test decoder, registered while the test runs."""
-    cfg = TrainConfig(
-        model=MODEL, epochs=3, batch_size=8, seq_per_image=2, warmup_steps=1, lr=0.01
-    )
+    cfg = TrainConfig(model=MODEL, epochs=3, batch_size=8, seq_per_image=2, warmup_steps=1, lr=0.01)
     # CIDEr: make_layout's scenes have no objects (params.yaml's object_accuracy needs them)
     return dataclasses.replace(cfg, early_stopping=EarlyStoppingConfig(metric="CIDEr"))
 

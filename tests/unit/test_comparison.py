@@ -56,7 +56,9 @@ def test_table_json_and_plots_of_two_decoders(tmp_path):
     scores_rows = rows[2:]  # greedy and beam per decoder
     assert len(scores_rows) == 4
     assert scores_rows[0] == "| `soft_attention` | greedy | 0.700 | 0.450 | 0.800 | 4.400 | 0.810 |"
-    assert scores_rows[3].startswith("| `nic` | beam |") and scores_rows[3].endswith("| 3.200 | – |")
+    assert scores_rows[3].startswith("| `nic` | beam |") and scores_rows[3].endswith(
+        "| 3.200 | – |"
+    )
     # `make run` ends by printing this file: it fits a terminal
     assert max(len(line) for line in table) <= 80, max(table, key=len)
 

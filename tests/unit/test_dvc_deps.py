@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from tests.import_closure import REPO, SRC, closure, covering_deps
 
 PIPELINES = [REPO / "dvc.yaml", REPO / "pipelines" / "captcha" / "dvc.yaml"]

@@ -17,8 +17,8 @@ from torch import nn
 
 from captioning.config import saved_decoder_config
 from captioning.data.vocab import Vocab
-from captioning.features.encoding import ENCODER_WEIGHTS_FILE
 from captioning.features.encoders import grid_shape
+from captioning.features.encoding import ENCODER_WEIGHTS_FILE
 from captioning.io import atomic_path, write_json
 from captioning.models import Decoder, build_decoder
 

@@ -14,8 +14,8 @@ import pytest
 from captioning.config import CocoConfig, FetchConfig
 from captioning.data.download import DownloadError
 from captioning.data.layout import AnnotationError, load_dataset
-from captioning.data.sources.registry import fetch
 from captioning.data.sources.common import SourceError
+from captioning.data.sources.registry import fetch
 from fake_datasets import (
     COCO_HOST,
     COCO_SPLITS,

@@ -9,9 +9,9 @@ import pytest
 
 from captioning.config import FetchConfig, Flickr8kConfig, Flickr30kConfig
 from captioning.data.layout import AnnotationError, load_dataset
-from captioning.data.sources.registry import fetch
 from captioning.data.sources.common import SourceError, photo_ids
 from captioning.data.sources.flickr import read_kaggle_captions
+from captioning.data.sources.registry import fetch
 from fake_datasets import (
     FLICKR8K_NAMES,
     FLICKR8K_SPLITS,

@@ -61,5 +61,7 @@ def test_word_level_file_has_no_level_key(tmp_path):
 def test_vocab_level_is_checked(tmp_path):
     from captioning.config import ConfigError, from_dict
 
-    with pytest.raises(ConfigError, match=r"vocab\.level'?: expected one of \['char', 'word'\], found 'letters'"):
+    with pytest.raises(
+        ConfigError, match=r"vocab\.level'?: expected one of \['char', 'word'\], found 'letters'"
+    ):
         from_dict(VocabConfig, {"level": "letters"}, path="params.yaml", prefix="vocab.")
