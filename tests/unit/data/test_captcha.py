@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from captioning.config import CaptchaConfig, ConfigError, FetchConfig, from_dict
-from captioning.data import sources
+from captioning.data.sources import registry as sources
 from captioning.data.layout import load_dataset
 from captioning.data.sources import captcha
 from captioning.data.sources.common import SourceError
