@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from captioning.config import CaptchaConfig, ConfigError, FetchConfig, from_dict
-from captioning.data.sources import registry as sources
 from captioning.data.layout import load_dataset
 from captioning.data.sources import captcha
+from captioning.data.sources import registry as sources
 from captioning.data.sources.common import SourceError
 
 SMALL = CaptchaConfig(count=20, n_train=12, n_val=4, n_words=50, workers=1)
