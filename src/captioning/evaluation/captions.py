@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from captioning.config import EvaluateConfig
-from captioning.evaluation.reading import DECODINGS, Scored, SplitReading
+from captioning.evaluation.reading import DECODINGS, Rows, Scored, SplitReading
 from captioning.io import write_json
 from captioning.metrics.coco_eval import coco_scores_many, require_java
 from captioning.metrics.shapes_accuracy import object_accuracy, object_correct
@@ -46,12 +45,10 @@ class CaptionTask:
                 scores[image_id]["object_accuracy"] = float(correct)
         return scored
 
-    def per_image(self, reading: SplitReading, scored: Scored) -> dict[int, dict[str, Any]]:
+    def per_image(self, reading: SplitReading, scored: Scored) -> Rows:
         """References, and per decoding the caption, its log-probability and every score; the
         beam's n-best too."""
-        rows: dict[int, dict[str, Any]] = {
-            i: {"references": reading.references[i]} for i in reading.image_ids
-        }
+        rows: Rows = {i: {"references": reading.references[i]} for i in reading.image_ids}
         for name in DECODINGS:
             for image_id, hyps, texts in reading.n_best(name):
                 rows[image_id][name] = {
@@ -65,7 +62,7 @@ class CaptionTask:
             ]
         return rows
 
-    def write(self, out_dir: Path, reading: SplitReading, rows: dict[int, dict[str, Any]]) -> None:
+    def write(self, out_dir: Path, reading: SplitReading, rows: Rows) -> None:
         """results.json: the beam captions as COCO results, [{"image_id", "caption"}, ...]."""
         results = [
             {"image_id": int(i), "caption": rows[i]["beam"]["caption"]} for i in reading.image_ids

@@ -27,6 +27,7 @@ from captioning.evaluation.captions import CaptionTask, WordTask
 from captioning.evaluation.reader import ReaderTask
 from captioning.evaluation.reading import (
     DECODINGS,
+    Rows,
     Scored,
     SplitReading,
     attention_figures,
@@ -61,17 +62,10 @@ class Task(Protocol):
     splits: tuple[str, ...]  # decoded and scored in turn; the report files show the last
     gallery: bool  # whether gallery.html is written
 
-    def check(self) -> None:
-        """Fail before decoding if scoring cannot run (e.g. no Java)."""
-
+    def check(self) -> None: ...  # fail before decoding if scoring cannot run (no Java)
     def score(self, reading: SplitReading) -> Scored: ...
-
-    def per_image(self, reading: SplitReading, scored: Scored) -> dict[int, dict[str, Any]]:
-        """per_image.json's rows by image id (without the id)."""
-        ...
-
-    def write(self, out_dir: Path, reading: SplitReading, rows: dict[int, dict[str, Any]]) -> None:
-        """The task's own files."""
+    def per_image(self, reading: SplitReading, scored: Scored) -> Rows: ...  # rows by image id
+    def write(self, out_dir: Path, reading: SplitReading, rows: Rows) -> None: ...  # own files
 
 
 def choose_task(vocab: Vocab, cfg: EvaluateConfig, split: str = "test") -> Task:
@@ -123,7 +117,7 @@ def evaluate_model(
     attention_figures(
         out_dir / ATTENTION_DIR,
         {i: images[i] for i in reading.image_ids[: cfg.n_attention_figures] if i in images},
-        reading.best("beam"),
+        {i: hyps[0] for i, hyps, _ in reading.n_best("beam")},
         vocab,
         grid=grid_shape(config["encoder"]),
         decoder_name=config["decoder"],

@@ -9,9 +9,8 @@ holds the test answers in the label file's format (``<image id>\\t<word>``), fro
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from captioning.evaluation.reading import DECODINGS, Scored, SplitReading
+from captioning.evaluation.reading import DECODINGS, Rows, Scored, SplitReading
 from captioning.io import write_text
 from captioning.metrics.word_accuracy import word_scores
 
@@ -33,10 +32,10 @@ class ReaderTask:
             corpus["count"] = float(len(words))
         return scored
 
-    def per_image(self, reading: SplitReading, scored: Scored) -> dict[int, dict[str, Any]]:
+    def per_image(self, reading: SplitReading, scored: Scored) -> Rows:
         """The captioner's layout, so that the promotion gate reads [decoding][exact_match]."""
         words = _words(reading)
-        rows: dict[int, dict[str, Any]] = {}
+        rows: Rows = {}
         for image_id, name in zip(reading.image_ids, _names(reading), strict=True):
             rows[image_id] = {"file_name": name, "references": words[image_id]}
         for name in DECODINGS:
@@ -44,7 +43,7 @@ class ReaderTask:
                 rows[image_id][name] = {"caption": text, **scored[name][1][image_id]}
         return rows
 
-    def write(self, out_dir: Path, reading: SplitReading, rows: dict[int, dict[str, Any]]) -> None:
+    def write(self, out_dir: Path, reading: SplitReading, rows: Rows) -> None:
         """predictions.txt: ``<image file stem>\\t<beam reading>`` per line."""
         answers = reading.predictions("beam")
         lines = (

@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 DECODINGS = ("greedy", "beam")
 # Per decoding: the corpus scores and each image's scores (under the corpus names).
 Scored = dict[str, tuple[dict[str, float], dict[int, dict[str, float]]]]
+# per_image.json's rows by image id (the id is added when written).
+Rows = dict[int, dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,6 @@ class SplitReading:
     def n_best(self, decoding: str) -> Iterator[tuple[int, list[Hypothesis], list[str]]]:
         """(image id, hypotheses, their texts) per image."""
         return zip(self.image_ids, self.hypotheses[decoding], self.texts[decoding], strict=True)
-
-    def best(self, decoding: str) -> dict[int, Hypothesis]:
-        return {i: h[0] for i, h in zip(self.image_ids, self.hypotheses[decoding], strict=True)}
 
     def predictions(self, decoding: str) -> dict[int, str]:
         """Each image's best text under ``decoding``."""
