@@ -128,6 +128,6 @@ class Captioner:
             attention = None
             if hyp.alphas is not None:
                 attention = hyp.alphas.numpy().reshape(len(words), grid_h, grid_w)
-            # A character-level vocabulary (the CAPTCHA reader) spells one word: no spaces.
-            results.append(CaptionResult(self.vocab.join(words), hyp.score, words, attention))
+            text = self.vocab.decode(hyp.tokens)
+            results.append(CaptionResult(text, hyp.score, words, attention))
         return results

@@ -26,13 +26,9 @@ from captioning.config import (
 from captioning.data.shards import split_captions, write_shards
 from captioning.data.vocab import SPECIALS, Vocab, build_vocab
 from captioning.decoding.search import Hypothesis
-from captioning.evaluation import (
-    attention_figures,
-    caption_text,
-    evaluate_model,
-    is_character_level,
-    resolve_task,
-)
+from captioning.evaluation import attention_figures, choose_task, evaluate_model
+from captioning.evaluation.captions import CaptionTask, WordTask
+from captioning.evaluation.reader import ReaderTask
 from captioning.features.cache import extract_features
 from captioning.training.loop import train_decoder
 from captioning.training.sources import CachedFeatures
@@ -197,13 +193,53 @@ def test_word_task_scores_exact_match_without_java(workspace, tmp_path, monkeypa
 
 
 def test_task_follows_the_vocabulary():
-    chars = Vocab(itos=(*SPECIALS, *"abc"), max_length=8)
+    chars = Vocab(itos=(*SPECIALS, *"abc"), max_length=8, level="char")
     words = Vocab(itos=(*SPECIALS, "a", "circle"), max_length=8)
-    assert is_character_level(chars) and not is_character_level(words)
-    assert resolve_task("auto", chars) == "word" and resolve_task("auto", words) == "caption"
-    assert resolve_task("caption", chars) == "caption"
-    assert caption_text(chars, [5, 4, 6], "word") == "bac"
-    assert caption_text(words, [4, 5], "caption") == "a circle"
+    for task in ("auto", "caption", "word"):  # characters are always read as words
+        assert type(choose_task(chars, EvaluateConfig(task=task))) is ReaderTask
+    assert type(choose_task(words, EvaluateConfig(task="auto"))) is CaptionTask
+    assert type(choose_task(words, EvaluateConfig(task="caption"))) is CaptionTask
+    assert type(choose_task(words, EvaluateConfig(task="word"))) is WordTask
+    assert choose_task(words, EvaluateConfig(), split="val").splits == ("val",)
+
+
+@pytest.fixture(scope="module")
+def reader_report(workspace) -> Path:
+    """A character-level model on the same features, evaluated as the CAPTCHA reader."""
+    chars, _ = build_vocab(
+        split_captions(workspace / "shards", "train"), VocabConfig(level="char", max_length=16)
+    )
+    chars.save(workspace / "chars.json")
+    train_decoder(
+        workspace / "features",
+        workspace / "chars.json",
+        workspace / "reader",
+        TrainConfig(model=DecoderConfig(embed_dim=8, hidden_dim=8, attention_dim=8), epochs=1),
+        seed=0,
+        checkpoint_dir=workspace / "reader_checkpoints",
+    )
+    out = workspace / "reader_report"
+    evaluate_model(workspace / "reader", workspace / "features", workspace / "shards", out, CFG)
+    return out
+
+
+def test_reader_scores_val_and_test_and_writes_its_answers(reader_report):
+    metrics = read(reader_report, "metrics.json")
+    assert sorted(metrics) == ["test", "val"]
+    for split, count in (("val", 2), ("test", 4)):
+        for name in ("greedy", "beam"):
+            assert sorted(metrics[split][name]) == ["char_accuracy", "count", "exact_match"]
+            assert metrics[split][name]["count"] == count
+    per_image = read(reader_report, "per_image.json")
+    assert [e["file_name"] for e in per_image] == ["img_0009", "img_0010", "img_0011", "img_0012"]
+    for entry in per_image:
+        assert entry["references"] == ["a picture number 0"]  # the first caption only
+        assert " " not in entry["beam"]["caption"] and "<" not in entry["beam"]["caption"]
+    answers = (reader_report / "predictions.txt").read_text().splitlines()
+    assert answers == [f"{e['file_name']}\t{e['beam']['caption']}" for e in per_image]
+    assert len(list((reader_report / "attention").iterdir())) == CFG.n_attention_figures
+    assert not (reader_report / "results.json").exists()
+    assert not (reader_report / "gallery.html").exists()
 
 
 def test_stage_without_java_fails_in_one_line_before_decoding(workspace, tmp_path):

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from captioning.config import VocabConfig
 from captioning.errors import BadInputError
@@ -40,21 +40,11 @@ class Vocab:
     def stoi(self) -> dict[str, int]:
         return {w: i for i, w in enumerate(self.itos)}
 
-    @property
-    def pad_id(self) -> int:
-        return 0
-
-    @property
-    def start_id(self) -> int:
-        return 1
-
-    @property
-    def end_id(self) -> int:
-        return 2
-
-    @property
-    def unk_id(self) -> int:
-        return 3
+    # Every vocabulary starts with SPECIALS, so their ids are fixed.
+    pad_id: ClassVar[int] = SPECIALS.index(PAD)
+    start_id: ClassVar[int] = SPECIALS.index(START)
+    end_id: ClassVar[int] = SPECIALS.index(END)
+    unk_id: ClassVar[int] = SPECIALS.index(UNK)
 
     def __len__(self) -> int:
         return len(self.itos)
@@ -66,7 +56,8 @@ class Vocab:
         return [self.start_id, *(stoi.get(w, self.unk_id) for w in words), self.end_id]
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Tokens up to the first <end>, skipping <start>/<pad>, joined as the level says."""
+        """Token ids as text, the one way every caller turns tokens into text: up to the first
+        <end>, skipping <start>/<pad>; words separated by spaces, characters run together."""
         words = []
         for i in ids:
             i = int(i)
@@ -75,11 +66,7 @@ class Vocab:
             if i in (self.pad_id, self.start_id):
                 continue
             words.append(self.itos[i])
-        return self.join(words)
-
-    def join(self, tokens: Iterable[str]) -> str:
-        """Tokens as text: words separated by spaces, characters run together."""
-        return ("" if self.level == "char" else " ").join(tokens)
+        return ("" if self.level == "char" else " ").join(words)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"itos": list(self.itos), "max_length": self.max_length}

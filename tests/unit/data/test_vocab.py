@@ -30,6 +30,14 @@ def test_decode_stops_at_end():
     assert vocab.decode([a, vocab.end_id, b]) == "a"
 
 
+def test_decode_skips_start_and_pad_and_the_special_ids_name_their_tokens():
+    vocab, _ = build_vocab(["a b"], VocabConfig())
+    a, b = vocab.stoi["a"], vocab.stoi["b"]
+    assert vocab.decode([vocab.start_id, a, vocab.pad_id, b]) == "a b"
+    ids = (vocab.pad_id, vocab.start_id, vocab.end_id, vocab.unk_id)
+    assert tuple(vocab.itos[i] for i in ids) == SPECIALS
+
+
 def test_load_rejects_a_file_without_specials(tmp_path):
     path = tmp_path / "v.json"
     path.write_text('{"itos": ["a", "b"], "max_length": 3}')
