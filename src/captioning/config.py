@@ -49,8 +49,8 @@ ENCODER_NAMES = (
 DECODER_NAMES = ("nic", "mrnn", "soft_attention", "hard_attention", "bahdanau_gru")
 # Recurrent cells of the attention decoders (models/layers.py CELLS).
 CELL_NAMES = ("lstm", "gru")
-# The decodings evaluate scores (evaluation.py DECODINGS) and the per-image scores it can write
-# for each (evaluation.py PER_IMAGE_SCORES: pycocoevalcap's, the shapes' object accuracy, a
+# The decodings evaluate scores (evaluation/reading.py DECODINGS) and the per-image scores it can
+# write for each (evaluation PER_IMAGE_SCORES: pycocoevalcap's, the shapes' object accuracy, a
 # reader's word scores): what register.decoding and register.promote_metric pick for the gate.
 DECODING_NAMES = ("greedy", "beam")
 PER_IMAGE_SCORE_NAMES = (
@@ -468,7 +468,7 @@ class TrainConfig(Section):
     log_every_steps: int = 50  # the training loss goes to MLflow every N steps
     # >1: data-parallel training, one process per device under torchrun (training/distributed.py)
     devices: int = 1
-    # A wall-time budget (minutes) for fine-tuning; 0 = none. No epoch starts that would end
+    # A wall-time budget (minutes) for a training run; 0 = none. No epoch starts that would end
     # past it at the last epoch's pace (the LR schedule still spans train.epochs).
     max_minutes: float = 0.0
 
@@ -508,8 +508,8 @@ class EvaluateConfig(Section):
     length_penalty: float = 0.0
     min_length: int = 0  # words before <end> is allowed (greedy and beam)
     n_best: int = 3  # beam captions per image kept in per_image.json, best first
-    # caption: COCO metrics; word: exact match + character accuracy (a CAPTCHA reader);
-    # auto: word when the vocabulary is character-level.
+    # For a word vocabulary: caption (COCO metrics) or word (exact match + character accuracy);
+    # a character vocabulary (the CAPTCHA reader) is always scored as words. auto = caption.
     task: Annotated[str, Choice("EVALUATION_TASKS")] = "auto"
     spice: bool = True  # when its Stanford CoreNLP jars are installed; skipped otherwise
     n_gallery: int = 12  # test images in gallery.html (0 = no gallery)

@@ -1,4 +1,4 @@
-"""Decoders by name: ``train.decoder`` in params.yaml resolves through DECODERS."""
+"""Decoders by name: each name of ``train.decoders`` resolves through DECODERS."""
 
 from __future__ import annotations
 
