@@ -1,0 +1,1 @@
+"""Datasets: sources, downloads, the internal layout, WebDataset shards, the vocabulary."""

@@ -1,0 +1,1 @@
+"""Image encoders and the feature cache the decoders train on."""

@@ -1,0 +1,1 @@
+"""Caption and word scores: pycocoevalcap's, a fast BLEU/CIDEr-D, object and word accuracy."""

@@ -1,0 +1,1 @@
+"""The MLflow side: tracking, registration, the served model, review and promotion."""

@@ -1,0 +1,1 @@
+"""Training a decoder: one epoch loop over a batch source and an objective (loop.py)."""

@@ -1,0 +1,1 @@
+"""Figures: attention heat-maps and the HTML gallery."""
