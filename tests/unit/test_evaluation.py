@@ -211,10 +211,15 @@ def reader_report(workspace) -> Path:
     )
     chars.save(workspace / "chars.json")
     train_decoder(
-        workspace / "features",
+        "soft_attention",
+        CachedFeatures(workspace / "features"),
         workspace / "chars.json",
         workspace / "reader",
-        TrainConfig(model=DecoderConfig(embed_dim=8, hidden_dim=8, attention_dim=8), epochs=1),
+        TrainConfig(
+            model=DecoderConfig(embed_dim=8, hidden_dim=8, attention_dim=8),
+            epochs=1,
+            early_stopping=EarlyStoppingConfig(metric="exact_match"),
+        ),
         seed=0,
         checkpoint_dir=workspace / "reader_checkpoints",
     )
