@@ -1,10 +1,11 @@
 """Running DVC stages from a scheduler (the Prefect flows in flows/) with DVC as the one truth.
 
-What to run comes from DVC's own DAG (stage names and order, foreach variants included), each
-stage runs as ``dvc repro --single-item <stage>`` (DVC skips it when nothing changed and updates
-dvc.lock when it runs), and a run's parameters are written into params.yaml before the stages
-run, as ``dvc exp run -S key=value`` does: afterwards params.yaml, dvc.lock and the outputs agree
-and ``dvc status`` is clean.
+A run's parameters are validated and written into params.yaml first, as ``dvc exp run -S
+key=value`` does; then what to run comes from DVC's own DAG as those params make it (stage names
+and order, foreach variants included: a run that changes ``train.decoders`` runs the new
+decoders' stages); each stage runs as ``dvc repro --single-item <stage>`` (DVC skips it when
+nothing changed and updates dvc.lock when it runs). Afterwards params.yaml, dvc.lock and the
+outputs agree and ``dvc status`` is clean.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -87,10 +89,43 @@ def plan_stages(root: Path, targets: Sequence[str] = (), decoder: str | None = N
     each with everything upstream of it. If ``train`` is a foreach stage, ``decoder`` keeps only
     that variant of every foreach stage (and drops what depends on the other variants, e.g. a
     comparison of all decoders); otherwise the decoder is a parameter (``train.decoders``).
+    The plan follows params.yaml as it is now (foreach over ``${train.decoders}``): write a
+    run's params first (``run_params``, ``apply_params``), then plan.
     """
     import networkx as nx
-    from dvc.repo import Repo
     from dvc.repo.reproduce import plan_repro
+
+    with _dag(root, targets) as (graph, chosen):
+        ordered = plan_repro(graph, chosen)
+        names = {stage: stage.addressing for stage in graph.nodes}
+        variants = _decoder_variants(graph.nodes)
+        if not decoder or not variants:
+            return RunPlan([names[stage] for stage in ordered])
+        if decoder not in variants:
+            raise ConfigError(
+                f"dvc.yaml: no stage {DECODER_STAGE}@{decoder}; decoders: {sorted(variants)}"
+            )
+        others = [s for s, n in names.items() if n.partition("@")[2] in variants - {decoder}]
+        dropped = set(others).union(*(nx.ancestors(graph, stage) for stage in others))
+        return RunPlan([names[s] for s in ordered if s not in dropped], decoder_is_variant=True)
+
+
+def decoder_variants(root: Path, targets: Sequence[str] = ()) -> set[str]:
+    """The decoders of the ``train@<decoder>`` stages in the DAG of ``targets`` (its dvc.yaml
+    files); empty if ``train`` is not a foreach stage.
+
+    Read before a run's params are written, to know what its ``decoder`` means: a variant to
+    pick (added to ``train.decoders`` first if it has none), or the value of ``train.decoders``.
+    """
+    with _dag(root, targets) as (graph, chosen):
+        files = {Path(stage.path).resolve() for stage in chosen}
+        return _decoder_variants(s for s in graph.nodes if Path(s.path).resolve() in files)
+
+
+@contextlib.contextmanager
+def _dag(root: Path, targets: Sequence[str]):
+    """DVC's stage graph of the repo at ``root`` and the stages ``targets`` name (see plan_stages)."""
+    from dvc.repo import Repo
 
     # Stage addresses and targets are relative to the cwd: plan from the repo, where they run.
     with contextlib.chdir(root), Repo(".") as repo:
@@ -101,20 +136,49 @@ def plan_stages(root: Path, targets: Sequence[str] = (), decoder: str | None = N
             # repository (pipelines/captcha/dvc.yaml is its own DAG: a target of its own).
             main = (Path(root) / "dvc.yaml").resolve()
             chosen = [stage for stage in graph.nodes if Path(stage.path).resolve() == main]
-        ordered = plan_repro(graph, chosen)
-        names = {stage: stage.addressing for stage in graph.nodes}
-        variants = {
-            name.partition("@")[2] for name in names.values() if base_name(name) == DECODER_STAGE
-        } - {""}
-        if not decoder or not variants:
-            return RunPlan([names[stage] for stage in ordered])
-        if decoder not in variants:
+        yield graph, chosen
+
+
+def _decoder_variants(stages: Iterable[Any]) -> set[str]:
+    """The decoders of the ``train@<decoder>`` foreach variants among ``stages``."""
+    names = (stage.addressing for stage in stages)
+    return {name.partition("@")[2] for name in names if base_name(name) == DECODER_STAGE} - {""}
+
+
+def run_params(
+    root: Path,
+    targets: Sequence[str] = (),
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    dataset: str | None = None,
+    encoder: str | None = None,
+    decoder: str | None = None,
+) -> dict[str, Any]:
+    """The params.yaml keys a run writes: ``overrides`` plus the named shorthands.
+
+    With a foreach ``train`` stage, ``decoder`` must be in an override of ``train.decoders``;
+    without one, a decoder that has no stages yet is added to params.yaml's ``train.decoders``,
+    so that its stages exist once the params are written. Without a foreach, ``decoder`` sets
+    ``train.decoders`` to ``[decoder]``.
+    """
+    variants = decoder_variants(root, targets) if decoder else set()
+    if not variants:
+        return run_overrides(overrides, dataset=dataset, encoder=encoder, decoder=decoder)
+    params = run_overrides(overrides, dataset=dataset, encoder=encoder)
+    key = NAMED_PARAMS["decoder"]
+    if key in params:
+        if decoder not in params[key]:
             raise ConfigError(
-                f"dvc.yaml: no stage {DECODER_STAGE}@{decoder}; decoders: {sorted(variants)}"
+                f"parameter decoder={decoder!r} is not in override {key}={params[key]!r}"
             )
-        others = [s for s, n in names.items() if n.partition("@")[2] in variants - {decoder}]
-        dropped = set(others).union(*(nx.ancestors(graph, stage) for stage in others))
-        return RunPlan([names[s] for s in ordered if s not in dropped], decoder_is_variant=True)
+        return params
+    if decoder in variants:
+        return params
+    current = _get_dotted(_read_yaml(Path(root) / "params.yaml"), key)
+    decoders = list(current) if isinstance(current, list) else []
+    if decoder not in decoders:
+        params[key] = [*decoders, decoder]
+    return params
 
 
 def run_overrides(
@@ -157,7 +221,7 @@ def apply_params(params_path: Path, overrides: Mapping[str, Any]) -> list[ParamC
     params_path = Path(params_path)
     if not overrides:
         return []
-    current = yaml.safe_load(params_path.read_text(encoding="utf-8")) or {}
+    current = _read_yaml(params_path)
     proposed = copy.deepcopy(current)
     changes = []
     for key, value in overrides.items():
@@ -173,6 +237,18 @@ def apply_params(params_path: Path, overrides: Mapping[str, Any]) -> list[ParamC
                 _set_dotted(data, change.key, change.new, params_path)
         logger.info("%s: %s", params_path, ", ".join(f"{c.key}={c.new!r}" for c in changes))
     return changes
+
+
+def _read_yaml(path: Path) -> dict:
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+
+
+def _get_dotted(data: Mapping, key: str) -> Any:
+    """``a.b.c`` of nested dicts, or None where a level is missing."""
+    node: Any = data
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
 
 
 def _set_dotted(data: dict, key: str, value: Any, path: Path) -> Any:
@@ -295,6 +371,6 @@ def summary_markdown(
     lines += [f"| `{stage}` | {result} |" for stage, result in outcome.items()]
     if failure is not None:
         lines += ["", f"**Failed:** {failure}"]
-    command = " ".join(["dvc", "exp", "run", *dvc_set_args(overrides)])
+    command = shlex.join(["dvc", "exp", "run", *dvc_set_args(overrides)])  # pasteable as is
     lines += ["", f"Same with DVC alone: `{command}`"]
     return "\n".join(lines) + "\n"
