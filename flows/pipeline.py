@@ -82,10 +82,11 @@ def captioning_pipeline(
     outcome: dict[str, str] = {}
     failure = None
     try:
+        pipeline = orchestration.pipeline_of(root, targets or ())
         params = orchestration.run_params(
-            root, targets or (), overrides, dataset=dataset, encoder=encoder, decoder=decoder
+            pipeline, overrides, dataset=dataset, encoder=encoder, decoder=decoder
         )
-        changes = orchestration.apply_params(root / "params.yaml", params)  # validated first
+        changes = orchestration.apply_params(pipeline.params_file, params)  # validated first
         # Planned from the params just written: train.decoders decides the foreach stages.
         plan = orchestration.plan_stages(root, targets or (), decoder)
         logger.info("stages: %s", ", ".join(plan.stages))

@@ -98,7 +98,7 @@ def plan_stages(root: Path, targets: Sequence[str] = (), decoder: str | None = N
     with _dag(root, targets) as (graph, chosen):
         ordered = plan_repro(graph, chosen)
         names = {stage: stage.addressing for stage in graph.nodes}
-        variants = _decoder_variants(graph.nodes)
+        variants = _decoder_variants(_same_files(graph, chosen))  # this pipeline's
         if not decoder or not variants:
             return RunPlan([names[stage] for stage in ordered])
         if decoder not in variants:
@@ -110,16 +110,28 @@ def plan_stages(root: Path, targets: Sequence[str] = (), decoder: str | None = N
         return RunPlan([names[s] for s in ordered if s not in dropped], decoder_is_variant=True)
 
 
-def decoder_variants(root: Path, targets: Sequence[str] = ()) -> set[str]:
-    """The decoders of the ``train@<decoder>`` stages in the DAG of ``targets`` (its dvc.yaml
-    files); empty if ``train`` is not a foreach stage.
+@dataclass(frozen=True)
+class Pipeline:
+    """What a run's parameters mean for the DAG it targets, read before they are written."""
 
-    Read before a run's params are written, to know what its ``decoder`` means: a variant to
-    pick (added to ``train.decoders`` first if it has none), or the value of ``train.decoders``.
-    """
+    params_file: Path  # the params.yaml beside the targets' dvc.yaml: what its stages read
+    decoders: frozenset[str]  # of its train@<decoder> stages; empty if train is no foreach
+
+
+def pipeline_of(root: Path, targets: Sequence[str] = ()) -> Pipeline:
+    """The pipeline (one dvc.yaml) of ``targets`` (see plan_stages): its params file, and its
+    decoders if ``train`` is a foreach stage, so that a run's ``decoder`` is a variant to pick
+    (added to ``train.decoders`` first if it has none) rather than the value of the list."""
     with _dag(root, targets) as (graph, chosen):
         files = {Path(stage.path).resolve() for stage in chosen}
-        return _decoder_variants(s for s in graph.nodes if Path(s.path).resolve() in files)
+        if len(files) != 1:
+            where = sorted(str(f.relative_to(Path(root).resolve())) for f in files)
+            raise ConfigError(
+                f"targets {list(targets)} are stages of {where}: one pipeline per run"
+            )
+        (dvc_yaml,) = files
+        decoders = _decoder_variants(_same_files(graph, chosen))
+        return Pipeline(dvc_yaml.parent / "params.yaml", frozenset(decoders))
 
 
 @contextlib.contextmanager
@@ -139,6 +151,12 @@ def _dag(root: Path, targets: Sequence[str]):
         yield graph, chosen
 
 
+def _same_files(graph: Any, chosen: Iterable[Any]) -> list[Any]:
+    """The stages of the graph in the dvc.yaml files of the ``chosen`` ones."""
+    files = {Path(stage.path).resolve() for stage in chosen}
+    return [stage for stage in graph.nodes if Path(stage.path).resolve() in files]
+
+
 def _decoder_variants(stages: Iterable[Any]) -> set[str]:
     """The decoders of the ``train@<decoder>`` foreach variants among ``stages``."""
     names = (stage.addressing for stage in stages)
@@ -146,22 +164,21 @@ def _decoder_variants(stages: Iterable[Any]) -> set[str]:
 
 
 def run_params(
-    root: Path,
-    targets: Sequence[str] = (),
+    pipeline: Pipeline,
     overrides: Mapping[str, Any] | None = None,
     *,
     dataset: str | None = None,
     encoder: str | None = None,
     decoder: str | None = None,
 ) -> dict[str, Any]:
-    """The params.yaml keys a run writes: ``overrides`` plus the named shorthands.
+    """The keys a run writes into ``pipeline.params_file``: ``overrides`` plus the shorthands.
 
     With a foreach ``train`` stage, ``decoder`` must be in an override of ``train.decoders``;
-    without one, a decoder that has no stages yet is added to params.yaml's ``train.decoders``,
-    so that its stages exist once the params are written. Without a foreach, ``decoder`` sets
-    ``train.decoders`` to ``[decoder]``.
+    without one, a decoder that has no stages yet is added to the params file's
+    ``train.decoders``, so that its stages exist once the params are written. Without a
+    foreach, ``decoder`` sets ``train.decoders`` to ``[decoder]``.
     """
-    variants = decoder_variants(root, targets) if decoder else set()
+    variants = pipeline.decoders if decoder else frozenset()
     if not variants:
         return run_overrides(overrides, dataset=dataset, encoder=encoder, decoder=decoder)
     params = run_overrides(overrides, dataset=dataset, encoder=encoder)
@@ -174,7 +191,7 @@ def run_params(
         return params
     if decoder in variants:
         return params
-    current = _get_dotted(_read_yaml(Path(root) / "params.yaml"), key)
+    current = _get_dotted(_read_yaml(pipeline.params_file), key)
     decoders = list(current) if isinstance(current, list) else []
     if decoder not in decoders:
         params[key] = [*decoders, decoder]

@@ -60,9 +60,14 @@ def test_whole_dag_is_the_root_dvc_yaml_and_the_captcha_pipeline_a_target(tmp_pa
     assert captcha[-1] == "pipelines/captcha/dvc.yaml:register"
     # A decoder is a foreach variant of the root DAG, a value of train.decoders in the reader's.
     decoders = set(yaml.safe_load((root / "params.yaml").read_text())["train"]["decoders"])
-    assert orchestration.decoder_variants(root) == decoders
-    assert orchestration.decoder_variants(root, ["compare"]) == decoders
-    assert orchestration.decoder_variants(root, ["pipelines/captcha/dvc.yaml"]) == set()
+    main = orchestration.Pipeline(root.resolve() / "params.yaml", frozenset(decoders))
+    assert orchestration.pipeline_of(root) == orchestration.pipeline_of(root, ["compare"]) == main
+    reader = orchestration.pipeline_of(root, ["pipelines/captcha/dvc.yaml"])
+    assert reader == orchestration.Pipeline(
+        root.resolve() / "pipelines/captcha/params.yaml", frozenset()
+    )
+    with pytest.raises(ConfigError, match=r"are stages of \['dvc.yaml', 'pipelines/captcha/dvc"):
+        orchestration.pipeline_of(root, ["compare", "pipelines/captcha/dvc.yaml:train"])
 
 
 def test_plan_of_a_target_is_it_and_its_upstream(toy_repo):
@@ -97,8 +102,9 @@ def test_decoder_without_foreach_is_a_parameter(tmp_path):
 
 def test_run_params_add_a_new_decoder_then_the_plan_has_its_stages(tmp_path):
     root = make_toy_repo(tmp_path / "decoders", TOY_DECODERS_DVC)  # decoders: [soft_attention]
-    assert run_params(root, [], {}, decoder="soft_attention") == {}
-    params = run_params(root, ["evaluate"], {"train.epochs": 2}, decoder="nic")
+    pipeline = orchestration.pipeline_of(root, ["evaluate"])
+    assert run_params(pipeline, {}, decoder="soft_attention") == {}
+    params = run_params(pipeline, {"train.epochs": 2}, decoder="nic")
     assert params == {"train.epochs": 2, "train.decoders": ["soft_attention", "nic"]}
     with pytest.raises(ConfigError, match="no stage train@nic"):
         plan_stages(root, ["evaluate"], decoder="nic")  # not before the params are written
@@ -107,9 +113,9 @@ def test_run_params_add_a_new_decoder_then_the_plan_has_its_stages(tmp_path):
     assert plan == orchestration.RunPlan(["features", "train@nic", "evaluate@nic"], True)
 
     chosen = {"train.decoders": ["mrnn", "nic"]}
-    assert run_params(root, [], chosen, decoder="mrnn") == chosen
+    assert run_params(pipeline, chosen, decoder="mrnn") == chosen
     with pytest.raises(ConfigError, match=r"decoder='hard_attention' is not in override"):
-        run_params(root, [], chosen, decoder="hard_attention")
+        run_params(pipeline, chosen, decoder="hard_attention")
 
 
 def test_run_params_without_foreach_set_the_one_decoder(tmp_path):
@@ -117,7 +123,7 @@ def test_run_params_without_foreach_set_the_one_decoder(tmp_path):
         "stages": {"fetch": {"cmd": "echo", "outs": ["a"]}, "train": {"cmd": "echo", "deps": ["a"]}}
     }
     root = make_toy_repo(tmp_path / "linear", linear)
-    assert run_params(root, [], {}, decoder="nic", dataset="captcha") == {
+    assert run_params(orchestration.pipeline_of(root), {}, decoder="nic", dataset="captcha") == {
         "fetch.source": "captcha",
         "train.decoders": ["nic"],
     }

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import yaml
-from toy_dvc import REPO, TOY_DECODERS_DVC, dvc, make_toy_repo
+from toy_dvc import REPO, TOY_DECODERS_DVC, dvc, make_toy_repo, write_cmd
 
 from captioning.orchestration import DvcStageRunner, StageFailed, StageResult
 
@@ -242,3 +242,23 @@ def test_a_decoder_that_contradicts_the_decoders_override_fails_before_anything(
     assert state.is_failed() and state.message == expected
     assert (root / "params.yaml").read_text() == before
     assert not (root / "features.txt").exists()
+
+
+def test_a_run_of_another_pipelinewrite_cmds_that_pipelines_params(flows, toy_repo):
+    # Like the captcha-reader deployment: the target is a dvc.yaml of its own, whose stages read
+    # the params.yaml beside it, and whose train stage is no foreach (decoder = the one decoder).
+    reader = toy_repo / "reader"
+    reader.mkdir()
+    dag = {"stages": {"train": {"cmd": write_cmd("model.txt", "${train.decoders[0]}")}}}
+    (reader / "dvc.yaml").write_text(yaml.safe_dump(dag))
+    shutil.copy(REPO / "pipelines/captcha/params.yaml", reader / "params.yaml")
+    before = (toy_repo / "params.yaml").read_text()
+
+    state = flows.captioning_pipeline(
+        repo=str(toy_repo), targets=["reader/dvc.yaml"], decoder="nic", return_state=True
+    )
+    assert state.is_completed(), state.message
+    assert state.result() == {"reader/dvc.yaml:train": "ran"}
+    assert (reader / "model.txt").read_text() == "nic"
+    assert yaml.safe_load((reader / "params.yaml").read_text())["train"]["decoders"] == ["nic"]
+    assert (toy_repo / "params.yaml").read_text() == before

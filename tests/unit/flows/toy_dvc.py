@@ -61,7 +61,7 @@ TOY_DVC = {
 }
 
 
-def _write(path: str, text: str) -> str:
+def write_cmd(path: str, text: str) -> str:
     """A stage command writing ``text`` to ``path`` (its folder made first)."""
     return (
         "python -c \"import pathlib; p = pathlib.Path('" + path + "'); "
@@ -74,14 +74,14 @@ def _write(path: str, text: str) -> str:
 TOY_DECODERS_DVC = {
     "stages": {
         "features": {
-            "cmd": _write("features.txt", "f"),
+            "cmd": write_cmd("features.txt", "f"),
             "params": ["features.encoder"],
             "outs": ["features.txt"],
         },
         "train": {
             "foreach": "${train.decoders}",
             "do": {
-                "cmd": _write("reports/${item}/model.txt", "${item}"),
+                "cmd": write_cmd("reports/${item}/model.txt", "${item}"),
                 "deps": ["features.txt"],
                 "params": ["train.epochs"],
                 "outs": ["reports/${item}/model.txt"],
@@ -90,7 +90,7 @@ TOY_DECODERS_DVC = {
         "evaluate": {
             "foreach": "${train.decoders}",
             "do": {
-                "cmd": _write("reports/${item}/metrics.txt", "1"),
+                "cmd": write_cmd("reports/${item}/metrics.txt", "1"),
                 "deps": ["reports/${item}/model.txt"],
                 "outs": ["reports/${item}/metrics.txt"],
             },
@@ -98,13 +98,13 @@ TOY_DECODERS_DVC = {
         "register": {
             "foreach": "${train.decoders}",
             "do": {
-                "cmd": _write("reports/${item}/registered.txt", "${item}"),
+                "cmd": write_cmd("reports/${item}/registered.txt", "${item}"),
                 "deps": ["reports/${item}/metrics.txt"],
                 "outs": ["reports/${item}/registered.txt"],
             },
         },
         "compare": {
-            "cmd": _write("comparison.txt", "all"),
+            "cmd": write_cmd("comparison.txt", "all"),
             "deps": ["reports"],
             "params": ["train.decoders"],
             "outs": ["comparison.txt"],
