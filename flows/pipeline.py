@@ -1,8 +1,9 @@
 """Prefect flow `captioning-pipeline`: the DVC stages in DAG order, one task per stage.
 
-DVC stays the one truth of what is up to date: the stages and their order come from dvc.yaml,
-each task runs `dvc repro --single-item <stage>` (an unchanged stage does no work), and the run's
-parameters are written into params.yaml first, as `dvc exp run -S` would, so that afterwards
+DVC stays the one truth of what is up to date: the run's parameters are written into params.yaml
+first, as `dvc exp run -S` would, then the stages and their order come from dvc.yaml as those
+parameters make it (a run that changes `train.decoders` runs the new decoders' stages), and each
+task runs `dvc repro --single-item <stage>` (an unchanged stage does no work), so that afterwards
 dvc.lock matches and `dvc status` is clean. The library part is `captioning.orchestration`;
 deployments are in prefect.yaml (see README, "Scheduling with Prefect").
 """
@@ -69,8 +70,10 @@ def captioning_pipeline(
     """Run the DVC stages up to ``targets`` (default: all) with these parameters.
 
     dataset, encoder and decoder set fetch.source, features.encoder and train.decoders (with a
-    foreach train stage, decoder picks its variant); ``overrides`` sets any other params.yaml
-    keys, e.g. {"train.epochs": 30}. Returns each stage's outcome: "ran" or "skipped".
+    foreach train stage, decoder is added to train.decoders if missing and picks its variants);
+    ``overrides`` sets any other params.yaml keys, e.g. {"train.epochs": 30} or
+    {"train.decoders": ["nic", "soft_attention"]}. Returns each stage's outcome: "ran" or
+    "skipped".
     """
     logger = get_run_logger()
     root = Path(repo)
@@ -79,12 +82,13 @@ def captioning_pipeline(
     outcome: dict[str, str] = {}
     failure = None
     try:
+        pipeline = orchestration.pipeline_of(root, targets or ())
+        params = orchestration.run_params(
+            pipeline, overrides, dataset=dataset, encoder=encoder, decoder=decoder
+        )
+        changes = orchestration.apply_params(pipeline.params_file, params)  # validated first
+        # Planned from the params just written: train.decoders decides the foreach stages.
         plan = orchestration.plan_stages(root, targets or (), decoder)
-        named = {"dataset": dataset, "encoder": encoder}
-        if not plan.decoder_is_variant:
-            named["decoder"] = decoder
-        params = orchestration.run_overrides(overrides, **named)
-        changes = orchestration.apply_params(root / "params.yaml", params)
         logger.info("stages: %s", ", ".join(plan.stages))
         for stage in plan.stages:
             outcome[stage] = stage_task(stage)(stage, root)

@@ -66,6 +66,24 @@ PER_IMAGE_SCORE_NAMES = (
     "exact_match",
     "char_accuracy",
 )
+# Execution settings: how a stage runs, never what it writes. Its outputs are the same bytes
+# whatever these are (tested: worker processes write or read in a fixed order, a resume
+# checkpoint or a logged loss changes no weight), so they are not DVC params of any stage
+# (tests/unit/test_dvc_params.py): changing one re-runs nothing, and the next run of a stage
+# uses it (`dvc repro -f -s <stage>` forces one; docs/scaling.md, "Execution settings"). Not
+# here, because they change results if only in the float rounding: features.batch_size (the
+# default encoder's float16 features on the CPU), features.engine (the encoder's thread count),
+# train.num_threads, train.devices (per-rank dropout masks), evaluate.batch_size (not shown
+# invariant): those are params of their stages.
+EXECUTION_SETTINGS = (
+    "fetch.captcha.workers",
+    "shard.workers",
+    "features.num_workers",
+    "features.dask_address",
+    "features.dask_workers",
+    "train.checkpoint_every_steps",
+    "train.log_every_steps",
+)
 SAMPLING_SCHEDULES = ("none", "linear", "exponential", "inverse_sigmoid")
 EARLY_STOPPING_METRICS = ("CIDEr", "BLEU-4", "object_accuracy", "exact_match")
 

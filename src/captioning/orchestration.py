@@ -1,10 +1,11 @@
 """Running DVC stages from a scheduler (the Prefect flows in flows/) with DVC as the one truth.
 
-What to run comes from DVC's own DAG (stage names and order, foreach variants included), each
-stage runs as ``dvc repro --single-item <stage>`` (DVC skips it when nothing changed and updates
-dvc.lock when it runs), and a run's parameters are written into params.yaml before the stages
-run, as ``dvc exp run -S key=value`` does: afterwards params.yaml, dvc.lock and the outputs agree
-and ``dvc status`` is clean.
+A run's parameters are validated and written into params.yaml first, as ``dvc exp run -S
+key=value`` does; then what to run comes from DVC's own DAG as those params make it (stage names
+and order, foreach variants included: a run that changes ``train.decoders`` runs the new
+decoders' stages); each stage runs as ``dvc repro --single-item <stage>`` (DVC skips it when
+nothing changed and updates dvc.lock when it runs). Afterwards params.yaml, dvc.lock and the
+outputs agree and ``dvc status`` is clean.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -87,10 +89,55 @@ def plan_stages(root: Path, targets: Sequence[str] = (), decoder: str | None = N
     each with everything upstream of it. If ``train`` is a foreach stage, ``decoder`` keeps only
     that variant of every foreach stage (and drops what depends on the other variants, e.g. a
     comparison of all decoders); otherwise the decoder is a parameter (``train.decoders``).
+    The plan follows params.yaml as it is now (foreach over ``${train.decoders}``): write a
+    run's params first (``run_params``, ``apply_params``), then plan.
     """
     import networkx as nx
-    from dvc.repo import Repo
     from dvc.repo.reproduce import plan_repro
+
+    with _dag(root, targets) as (graph, chosen):
+        ordered = plan_repro(graph, chosen)
+        names = {stage: stage.addressing for stage in graph.nodes}
+        variants = _decoder_variants(_same_files(graph, chosen))  # this pipeline's
+        if not decoder or not variants:
+            return RunPlan([names[stage] for stage in ordered])
+        if decoder not in variants:
+            raise ConfigError(
+                f"dvc.yaml: no stage {DECODER_STAGE}@{decoder}; decoders: {sorted(variants)}"
+            )
+        others = [s for s, n in names.items() if n.partition("@")[2] in variants - {decoder}]
+        dropped = set(others).union(*(nx.ancestors(graph, stage) for stage in others))
+        return RunPlan([names[s] for s in ordered if s not in dropped], decoder_is_variant=True)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What a run's parameters mean for the DAG it targets, read before they are written."""
+
+    params_file: Path  # the params.yaml beside the targets' dvc.yaml: what its stages read
+    decoders: frozenset[str]  # of its train@<decoder> stages; empty if train is no foreach
+
+
+def pipeline_of(root: Path, targets: Sequence[str] = ()) -> Pipeline:
+    """The pipeline (one dvc.yaml) of ``targets`` (see plan_stages): its params file, and its
+    decoders if ``train`` is a foreach stage, so that a run's ``decoder`` is a variant to pick
+    (added to ``train.decoders`` first if it has none) rather than the value of the list."""
+    with _dag(root, targets) as (graph, chosen):
+        files = {Path(stage.path).resolve() for stage in chosen}
+        if len(files) != 1:
+            where = sorted(str(f.relative_to(Path(root).resolve())) for f in files)
+            raise ConfigError(
+                f"targets {list(targets)} are stages of {where}: one pipeline per run"
+            )
+        (dvc_yaml,) = files
+        decoders = _decoder_variants(_same_files(graph, chosen))
+        return Pipeline(dvc_yaml.parent / "params.yaml", frozenset(decoders))
+
+
+@contextlib.contextmanager
+def _dag(root: Path, targets: Sequence[str]):
+    """DVC's stage graph of the repo at ``root`` and the stages ``targets`` name (see plan_stages)."""
+    from dvc.repo import Repo
 
     # Stage addresses and targets are relative to the cwd: plan from the repo, where they run.
     with contextlib.chdir(root), Repo(".") as repo:
@@ -101,20 +148,54 @@ def plan_stages(root: Path, targets: Sequence[str] = (), decoder: str | None = N
             # repository (pipelines/captcha/dvc.yaml is its own DAG: a target of its own).
             main = (Path(root) / "dvc.yaml").resolve()
             chosen = [stage for stage in graph.nodes if Path(stage.path).resolve() == main]
-        ordered = plan_repro(graph, chosen)
-        names = {stage: stage.addressing for stage in graph.nodes}
-        variants = {
-            name.partition("@")[2] for name in names.values() if base_name(name) == DECODER_STAGE
-        } - {""}
-        if not decoder or not variants:
-            return RunPlan([names[stage] for stage in ordered])
-        if decoder not in variants:
+        yield graph, chosen
+
+
+def _same_files(graph: Any, chosen: Iterable[Any]) -> list[Any]:
+    """The stages of the graph in the dvc.yaml files of the ``chosen`` ones."""
+    files = {Path(stage.path).resolve() for stage in chosen}
+    return [stage for stage in graph.nodes if Path(stage.path).resolve() in files]
+
+
+def _decoder_variants(stages: Iterable[Any]) -> set[str]:
+    """The decoders of the ``train@<decoder>`` foreach variants among ``stages``."""
+    names = (stage.addressing for stage in stages)
+    return {name.partition("@")[2] for name in names if base_name(name) == DECODER_STAGE} - {""}
+
+
+def run_params(
+    pipeline: Pipeline,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    dataset: str | None = None,
+    encoder: str | None = None,
+    decoder: str | None = None,
+) -> dict[str, Any]:
+    """The keys a run writes into ``pipeline.params_file``: ``overrides`` plus the shorthands.
+
+    With a foreach ``train`` stage, ``decoder`` must be in an override of ``train.decoders``;
+    without one, a decoder that has no stages yet is added to the params file's
+    ``train.decoders``, so that its stages exist once the params are written. Without a
+    foreach, ``decoder`` sets ``train.decoders`` to ``[decoder]``.
+    """
+    variants = pipeline.decoders if decoder else frozenset()
+    if not variants:
+        return run_overrides(overrides, dataset=dataset, encoder=encoder, decoder=decoder)
+    params = run_overrides(overrides, dataset=dataset, encoder=encoder)
+    key = NAMED_PARAMS["decoder"]
+    if key in params:
+        if decoder not in params[key]:
             raise ConfigError(
-                f"dvc.yaml: no stage {DECODER_STAGE}@{decoder}; decoders: {sorted(variants)}"
+                f"parameter decoder={decoder!r} is not in override {key}={params[key]!r}"
             )
-        others = [s for s, n in names.items() if n.partition("@")[2] in variants - {decoder}]
-        dropped = set(others).union(*(nx.ancestors(graph, stage) for stage in others))
-        return RunPlan([names[s] for s in ordered if s not in dropped], decoder_is_variant=True)
+        return params
+    if decoder in variants:
+        return params
+    current = _get_dotted(_read_yaml(pipeline.params_file), key)
+    decoders = list(current) if isinstance(current, list) else []
+    if decoder not in decoders:
+        params[key] = [*decoders, decoder]
+    return params
 
 
 def run_overrides(
@@ -157,7 +238,7 @@ def apply_params(params_path: Path, overrides: Mapping[str, Any]) -> list[ParamC
     params_path = Path(params_path)
     if not overrides:
         return []
-    current = yaml.safe_load(params_path.read_text(encoding="utf-8")) or {}
+    current = _read_yaml(params_path)
     proposed = copy.deepcopy(current)
     changes = []
     for key, value in overrides.items():
@@ -173,6 +254,18 @@ def apply_params(params_path: Path, overrides: Mapping[str, Any]) -> list[ParamC
                 _set_dotted(data, change.key, change.new, params_path)
         logger.info("%s: %s", params_path, ", ".join(f"{c.key}={c.new!r}" for c in changes))
     return changes
+
+
+def _read_yaml(path: Path) -> dict:
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+
+
+def _get_dotted(data: Mapping, key: str) -> Any:
+    """``a.b.c`` of nested dicts, or None where a level is missing."""
+    node: Any = data
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
 
 
 def _set_dotted(data: dict, key: str, value: Any, path: Path) -> Any:
@@ -295,6 +388,6 @@ def summary_markdown(
     lines += [f"| `{stage}` | {result} |" for stage, result in outcome.items()]
     if failure is not None:
         lines += ["", f"**Failed:** {failure}"]
-    command = " ".join(["dvc", "exp", "run", *dvc_set_args(overrides)])
+    command = shlex.join(["dvc", "exp", "run", *dvc_set_args(overrides)])  # pasteable as is
     lines += ["", f"Same with DVC alone: `{command}`"]
     return "\n".join(lines) + "\n"

@@ -83,15 +83,36 @@ def test_flow_builds_the_tiny_dag_as_dvc_repro_would(tiny_repo, monkeypatch):
         state = flows.captioning_pipeline(repo=str(root), return_state=True)
         assert state.is_completed(), state.message
         outcome = state.result()
-    print(f"flow over the tiny DAG (test harness): {time.perf_counter() - start:.0f} s")
-    stages = run([sys.executable, "-m", "dvc", "stage", "list", "--name-only"], root, env)
-    assert list(outcome) == stages.stdout.split() and set(outcome.values()) == {"ran"}
-    status = run([sys.executable, "-m", "dvc", "status"], root, env).stdout
-    assert "up to date" in status.lower()
-    assert (root / "reports/decoders/soft_attention/metrics.json").is_file()
-    flow_run_id = str(state.state_details.flow_run_id)
-    tags = mlflow_flow_run_tags(root)
-    assert tags == {"train-soft_attention": {flow_run_id}, "register-soft_attention": {flow_run_id}}
+        print(f"flow over the tiny DAG (test harness): {time.perf_counter() - start:.0f} s")
+        stages = run([sys.executable, "-m", "dvc", "stage", "list", "--name-only"], root, env)
+        assert list(outcome) == stages.stdout.split() and set(outcome.values()) == {"ran"}
+        status = run([sys.executable, "-m", "dvc", "status"], root, env).stdout
+        assert "up to date" in status.lower()
+        assert (root / "reports/decoders/soft_attention/metrics.json").is_file()
+        flow_run_id = str(state.state_details.flow_run_id)
+        tags = mlflow_flow_run_tags(root)
+        assert tags == {
+            "train-soft_attention": {flow_run_id},
+            "register-soft_attention": {flow_run_id},
+        }
+
+        # A decoder the DAG has no stages for: added to train.decoders, then trained,
+        # evaluated and registered; the rest is up to date.
+        added = flows.captioning_pipeline(repo=str(root), decoder="nic", targets=["register"])
+    assert added == {
+        "fetch": "skipped",
+        "shard": "skipped",
+        "vocab": "skipped",
+        "features": "skipped",
+        "train@nic": "ran",
+        "evaluate@nic": "ran",
+        "register@nic": "ran",
+    }
+    assert yaml.safe_load((root / "params.yaml").read_text())["train"]["decoders"] == [
+        "soft_attention",
+        "nic",
+    ]
+    assert (root / "reports/decoders/nic/registration.json").is_file()
 
 
 def free_port() -> int:

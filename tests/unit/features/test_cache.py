@@ -171,6 +171,16 @@ def test_rows_do_not_depend_on_worker_count(built: dict, tmp_path: Path) -> None
         )
 
 
+def test_worker_count_is_an_execution_setting(built: dict, tmp_path: Path) -> None:
+    # features.num_workers is in config.EXECUTION_SETTINGS: not a DVC param, because the
+    # cache is the same bytes with any number of decoding workers (the default encoder here).
+    torch.manual_seed(SEED)
+    cfg = _cfg(num_workers=2)
+    assert cfg.batch_size == _cfg().batch_size and _cfg().num_workers == 0
+    extract_features(built["root"] / "shards", tmp_path / "cache", cfg, torch.device("cpu"))
+    assert _files(tmp_path / "cache") == _files(built["cache"])
+
+
 def test_encoder_mismatch_is_refused(built: dict, tmp_path: Path) -> None:
     cache_dir = tmp_path / "cache"
     cache_dir.mkdir()

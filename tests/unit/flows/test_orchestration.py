@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from toy_dvc import REPO, dvc, make_toy_repo
+from toy_dvc import REPO, TOY_DECODERS_DVC, dvc, make_toy_repo
 
 from captioning import orchestration
 from captioning.config import ConfigError
@@ -19,6 +19,7 @@ from captioning.orchestration import (
     apply_params,
     plan_stages,
     run_overrides,
+    run_params,
     stage_error,
 )
 
@@ -57,6 +58,16 @@ def test_whole_dag_is_the_root_dvc_yaml_and_the_captcha_pipeline_a_target(tmp_pa
     assert captcha[0] == "pipelines/captcha/dvc.yaml:fetch"
     assert all(stage.startswith("pipelines/captcha/dvc.yaml:") for stage in captcha)
     assert captcha[-1] == "pipelines/captcha/dvc.yaml:register"
+    # A decoder is a foreach variant of the root DAG, a value of train.decoders in the reader's.
+    decoders = set(yaml.safe_load((root / "params.yaml").read_text())["train"]["decoders"])
+    main = orchestration.Pipeline(root.resolve() / "params.yaml", frozenset(decoders))
+    assert orchestration.pipeline_of(root) == orchestration.pipeline_of(root, ["compare"]) == main
+    reader = orchestration.pipeline_of(root, ["pipelines/captcha/dvc.yaml"])
+    assert reader == orchestration.Pipeline(
+        root.resolve() / "pipelines/captcha/params.yaml", frozenset()
+    )
+    with pytest.raises(ConfigError, match=r"are stages of \['dvc.yaml', 'pipelines/captcha/dvc"):
+        orchestration.pipeline_of(root, ["compare", "pipelines/captcha/dvc.yaml:train"])
 
 
 def test_plan_of_a_target_is_it_and_its_upstream(toy_repo):
@@ -87,6 +98,35 @@ def test_decoder_without_foreach_is_a_parameter(tmp_path):
     }
     plan = plan_stages(make_toy_repo(tmp_path / "linear", linear), [], decoder="show_tell")
     assert plan == orchestration.RunPlan(["fetch", "train"], decoder_is_variant=False)
+
+
+def test_run_params_add_a_new_decoder_then_the_plan_has_its_stages(tmp_path):
+    root = make_toy_repo(tmp_path / "decoders", TOY_DECODERS_DVC)  # decoders: [soft_attention]
+    pipeline = orchestration.pipeline_of(root, ["evaluate"])
+    assert run_params(pipeline, {}, decoder="soft_attention") == {}
+    params = run_params(pipeline, {"train.epochs": 2}, decoder="nic")
+    assert params == {"train.epochs": 2, "train.decoders": ["soft_attention", "nic"]}
+    with pytest.raises(ConfigError, match="no stage train@nic"):
+        plan_stages(root, ["evaluate"], decoder="nic")  # not before the params are written
+    apply_params(root / "params.yaml", params)
+    plan = plan_stages(root, ["evaluate"], decoder="nic")
+    assert plan == orchestration.RunPlan(["features", "train@nic", "evaluate@nic"], True)
+
+    chosen = {"train.decoders": ["mrnn", "nic"]}
+    assert run_params(pipeline, chosen, decoder="mrnn") == chosen
+    with pytest.raises(ConfigError, match=r"decoder='hard_attention' is not in override"):
+        run_params(pipeline, chosen, decoder="hard_attention")
+
+
+def test_run_params_without_foreach_set_the_one_decoder(tmp_path):
+    linear = {
+        "stages": {"fetch": {"cmd": "echo", "outs": ["a"]}, "train": {"cmd": "echo", "deps": ["a"]}}
+    }
+    root = make_toy_repo(tmp_path / "linear", linear)
+    assert run_params(orchestration.pipeline_of(root), {}, decoder="nic", dataset="captcha") == {
+        "fetch.source": "captcha",
+        "train.decoders": ["nic"],
+    }
 
 
 def test_gpu_tags_by_base_name():
@@ -214,3 +254,5 @@ def test_summary_lists_params_stages_and_the_dvc_command():
     assert "| `train.epochs` | `14` | `3` |" in text and "| `fetch` | skipped |" in text
     assert "**Failed:** stage 'train' failed: boom" in text
     assert "`dvc exp run -S train.epochs=3`" in text
+    decoders = orchestration.summary_markdown([], {}, {"train.decoders": ["nic", "mrnn"]})
+    assert """`dvc exp run -S 'train.decoders=["nic", "mrnn"]'`""" in decoders

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import yaml
-from toy_dvc import REPO, dvc, make_toy_repo
+from toy_dvc import REPO, TOY_DECODERS_DVC, dvc, make_toy_repo, write_cmd
 
 from captioning.orchestration import DvcStageRunner, StageFailed, StageResult
 
@@ -183,3 +183,82 @@ def test_an_unknown_encoder_fails_with_its_one_line_before_any_stage_runs(flows,
     assert f"**Failed:** {expected}" in run_summary(state.state_details.flow_run_id)
     assert (toy_repo / "params.yaml").read_text() == before
     assert not (toy_repo / "raw.txt").exists()
+
+
+def deployment_parameters(name: str) -> dict:
+    (deployment,) = [
+        d
+        for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+        if d["name"] == name
+    ]
+    return deployment["parameters"]
+
+
+def test_runs_that_change_train_decoders_run_the_new_decoders_stages(flows, tmp_path):
+    root = make_toy_repo(tmp_path / "decoders", TOY_DECODERS_DVC)
+    assert yaml.safe_load((root / "params.yaml").read_text())["train"]["decoders"] == [
+        "soft_attention"
+    ]
+    # soft_attention's stages leave the DAG with it; nic's and mrnn's join it.
+    state = flows.captioning_pipeline(
+        repo=str(root), overrides={"train.decoders": ["nic", "mrnn"]}, return_state=True
+    )
+    assert state.is_completed(), state.message
+    outcome = state.result()
+    per_decoder = [
+        f"{stage}@{d}" for stage in ("train", "evaluate", "register") for d in ("nic", "mrnn")
+    ]
+    assert sorted(outcome) == sorted(["features", *per_decoder, "compare"])
+    assert set(outcome.values()) == {"ran"}
+    stages = list(outcome)
+    assert stages.index("train@nic") < stages.index("evaluate@nic") < stages.index("register@nic")
+    assert stages[-1] == "compare"
+    assert (root / "reports/mrnn/registered.txt").read_text() == "mrnn"
+    assert not (root / "reports/soft_attention").exists()
+    assert "up to date" in dvc(root, "status").lower()
+
+    # The nightly deployment as prefect.yaml has it: its decoder, no longer in train.decoders,
+    # is added, then trained and evaluated (and only it: the others are done and not targets).
+    parameters = deployment_parameters("retrain-and-evaluate")
+    assert parameters["decoder"] == "soft_attention" and parameters["targets"] == ["evaluate"]
+    again = flows.captioning_pipeline(repo=str(root), **parameters)
+    assert again == {
+        "features": "skipped",
+        "train@soft_attention": "ran",
+        "evaluate@soft_attention": "ran",
+    }
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    assert params["train"]["decoders"] == ["nic", "mrnn", "soft_attention"]
+    assert (root / "reports/soft_attention/metrics.txt").read_text() == "1"
+
+
+def test_a_decoder_that_contradicts_the_decoders_override_fails_before_anything(flows, tmp_path):
+    root = make_toy_repo(tmp_path / "decoders", TOY_DECODERS_DVC)
+    before = (root / "params.yaml").read_text()
+    state = flows.captioning_pipeline(
+        repo=str(root), decoder="nic", overrides={"train.decoders": ["mrnn"]}, return_state=True
+    )
+    expected = "parameter decoder='nic' is not in override train.decoders=['mrnn']"
+    assert state.is_failed() and state.message == expected
+    assert (root / "params.yaml").read_text() == before
+    assert not (root / "features.txt").exists()
+
+
+def test_a_run_of_another_pipelinewrite_cmds_that_pipelines_params(flows, toy_repo):
+    # Like the captcha-reader deployment: the target is a dvc.yaml of its own, whose stages read
+    # the params.yaml beside it, and whose train stage is no foreach (decoder = the one decoder).
+    reader = toy_repo / "reader"
+    reader.mkdir()
+    dag = {"stages": {"train": {"cmd": write_cmd("model.txt", "${train.decoders[0]}")}}}
+    (reader / "dvc.yaml").write_text(yaml.safe_dump(dag))
+    shutil.copy(REPO / "pipelines/captcha/params.yaml", reader / "params.yaml")
+    before = (toy_repo / "params.yaml").read_text()
+
+    state = flows.captioning_pipeline(
+        repo=str(toy_repo), targets=["reader/dvc.yaml"], decoder="nic", return_state=True
+    )
+    assert state.is_completed(), state.message
+    assert state.result() == {"reader/dvc.yaml:train": "ran"}
+    assert (reader / "model.txt").read_text() == "nic"
+    assert yaml.safe_load((reader / "params.yaml").read_text())["train"]["decoders"] == ["nic"]
+    assert (toy_repo / "params.yaml").read_text() == before

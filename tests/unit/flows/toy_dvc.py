@@ -61,6 +61,58 @@ TOY_DVC = {
 }
 
 
+def write_cmd(path: str, text: str) -> str:
+    """A stage command writing ``text`` to ``path`` (its folder made first)."""
+    return (
+        "python -c \"import pathlib; p = pathlib.Path('" + path + "'); "
+        "p.parent.mkdir(parents=True, exist_ok=True); p.write_text('" + text + "')\""
+    )
+
+
+# The real DAG's shape over params.yaml's own train.decoders: one train@/evaluate@/register@
+# per decoder, its files under reports/<decoder>/, and a comparison of the reports/ folder.
+TOY_DECODERS_DVC = {
+    "stages": {
+        "features": {
+            "cmd": write_cmd("features.txt", "f"),
+            "params": ["features.encoder"],
+            "outs": ["features.txt"],
+        },
+        "train": {
+            "foreach": "${train.decoders}",
+            "do": {
+                "cmd": write_cmd("reports/${item}/model.txt", "${item}"),
+                "deps": ["features.txt"],
+                "params": ["train.epochs"],
+                "outs": ["reports/${item}/model.txt"],
+            },
+        },
+        "evaluate": {
+            "foreach": "${train.decoders}",
+            "do": {
+                "cmd": write_cmd("reports/${item}/metrics.txt", "1"),
+                "deps": ["reports/${item}/model.txt"],
+                "outs": ["reports/${item}/metrics.txt"],
+            },
+        },
+        "register": {
+            "foreach": "${train.decoders}",
+            "do": {
+                "cmd": write_cmd("reports/${item}/registered.txt", "${item}"),
+                "deps": ["reports/${item}/metrics.txt"],
+                "outs": ["reports/${item}/registered.txt"],
+            },
+        },
+        "compare": {
+            "cmd": write_cmd("comparison.txt", "all"),
+            "deps": ["reports"],
+            "params": ["train.decoders"],
+            "outs": ["comparison.txt"],
+        },
+    }
+}
+
+
 def git_env() -> dict[str, str]:
     return {
         **os.environ,

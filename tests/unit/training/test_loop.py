@@ -236,3 +236,21 @@ def test_the_objective_is_the_callers(workspace):
         on_step=lambda i, r: twice.append(r["loss"]),
     )
     assert twice[0] == pytest.approx(2 * plain[0])  # the same first step, from the same weights
+
+
+def test_checkpoint_and_log_intervals_are_execution_settings(workspace):
+    # In config.EXECUTION_SETTINGS (not DVC params): the model is the same, weights and vocab
+    # byte for byte, with a resume checkpoint after every step and the loss logged every step.
+    busy = dataclasses.replace(CFG, checkpoint_every_steps=1, log_every_steps=1)
+    assert CFG.checkpoint_every_steps > 12  # the plain run writes no step checkpoint
+    models = workspace / "models"
+    train(workspace, "plain_again")
+    train(workspace, "busy", busy)
+    for name in ("decoder.safetensors", "vocab.json"):
+        assert (models / "busy" / name).read_bytes() == (models / "plain_again" / name).read_bytes()
+    plain, other = (
+        json.loads((models / n / "config.json").read_text()) for n in ("plain_again", "busy")
+    )
+    for config in (plain, other):
+        del config["training"]["train_seconds"]  # a wall time: the one field two runs differ in
+    assert plain == other
