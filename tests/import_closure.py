@@ -76,19 +76,26 @@ def _with_parents(name: str) -> list[str]:
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
+def imports_of(path: Path) -> set[Path]:
+    """The files under src/captioning that ``path``'s import statements run, package
+    ``__init__`` files of each imported name included."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return {
+        found
+        for name in _imported_names(tree, path)
+        for prefix in _with_parents(name)
+        if (found := module_file(prefix)) is not None
+    }
+
+
 def closure(script: Path) -> set[Path]:
     """Every file under src/captioning that running ``script`` can import."""
     seen: set[Path] = set()
     todo = [script.resolve()]
     while todo:
-        path = todo.pop()
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        for name in _imported_names(tree, path):
-            for prefix in _with_parents(name):
-                found = module_file(prefix)
-                if found is not None and found not in seen:
-                    seen.add(found)
-                    todo.append(found)
+        for found in imports_of(todo.pop()) - seen:
+            seen.add(found)
+            todo.append(found)
     return seen
 
 

@@ -5,10 +5,9 @@ Read from the source as tests/import_closure.py reads it (imports inside functio
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
-from tests.import_closure import SRC, _imported_names, _with_parents, module_file
+from tests.import_closure import SRC, imports_of
 
 PACKAGE = SRC / "captioning"
 
@@ -41,17 +40,10 @@ def _part(path: Path) -> str:
 def module_graph() -> dict[Path, set[Path]]:
     """Each module of the package -> the modules it imports (package __init__ files left out:
     importing a.b runs a/__init__.py, which is no edge of the design)."""
-    graph = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        targets = set()
-        for name in _imported_names(tree, path):
-            for prefix in _with_parents(name):
-                found = module_file(prefix)
-                if found is not None and found != path and found.name != "__init__.py":
-                    targets.add(found)
-        graph[path] = targets
-    return graph
+    return {
+        path: {f for f in imports_of(path) if f != path and f.name != "__init__.py"}
+        for path in sorted(PACKAGE.rglob("*.py"))
+    }
 
 
 def cycles(graph: dict[Path, set[Path]]) -> list[list[Path]]:
