@@ -1,9 +1,15 @@
 import numpy as np
+import pytest
 import torch
 
 from captioning.config import VocabConfig
 from captioning.data.vocab import build_vocab
-from captioning.training.batches import CaptionSet, collate, length_grouped_batches
+from captioning.training.batches import (
+    CaptionSet,
+    collate,
+    length_grouped_batches,
+    prefetched,
+)
 
 CAPTIONS = [
     ["a red circle", "there is a red circle", "a circle"],
@@ -51,3 +57,16 @@ def test_length_grouped_batches_cover_everything_once_and_group_lengths():
     assert sorted(flat.tolist()) == list(range(200))
     spread = np.mean([np.ptp(np.asarray(lengths)[b]) for b in batches])
     assert spread <= 2  # sorted within the window: little padding
+
+
+def test_prefetched_gives_the_same_items_in_order_and_raises_the_producers_error():
+    assert list(prefetched(iter(range(50)))) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("row 7 unreadable")
+
+    items = prefetched(failing())
+    assert next(items) == 1
+    with pytest.raises(ValueError, match="row 7 unreadable"):
+        next(items)
