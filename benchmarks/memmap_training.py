@@ -124,7 +124,7 @@ def write_cache(out: Path, encoder: str, counts: dict[str, int], seed: int = 0) 
 
 def record(row: int, rng: np.random.Generator) -> dict:
     captions = [" ".join(rng.choice(WORDS, size=int(rng.integers(4, 12)))) for _ in range(3)]
-    objects = [{"shape": "circle"}] * (3 if row % 3 == 0 else 1)
+    objects = [{"colour": "red", "shape": "circle"}] * (3 if row % 3 == 0 else 1)
     return {
         "image_id": row,
         "file_name": f"{row:07d}.jpg",

@@ -36,7 +36,10 @@ def write_feature_cache(
             [" ".join(rng.choice(WORDS, size=int(rng.integers(2, 8)))) for _ in range(3)]
             for _ in range(count)
         ]
-        objects = [[{"shape": "circle"}] * (3 if row % 3 == 0 else 1) for row in range(count)]
+        objects = [
+            [{"colour": "red", "shape": "circle"}] * (3 if row % 3 == 0 else 1)
+            for row in range(count)
+        ]
         index = {
             "row": list(range(count)),
             "image_id": [1000 + row for row in range(count)],
