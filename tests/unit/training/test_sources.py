@@ -138,3 +138,11 @@ def test_reading_runs_at_most_two_batches_ahead(cache_dir, monkeypatch):
     while any(t.name == "prefetch" for t in threading.enumerate()):
         assert time.monotonic() < deadline, "the reader thread outlived its batches"
         time.sleep(0.05)
+
+
+def test_rows_are_staged_in_pinned_memory_only_for_a_cuda_device(cache_dir):
+    """Pinned host memory makes the copy to a GPU asynchronous; on the CPU it is only a cost
+    (and needs CUDA). Opening the source allocates nothing, so a CUDA context can be checked
+    here."""
+    assert opened(cache_dir).train_rows.pin is False
+    assert opened(cache_dir, DistContext(0, 1, torch.device("cuda", 0))).train_rows.pin is True
