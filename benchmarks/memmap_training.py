@@ -97,7 +97,7 @@ def write_cache(out: Path, encoder: str, counts: dict[str, int], seed: int = 0) 
     spec = get_encoder_spec(encoder)
     rng = np.random.default_rng(seed)
     base = np.clip(rng.standard_normal((64, spec.locations, spec.channels), np.float32), 0, 6)
-    block = base.astype(np.float16)
+    blocks = [(base + k).astype(np.float16) for k in range(7)]  # rows differ from shard to shard
     out.mkdir(parents=True)
     for split, count in counts.items():
         shards, offset = [], 0
@@ -109,12 +109,12 @@ def write_cache(out: Path, encoder: str, counts: dict[str, int], seed: int = 0) 
             offset += len(keys)
         writer = _SplitWriter(out, split, shards, spec)
         for shard in shards:
-            for start in range(0, len(shard.keys), len(block)):
-                positions = range(start, min(len(shard.keys), start + len(block)))
+            for start in range(0, len(shard.keys), len(base)):
+                positions = range(start, min(len(shard.keys), start + len(base)))
                 infos = [
                     (shard.url, p, shard.keys[p], record(shard.offset + p, rng)) for p in positions
                 ]
-                writer.add(shard, infos, block[: len(infos)] + np.float16(shard.offset % 7))
+                writer.add(shard, infos, blocks[shard.offset // SHARD_ROWS % 7][: len(infos)])
         writer.finish(out)
     identity = {k: getattr(spec, k) for k in ("input_size", "grid", "channels")}
     write_json(
