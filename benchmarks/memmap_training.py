@@ -186,7 +186,8 @@ def train_steps(features: Path, way: str, cfg: TrainConfig, steps: int, validate
     state.start_epoch(source.new_epoch(0, rng))
     losses, tokens, started = [], 0, 0.0
     decoder.train()
-    for batch in source.batches(state, rng):
+    batches = source.batches(state, rng)
+    for batch in batches:
         if state.step == UNTIMED:
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -201,6 +202,7 @@ def train_steps(features: Path, way: str, cfg: TrainConfig, steps: int, validate
         if state.step == steps:
             break
     seconds = time.perf_counter() - started
+    batches.close()  # stops the reader of the rest of the epoch
     val_loss = (
         source.validation().loss(decoder, images_per_batch(cfg), device) if validate else None
     )

@@ -8,6 +8,7 @@ a training step.
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -135,13 +136,24 @@ def iterate_batches(
 
 
 _END = object()
+# Reader threads still running: (stop flag, thread).
+_readers: set[tuple[threading.Event, threading.Thread]] = set()
+
+
+@atexit.register
+def _stop_readers() -> None:
+    """Stop the readers of iterators left unfinished (a run that failed mid-epoch): one
+    stopped by the interpreter's exit while inside torch would abort the process."""
+    for stop, thread in list(_readers):
+        stop.set()
+        thread.join()
 
 
 def prefetched(items: Iterable[T], depth: int = 1) -> Iterator[T]:
     """``items``, produced in a background thread up to ``depth`` ahead of the consumer, so
     that reading the next batch overlaps the step on this one. Same items, same order; an
-    exception raised producing them is raised here; closing this iterator (or dropping it)
-    stops the thread after the item it is producing."""
+    exception raised producing them is raised here. Closing this iterator stops the thread
+    (it finishes the item it is producing); so does the end of the process."""
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -157,14 +169,16 @@ def prefetched(items: Iterable[T], depth: int = 1) -> Iterator[T]:
     def produce() -> None:
         try:
             for item in items:
-                if not put((True, item)):
+                if stop.is_set() or not put((True, item)):
                     return
         except BaseException as exc:  # handed to the consumer, raised there
             put((False, exc))
             return
         put(_END)
 
-    threading.Thread(target=produce, name="prefetch", daemon=True).start()
+    reader = (stop, threading.Thread(target=produce, name="prefetch", daemon=True))
+    _readers.add(reader)
+    reader[1].start()
     try:
         while (entry := ready.get()) is not _END:
             produced, value = entry
@@ -173,3 +187,5 @@ def prefetched(items: Iterable[T], depth: int = 1) -> Iterator[T]:
             yield value
     finally:
         stop.set()
+        reader[1].join()
+        _readers.discard(reader)

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -70,3 +73,25 @@ def test_prefetched_gives_the_same_items_in_order_and_raises_the_producers_error
     assert next(items) == 1
     with pytest.raises(ValueError, match="row 7 unreadable"):
         next(items)
+
+
+ABANDONED = """
+import torch
+from captioning.training.batches import prefetched
+
+def items():
+    while True:
+        yield torch.randn(256, 256) @ torch.randn(256, 256)
+
+kept = prefetched(items())
+next(kept)  # then the process ends without closing it, as a run failing mid-epoch does
+"""
+
+
+def test_a_process_ending_with_an_unfinished_prefetch_exits_cleanly():
+    """The reader thread is stopped at exit: one stopped by the interpreter's exit while
+    inside torch aborts the process ("terminate called without an active exception")."""
+    done = subprocess.run(
+        [sys.executable, "-c", ABANDONED], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
