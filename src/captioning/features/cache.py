@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -432,11 +434,18 @@ class FeatureCache:
     """
 
     def __init__(
-        self, root: Path, split: str, features: np.ndarray, index: pa.Table, meta: dict
+        self,
+        root: Path,
+        split: str,
+        features: np.ndarray,
+        index: pa.Table,
+        meta: dict,
+        npy_path: Path | None = None,
     ) -> None:
         self.root = root
         self.split = split
         self.features = features
+        self.npy_path = npy_path  # the file ``features`` maps; None for a split held in memory
         self.index = index
         self.meta = meta
         self.image_ids: list[int] = index.column("image_id").to_pylist()
@@ -510,7 +519,7 @@ class FeatureCache:
             raise FeatureCacheError(
                 f"{index_path}: {index.num_rows} rows, {npy_path.name} has {count}"
             )
-        return cls(root, split, features, index, meta)
+        return cls(root, split, features, index, meta, npy_path=npy_path)
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -537,9 +546,96 @@ class FeatureCache:
             raise KeyError(f"image_id {image_id} is not in the {self.split!r} cache") from None
 
     def load_in_memory(self, as_tensor: bool = False) -> np.ndarray | torch.Tensor:
-        """The whole split read into RAM (float16); a torch tensor sharing it if asked."""
+        """The whole split read into RAM (float16); a torch tensor sharing it if asked.
+        Training never does this (``FeatureRows`` reads the rows of each batch)."""
         array = np.asarray(self.features).copy()  # a plain in-RAM ndarray, not a memmap
         return torch.from_numpy(array) if as_tensor else array
+
+
+class FeatureRows:
+    """A split's features (N, L, C) read a batch at a time, never the whole split.
+
+    ``rows[index]`` (a 1-D list, array or tensor of row numbers, repeats allowed) is a new
+    float16 tensor of those rows in that order, in pinned memory if ``pin`` (the staging
+    buffer of an asynchronous copy to a GPU). From a cache file the rows are read in ascending
+    order, a run of neighbouring rows in one call, each straight into its place in the batch.
+    They are read with ``pread``, not through the memory map: the file's pages then stay in
+    the page cache and out of this process's resident memory (a memory map's touched pages
+    count in it, and would grow with the split). A split held in memory (``encode_split``) is
+    indexed.
+    """
+
+    def __init__(self, cache: FeatureCache, *, pin: bool = False) -> None:
+        self.shape: tuple[int, ...] = tuple(cache.features.shape)
+        self.pin = pin
+        self._dtype = torch.from_numpy(np.empty(0, dtype=cache.features.dtype)).dtype
+        self._row_bytes = int(np.prod(self.shape[1:])) * cache.features.dtype.itemsize
+        self._in_memory: np.ndarray | None = None
+        self._path = cache.npy_path
+        if cache.npy_path is None:
+            self._in_memory = cache.features
+        else:
+            self._offset = int(cache.features.offset)  # the .npy header's length
+            self._fd = os.open(cache.npy_path, os.O_RDONLY)
+            weakref.finalize(self, os.close, self._fd)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        if isinstance(index, int | np.integer):
+            raise TypeError("FeatureRows reads a batch of rows: index it with a list of rows")
+        rows = np.asarray(index, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.shape[0]):
+            raise IndexError(f"rows {rows.min()}..{rows.max()} of a split of {self.shape[0]}")
+        batch = torch.empty((len(rows), *self.shape[1:]), dtype=self._dtype, pin_memory=self.pin)
+        if self._in_memory is not None:
+            batch.numpy()[:] = self._in_memory[rows]
+        else:
+            self._read(rows, batch.numpy())
+        return batch
+
+    def _read(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """Rows in ascending order, each run of consecutive rows in one ``preadv``; a row
+        asked for twice is read once and copied."""
+        run: list[memoryview] = []
+        repeats: list[tuple[int, int]] = []  # (slot, the slot that reads the same row)
+        run_start = previous = read_slot = -1
+        for slot in np.argsort(rows, kind="stable").tolist():
+            row = int(rows[slot])
+            if row == previous:
+                repeats.append((slot, read_slot))
+                continue
+            if run and (row != previous + 1 or len(run) == _IOV_MAX):
+                self._read_run(run_start, run)
+                run = []
+            if not run:
+                run_start = row
+            run.append(memoryview(out[slot]).cast("B"))
+            previous, read_slot = row, slot
+        if run:
+            self._read_run(run_start, run)
+        for slot, read in repeats:
+            out[slot] = out[read]
+
+    def _read_run(self, first_row: int, buffers: list[memoryview]) -> None:
+        position = self._offset + first_row * self._row_bytes
+        if os.preadv(self._fd, buffers, position) == len(buffers) * self._row_bytes:
+            return
+        for i, view in enumerate(buffers):  # a short read (signal, network file system)
+            done, start = 0, position + i * self._row_bytes
+            while done < self._row_bytes:
+                got = os.preadv(self._fd, [view[done:]], start + done)
+                if got == 0:
+                    raise FeatureCacheError(
+                        f"{self._path}: ends inside row {first_row + i}; the cache is "
+                        "truncated, re-run the features stage"
+                    )
+                done += got
+
+
+# The most buffers one preadv call takes.
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
 
 
 def _registered(name: str) -> bool:

@@ -8,17 +8,24 @@ a training step.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import atexit
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from captioning.config import TrainConfig
 from captioning.data.vocab import Vocab
+from captioning.features.cache import FeatureRows
 
 Draw = tuple[int, tuple[int, ...]]  # (image row, indices into that image's captions)
+T = TypeVar("T")
+# Features (N, L, C) indexed by a list of rows: in memory, or read from the cache per batch.
+Features = torch.Tensor | FeatureRows
 
 
 def images_per_batch(cfg: TrainConfig) -> int:
@@ -110,7 +117,7 @@ def caption_batch(
 
 
 def collate(
-    features: torch.Tensor, caption_set: CaptionSet, draws: Sequence[Draw], pad_id: int
+    features: Features, caption_set: CaptionSet, draws: Sequence[Draw], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Features (B, L, C) of the drawn images, captions (M, T) padded, and rows (M,) mapping
     each caption to its image in the batch."""
@@ -119,10 +126,66 @@ def collate(
 
 
 def iterate_batches(
-    features: torch.Tensor,
+    features: Features,
     caption_set: CaptionSet,
     batches: Sequence[Sequence[Draw]],
     pad_id: int,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     for batch in batches:
         yield collate(features, caption_set, batch, pad_id)
+
+
+_END = object()
+# Reader threads still running: (stop flag, thread).
+_readers: set[tuple[threading.Event, threading.Thread]] = set()
+
+
+@atexit.register
+def _stop_readers() -> None:
+    """Stop the readers of iterators left unfinished (a run that failed mid-epoch): one
+    stopped by the interpreter's exit while inside torch would abort the process."""
+    for stop, thread in list(_readers):
+        stop.set()
+        thread.join()
+
+
+def prefetched(items: Iterable[T], depth: int = 1) -> Iterator[T]:
+    """``items``, produced in a background thread up to ``depth`` ahead of the consumer, so
+    that reading the next batch overlaps the step on this one. Same items, same order; an
+    exception raised producing them is raised here. Closing this iterator stops the thread
+    (it finishes the item it is producing); so does the end of the process."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set() or not put((True, item)):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((False, exc))
+            return
+        put(_END)
+
+    reader = (stop, threading.Thread(target=produce, name="prefetch", daemon=True))
+    _readers.add(reader)
+    reader[1].start()
+    try:
+        while (entry := ready.get()) is not _END:
+            produced, value = entry
+            if not produced:
+                raise value
+            yield value
+    finally:
+        stop.set()
+        reader[1].join()
+        _readers.discard(reader)

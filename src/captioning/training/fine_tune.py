@@ -31,7 +31,7 @@ from captioning.config import ConfigError, FeaturesConfig, TrainConfig, to_dict
 from captioning.data.shards import iter_samples
 from captioning.data.vocab import Vocab
 from captioning.features.backbones import Encoder
-from captioning.features.cache import encode_split
+from captioning.features.cache import FeatureRows, encode_split
 from captioning.features.encoders import get_encoder_spec
 from captioning.features.encoding import encoder_identity, load_encoder
 from captioning.features.loader import shard_files, start_workers_early, training_loader
@@ -185,8 +185,7 @@ class EncodedImages:
             where = f"the val split of {self.shards_dir}"
             self._val = ValSplit.of(cache, self.vocab, self.cfg.early_stopping, where)
         else:  # the captions and scorer stay; the features are the current encoder's
-            features = torch.from_numpy(cache.load_in_memory())
-            self._val = dataclasses.replace(self._val, features=features)
+            self._val = dataclasses.replace(self._val, features=FeatureRows(cache))
         return self._val
 
     def saved_encoder(self) -> tuple[dict[str, Any], nn.Module | None]:

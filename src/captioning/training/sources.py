@@ -20,7 +20,7 @@ from torch import nn
 from captioning.config import TrainConfig
 from captioning.data.vocab import Vocab
 from captioning.devices import pin_memory
-from captioning.features.cache import FeatureCache
+from captioning.features.cache import FeatureCache, FeatureRows
 from captioning.features.encoding import ENCODER_IDENTITY
 from captioning.models import Decoder
 from captioning.training.batches import (
@@ -30,6 +30,7 @@ from captioning.training.batches import (
     hard_repeats,
     images_per_batch,
     length_grouped_batches,
+    prefetched,
 )
 from captioning.training.checkpoint import LoopState
 from captioning.training.distributed import DistContext
@@ -92,7 +93,12 @@ class BatchSource(Protocol):
 
 class CachedFeatures:
     """The feature cache's train split in length-grouped batches of draws, the same global
-    batches on every rank; its val split as it was cached."""
+    batches on every rank; its val split as it was cached.
+
+    Neither split is loaded: each batch's rows are read from the cache file (``FeatureRows``:
+    sorted reads, pinned staging memory on CUDA) in a background thread while the step before
+    runs, so memory does not grow with the split, on every rank.
+    """
 
     resumes_mid_epoch = True
 
@@ -103,16 +109,15 @@ class CachedFeatures:
         self.cfg, self.ctx = cfg, ctx
         train_cache = FeatureCache.open(self.features_dir, "train")
         val_cache = FeatureCache.open(self.features_dir, "val")
-        self.train_x = torch.from_numpy(train_cache.load_in_memory())  # (N, L, C) float16
-        if pin_memory(ctx.device):
-            self.train_x = self.train_x.pin_memory()  # batches copy to the GPU asynchronously
+        # Pinned rows copy to the GPU asynchronously, overlapping the step.
+        self.train_rows = FeatureRows(train_cache, pin=pin_memory(ctx.device))
         self.train_set = CaptionSet.build(
             train_cache.captions, vocab, [hard_repeats(m, cfg) for m in train_cache.row_meta]
         )
         self.val = ValSplit.of(
             val_cache, vocab, cfg.early_stopping, f"the val split of {self.features_dir}"
         )
-        self.num_locations, self.feature_dim = self.train_x.shape[1], self.train_x.shape[2]
+        _, self.num_locations, self.feature_dim = self.train_rows.shape
         self.images_per_epoch = int(self.train_set.weights.sum())
         meta = train_cache.meta
         shape = {k: meta[k] for k in ("encoder", "input_size", "grid", "channels")}
@@ -139,14 +144,20 @@ class CachedFeatures:
     def batches(self, state: LoopState, rng: np.random.Generator) -> Iterator[Batch]:
         assert state.batches is not None
         device = self.ctx.device
-        for draws in state.batches[state.position :]:
+        for x, captions, rows in prefetched(self._staged(state.batches[state.position :])):
+            yield Batch(
+                captions.to(device, non_blocking=True),
+                rows.to(device, non_blocking=True),
+                x.to(device, non_blocking=True),
+            )
+
+    def _staged(self, batches: list[list[Draw]]) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Each batch's features (this rank's share), captions and rows, in host memory."""
+        for draws in batches:
             image_rows, captions, rows = caption_batch(
                 self.train_set, self.ctx.shard(draws), PAD_ID
             )
-            x = self.train_x[image_rows].to(device, non_blocking=True)
-            yield Batch(
-                captions.to(device, non_blocking=True), rows.to(device, non_blocking=True), x
-            )
+            yield self.train_rows[image_rows], captions, rows
 
     def validation(self) -> ValSplit:
         return self.val

@@ -15,11 +15,12 @@ from captioning.config import EarlyStoppingConfig
 from captioning.data.vocab import Vocab, tokenize
 from captioning.decoding.search import greedy_search
 from captioning.errors import BadInputError, CaptioningError
+from captioning.features.cache import FeatureRows
 from captioning.metrics.fast import ReferenceIndex
 from captioning.metrics.shapes_accuracy import object_accuracy
 from captioning.metrics.word_accuracy import word_scores
 from captioning.models import Decoder
-from captioning.training.batches import CaptionSet, iterate_batches
+from captioning.training.batches import CaptionSet, Features, iterate_batches
 from captioning.training.objectives import PAD_ID, masked_cross_entropy
 
 
@@ -74,7 +75,7 @@ class Validator:
         return validator
 
     @torch.no_grad()
-    def scores(self, decoder: Decoder, features: torch.Tensor) -> dict[str, float]:
+    def scores(self, decoder: Decoder, features: Features) -> dict[str, float]:
         """Corpus BLEU-1..4 and CIDEr-D of greedy captions of ``features`` (N, L, C); their
         object accuracy when the val images' objects are known; exact match and character
         accuracy when the vocabulary is of characters."""
@@ -107,17 +108,18 @@ class Validator:
 
 @dataclass(frozen=True)
 class ValSplit:
-    """The val split as validation reads it: its features (N, L, C), captions and scorer."""
+    """The val split as validation reads it: its features (N, L, C), read a batch at a time
+    (COCO's 5,000 val images are 4 GB of ResNet-101 features), captions and scorer."""
 
-    features: torch.Tensor
+    features: Features
     captions: CaptionSet
     validator: Validator
 
     @classmethod
     def of(cls, cache: Any, vocab: Vocab, cfg: EarlyStoppingConfig, where: str) -> ValSplit:
-        """A feature cache's split (``load_in_memory``, ``captions``, ``row_meta``)."""
+        """A feature cache's split (its rows, ``captions``, ``row_meta``)."""
         return cls(
-            torch.from_numpy(cache.load_in_memory()),
+            FeatureRows(cache),
             CaptionSet.build(cache.captions, vocab),
             Validator.for_split(cache, vocab, cfg, where),
         )

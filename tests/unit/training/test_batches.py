@@ -1,9 +1,18 @@
+import subprocess
+import sys
+
 import numpy as np
+import pytest
 import torch
 
 from captioning.config import VocabConfig
 from captioning.data.vocab import build_vocab
-from captioning.training.batches import CaptionSet, collate, length_grouped_batches
+from captioning.training.batches import (
+    CaptionSet,
+    collate,
+    length_grouped_batches,
+    prefetched,
+)
 
 CAPTIONS = [
     ["a red circle", "there is a red circle", "a circle"],
@@ -51,3 +60,38 @@ def test_length_grouped_batches_cover_everything_once_and_group_lengths():
     assert sorted(flat.tolist()) == list(range(200))
     spread = np.mean([np.ptp(np.asarray(lengths)[b]) for b in batches])
     assert spread <= 2  # sorted within the window: little padding
+
+
+def test_prefetched_gives_the_same_items_in_order_and_raises_the_producers_error():
+    assert list(prefetched(iter(range(50)))) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("row 7 unreadable")
+
+    items = prefetched(failing())
+    assert next(items) == 1
+    with pytest.raises(ValueError, match="row 7 unreadable"):
+        next(items)
+
+
+ABANDONED = """
+import torch
+from captioning.training.batches import prefetched
+
+def items():
+    while True:
+        yield torch.randn(256, 256) @ torch.randn(256, 256)
+
+kept = prefetched(items())
+next(kept)  # then the process ends without closing it, as a run failing mid-epoch does
+"""
+
+
+def test_a_process_ending_with_an_unfinished_prefetch_exits_cleanly():
+    """The reader thread is stopped at exit: one stopped by the interpreter's exit while
+    inside torch aborts the process ("terminate called without an active exception")."""
+    done = subprocess.run(
+        [sys.executable, "-c", ABANDONED], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
