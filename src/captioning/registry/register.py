@@ -37,7 +37,7 @@ from captioning.registry.tracking import (
     get_or_create_experiment,
     lineage_tags,
     locked_stages,
-    repo_root,
+    pipeline_dir,
 )
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def register_model(
 ) -> dict:
     """Log, register as challenger, run the gate; write and return the decision record."""
     model_dir, metrics_path = Path(model_dir), Path(metrics_path)
-    root = Path(root) if root is not None else repo_root()
+    root = Path(root) if root is not None else pipeline_dir()
     config = _read_json(model_dir / "config.json")
     metrics = numeric_metrics(_read_json(metrics_path))
     key = promote_key(cfg)
