@@ -371,3 +371,59 @@ def test_registering_the_same_inputs_again_reuses_the_version(registry):
 
 def tmp_out(root: Path) -> Path:
     return root / "reports" / "b" / "registration-again.json"
+
+
+def test_registered_name_is_one_per_dataset_unless_set():
+    from captioning.config import load_params
+
+    default = RegisterConfig()
+    assert default.model_name == ""
+    assert default.registered_name("shapes") == "captioner"
+    assert default.registered_name("coco2017") == "captioner-coco2017"
+    assert default.registered_name("flickr8k") == "captioner-flickr8k"
+    assert RegisterConfig(model_name="mine").registered_name("coco2017") == "mine"
+    repo = Path(__file__).resolve().parents[3]
+    for params, name in (
+        (repo / "params.yaml", "captioner"),
+        (repo / "pipelines/captcha/params.yaml", "captcha-reader"),
+    ):
+        loaded = load_params(params)
+        assert loaded.register.registered_name(loaded.fetch.source) == name
+
+
+def test_a_coco_model_does_not_meet_the_shapes_champion(tmp_path, monkeypatch):
+    """With register.model_name "" (the default), a COCO model, scored on another test set,
+    starts its own line (captioner-coco2017) instead of being refused by the shapes champion."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setitem(sys.modules, "captioning.inference", fake_inference_module())
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    write_store_root(tmp_path)
+    cfg = RegisterConfig(beam_size=2)
+    shapes = make_model(tmp_path, "a", champion_scores())
+    coco = make_model(tmp_path, "b", champion_scores(N_IMAGES // 2), references=("a dog",))
+    records = [
+        register_model(**paths, cfg=cfg, out_path=tmp_path / f"{source}.json", data_source=source)
+        for source, paths in (("shapes", shapes), ("coco2017", coco))
+    ]
+    assert [(r["model_name"], r["decision"]) for r in records] == [
+        ("captioner", "promoted"),
+        ("captioner-coco2017", "promoted"),
+    ]
+    client = mlflow.MlflowClient()
+    assert client.get_model_version_by_alias("captioner", "champion").version == 1
+    champion = client.get_model_version_by_alias("captioner-coco2017", "champion")
+    assert champion.tags["model_name"] == "captioner-coco2017"
+    assert champion.description.startswith("# captioner-coco2017: b decoder")
+
+    # Under one name (set by hand) the gate refuses, and says why and what to do.
+    same_name = register_model(
+        **coco,
+        cfg=RegisterConfig(model_name="captioner", beam_size=2),
+        out_path=tmp_path / "same-name.json",
+        data_source="coco2017",
+    )
+    assert same_name["decision"] == "refused"
+    reason = same_name["reason"]
+    assert "different test sets: version 2 was scored on 20 test images, version 1 on 40" in reason
+    assert "registry promote 2 --force" in reason
+    mlflow.set_tracking_uri(None)
