@@ -211,7 +211,8 @@ def inputs_digest(
 ) -> str:
     """sha256 over what a registration records: every file of the model directory, the report
     files (a missing one counts as missing), the input example, the data source and the
-    register config, less the gate's settings (the gate runs again on a reused version)."""
+    register config, less the gate's settings (the gate runs again on a reused version), with
+    the name registered under rather than how it was spelled (``""`` or ``captioner``)."""
     digest = hashlib.sha256()
     model_files = sorted(p for p in Path(model_dir).rglob("*") if p.is_file())
     for path in model_files:
@@ -227,6 +228,7 @@ def inputs_digest(
         for k, v in flatten(cfg, "register.").items()
         if not k.startswith(("register.gate.", "register.auto_promote"))
     }
+    config["register.model_name"] = cfg.registered_name(data_source)
     digest.update(f"source:{data_source}".encode())
     digest.update(b"config:" + json.dumps(config, sort_keys=True, default=str).encode())
     return digest.hexdigest()

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -427,3 +428,23 @@ def test_a_coco_model_does_not_meet_the_shapes_champion(tmp_path, monkeypatch):
     assert "different test sets: version 2 was scored on 20 test images, version 1 on 40" in reason
     assert "registry promote 2 --force" in reason
     mlflow.set_tracking_uri(None)
+
+
+def test_the_default_name_spelled_out_registers_nothing_new(registry):
+    """model_name "" and "captioner" name the same model on shapes: a re-run after params.yaml
+    changed from one to the other reuses the version."""
+    root, (first, _, _) = registry
+    reports = root / "reports" / "a"
+    paths = {
+        "model_dir": root / "models" / "a",
+        "metrics_path": reports / "metrics.json",
+        "per_image_path": reports / "per_image.json",
+        "figures_dir": reports / "attention",
+        "train_log": reports / "train_log.csv",
+    }
+    example = jpeg_bytes((200, 30, 30))
+    for cfg in (CFG, replace(CFG, model_name="")):
+        again = register_model(
+            **paths, cfg=cfg, out_path=tmp_out(root), example_image=example, data_source="shapes"
+        )
+        assert again["version"] == first["version"] and again["model_name"] == "captioner"
