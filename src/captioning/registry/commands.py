@@ -47,7 +47,9 @@ def add_registry_commands(commands: argparse._SubParsersAction) -> None:
             "--params", type=Path, help="params.yaml (default: that of the nearest dvc.yaml)"
         )
         action.add_argument(
-            "--name", help="registered model name (default: the params' registered_name)"
+            "--name",
+            help="registered model name (default: register.model_name, or if that is empty "
+            "captioner for shapes, captioner-<fetch.source> for other data)",
         )
 
 
