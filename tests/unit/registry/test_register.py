@@ -336,14 +336,7 @@ def test_registering_the_same_inputs_again_reuses_the_version(registry):
     """A re-run of the stage (e.g. after it was killed past creating the version) registers
     nothing new; other inputs (here another metrics file) do get a version of their own."""
     root, (_, second, third) = registry
-    reports = root / "reports" / "b"
-    paths = {
-        "model_dir": root / "models" / "b",
-        "metrics_path": reports / "metrics.json",
-        "per_image_path": reports / "per_image.json",
-        "figures_dir": reports / "attention",
-        "train_log": reports / "train_log.csv",
-    }
+    paths = registered_paths(root, "b")
     client = mlflow.MlflowClient()
     before = len(client.search_model_versions("name = 'captioner'"))
     again = register_model(
@@ -368,6 +361,18 @@ def test_registering_the_same_inputs_again_reuses_the_version(registry):
     # the champion stays where the fixture's registrations left it
     champion = client.get_model_version_by_alias("captioner", "champion")
     assert str(champion.version) == third["version"]
+
+
+def registered_paths(root: Path, decoder: str) -> dict[str, Path]:
+    """The register_model paths of a model the fixture registered (as make_model gave them)."""
+    reports = root / "reports" / decoder
+    return {
+        "model_dir": root / "models" / decoder,
+        "metrics_path": reports / "metrics.json",
+        "per_image_path": reports / "per_image.json",
+        "figures_dir": reports / "attention",
+        "train_log": reports / "train_log.csv",
+    }
 
 
 def tmp_out(root: Path) -> Path:
@@ -434,14 +439,7 @@ def test_the_default_name_spelled_out_registers_nothing_new(registry):
     """model_name "" and "captioner" name the same model on shapes: a re-run after params.yaml
     changed from one to the other reuses the version."""
     root, (first, _, _) = registry
-    reports = root / "reports" / "a"
-    paths = {
-        "model_dir": root / "models" / "a",
-        "metrics_path": reports / "metrics.json",
-        "per_image_path": reports / "per_image.json",
-        "figures_dir": reports / "attention",
-        "train_log": reports / "train_log.csv",
-    }
+    paths = registered_paths(root, "a")
     example = jpeg_bytes((200, 30, 30))
     for cfg in (CFG, replace(CFG, model_name="")):
         again = register_model(
