@@ -28,9 +28,10 @@ run: install
 	@echo; echo "Every score: reports/decoders/<decoder>/metrics.json; curves: dvc plots show"
 
 ## The CAPTCHA reader (docs/captcha.md): its own DAG in pipelines/captcha, the same stages.
-## One MLflow store for both pipelines: the repository's mlflow.db (as `captioning predict` uses).
+## It registers into the project's one MLflow store, the repository's mlflow.db, as every
+## pipeline and command run anywhere in the repository does.
 captcha: install
-	cd pipelines/captcha && MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} dvc repro
+	cd pipelines/captcha && dvc repro
 	cd pipelines/captcha && dvc metrics show
 
 ## The test suite (unit + one end-to-end DAG run on a tiny config).

@@ -17,7 +17,6 @@ from captioning import runtime
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "models:/captioner@champion"
 EXIT_BAD_INPUT = runtime.EXIT_BAD_INPUT
 
 
@@ -29,8 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     predict.add_argument(
         "--model",
-        default=DEFAULT_MODEL,
-        help=f"a trained model directory or an MLflow models:/ URI (default {DEFAULT_MODEL})",
+        help="a trained model directory or an MLflow models:/ URI (default: the champion of "
+        "params.yaml's registered model, models:/captioner@champion for the shapes run)",
     )
     predict.add_argument(
         "--beam",
@@ -89,11 +88,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             status = EXIT_BAD_INPUT
     if not decoded:
         return status
+    model = args.model or champion_uri()
     try:
-        captioner = load_captioner(args.model)
+        captioner = load_captioner(model)
     except Exception as exc:  # any load failure is reported, not a traceback
         logger.debug("model load failed", exc_info=True)
-        print(f"error: cannot load model {args.model}: {exc}", file=sys.stderr)
+        print(f"error: cannot load model {model}: {exc}", file=sys.stderr)
         return 1
     try:
         beam_size, max_length = captioner.check_request(
@@ -135,6 +135,14 @@ def write_attention(image, result, target: Path, decoder_name: str) -> None:
     from captioning.viz.attention import plot_attention
 
     plot_attention(image, result.words, result.attention, target, title=result.caption)
+
+
+def champion_uri() -> str:
+    """``models:/<name>@champion`` for the registered model of the params.yaml around the cwd."""
+    from captioning.registry.commands import registered_model
+
+    _, name = registered_model()
+    return f"models:/{name}@champion"
 
 
 def load_captioner(model: str):

@@ -562,7 +562,9 @@ class GateConfig(Section):
 
 @dataclass(frozen=True)
 class RegisterConfig(Section):
-    model_name: str = "captioner"
+    # The registered model; "" = one per dataset (registered_name), so that a model of one
+    # dataset is never gated against the champion of another (a test set it was not scored on).
+    model_name: str = ""
     experiment: str = "captioning"
     # The test metric a challenger must beat the champion on to be promoted.
     promote_metric: PerImageScoreName = "CIDEr"
@@ -576,8 +578,19 @@ class RegisterConfig(Section):
     auto_promote: bool = True
     gate: GateConfig = field(default_factory=GateConfig)
 
+    def registered_name(self, source: str) -> str:
+        """``model_name`` if set; else ``captioner`` for the embedded shapes (the default run)
+        and ``captioner-<source>`` for every other fetch.source, e.g. ``captioner-coco2017``."""
+        if self.model_name:
+            return self.model_name
+        return "captioner" if source == "shapes" else f"captioner-{source}"
+
     def _checks(self, require: Require) -> None:
-        require(bool(self.model_name.strip()), "model_name", "a non-empty name")
+        require(
+            self.model_name == self.model_name.strip(),
+            "model_name",
+            '"" (one name per fetch.source) or a name without surrounding spaces',
+        )
         require(self.beam_size >= 1, "beam_size", ">= 1")
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -57,7 +58,6 @@ def captcha_repo(tmp_path_factory) -> tuple[Path, dict[str, str]]:
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "PYTHONPATH": str(root / "src"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         "OMP_WAIT_POLICY": "PASSIVE",
         "DVC_NO_ANALYTICS": "1",
         "GIT_AUTHOR_NAME": "t",
@@ -65,6 +65,7 @@ def captcha_repo(tmp_path_factory) -> tuple[Path, dict[str, str]]:
         "GIT_COMMITTER_NAME": "t",
         "GIT_COMMITTER_EMAIL": "t@t",
     }
+    env.pop("MLFLOW_TRACKING_URI", None)  # the project's own store: <root>/mlflow.db
     run(["git", "init", "-q"], root, env)
     run([sys.executable, "-m", "dvc", "init", "-q"], root, env)
     run(["git", "add", "-A"], root, env)
@@ -107,6 +108,10 @@ def test_answer_file_labels_and_registration(captcha_repo):
     assert registration["model_name"] == "captcha-reader"
     assert registration["metric"] == "test.beam.exact_match"
     assert "champion" in registration["aliases"]
+    # in the repository's one store (where `captioning predict` looks), not pipelines/captcha's
+    with sqlite3.connect(here.parents[1] / "mlflow.db") as db:
+        names = {name for (name,) in db.execute("SELECT name FROM registered_models")}
+    assert names == {"captcha-reader"} and not (here / "mlflow.db").exists()
 
 
 @pytest.mark.slow

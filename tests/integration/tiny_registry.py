@@ -92,7 +92,7 @@ def register(root: Path, model_dir: Path, cider: float, cfg: RegisterConfig | No
     return register_model(
         model_dir,
         metrics,
-        cfg or RegisterConfig(),
+        cfg or RegisterConfig(model_name="captioner"),  # the tiny layout is no fetch.source
         out_path=root / f"registration-{cider}.json",
         root=root,
         example_image=example,

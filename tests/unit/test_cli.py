@@ -117,24 +117,54 @@ def test_predict_non_image_exits_2_and_still_captions_the_rest(workspace, capsys
     assert line.split("\t")[0] == str(images[0]) and is_circles(line.split("\t")[1])
 
 
-def test_predict_from_registered_champion(workspace, capsys):
+def test_predict_from_registered_champion(workspace, capsys, monkeypatch):
+    """Without --model: the champion of the registered model of the project's params.yaml
+    (fetch.source coco2017: captioner-coco2017), in the project's one store (no
+    MLFLOW_TRACKING_URI), found from a subdirectory of the project too."""
     from captioning.registry.register import register_model
 
     root, model_dir, images = workspace
-    metrics = root / "metrics.json"
+    project = root / "project"
+    (project / ".dvc").mkdir(parents=True)
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    (project / "params.yaml").write_text("fetch:\n  source: coco2017\n")
+    (project / "reports").mkdir()
+    metrics = project / "reports" / "metrics.json"
     metrics.write_text(json.dumps({"test": {"beam": {"CIDEr": 0.1}}}))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.chdir(project)
     record = register_model(
-        model_dir, metrics, RegisterConfig(), out_path=root / "registered.json", root=root
+        model_dir, metrics, RegisterConfig(), out_path=project / "r.json", data_source="coco2017"
     )
+    assert record["model_name"] == "captioner-coco2017"
     assert record["aliases"] == ["challenger", "champion"]
+    assert (project / "mlflow.db").is_file() and (project / "mlartifacts").is_dir()
 
     assert main(["predict", str(images[1]), "--model", str(model_dir), "--scores"]) == 0
     from_dir, _ = capsys.readouterr()
-    code = main(["predict", str(images[1]), "--scores"])  # default: models:/captioner@champion
+    monkeypatch.chdir(project / "reports")
+    code = main(["predict", str(images[1]), "--scores"])  # models:/captioner-coco2017@champion
     from_registry, err = capsys.readouterr()
     assert code == 0, err
     assert from_registry == from_dir
     assert from_registry.startswith(f"{images[1]}\tcircle")
+    mlflow.set_tracking_uri(None)
+
+
+def test_registry_commands_read_the_nearest_pipelines_params(monkeypatch):
+    from captioning.registry.commands import registered_model
+
+    repo = Path(__file__).resolve().parents[2]
+    for cwd, name in (
+        (repo, "captioner"),
+        (repo / "src", "captioner"),
+        (repo / "pipelines" / "captcha", "captcha-reader"),
+        (repo / "pipelines" / "captcha" / "reports", "captcha-reader"),
+    ):
+        monkeypatch.chdir(cwd)
+        cfg, found = registered_model()
+        assert found == name, cwd
+    assert cfg.promote_metric == "exact_match"  # the reader's whole register section
 
 
 def test_unloadable_model_is_an_error_not_a_traceback(workspace, capsys):

@@ -11,6 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from captioning.config import RegisterConfig
 
 EXIT_REFUSED = 1
 
@@ -39,8 +43,14 @@ def add_registry_commands(commands: argparse._SubParsersAction) -> None:
     rollback.set_defaults(func=cmd_rollback)
 
     for action in (compare, promote, rollback):
-        action.add_argument("--params", type=Path, help="params.yaml (default: ./params.yaml)")
-        action.add_argument("--name", help="registered model name (default: register.model_name)")
+        action.add_argument(
+            "--params", type=Path, help="params.yaml (default: that of the nearest dvc.yaml)"
+        )
+        action.add_argument(
+            "--name",
+            help="registered model name (default: register.model_name, or if that is empty "
+            "captioner for shapes, captioner-<fetch.source> for other data)",
+        )
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -105,23 +115,32 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _with_registry(args: argparse.Namespace, run) -> int:
-    """Load the register params, point MLflow at the repo's store and run.
+    """Load the register params, point MLflow at the project's store and run.
 
     What cannot be done as asked raises a CaptioningError (a bad params file, no store, an
     unknown version, scores that cannot be compared); anything else is a bug with a traceback.
     """
     import mlflow
 
-    from captioning.config import RegisterConfig, load_params
     from captioning.registry.tracking import configure_mlflow
 
-    params_path = args.params or Path("params.yaml")
-    if args.params is None and not params_path.is_file():
-        cfg = RegisterConfig()
-    else:
-        cfg = load_params(params_path).register
+    cfg, name = registered_model(args.params)
     _require_store(configure_mlflow())
-    return run(mlflow.MlflowClient(), cfg, args.name or cfg.model_name)
+    return run(mlflow.MlflowClient(), cfg, args.name or name)
+
+
+def registered_model(params_path: Path | None = None) -> tuple[RegisterConfig, str]:
+    """The register section of ``params_path`` and the name it registers models under.
+
+    By default the params.yaml beside the nearest dvc.yaml at or above the cwd (so from
+    pipelines/captcha, the reader's), and the defaults where there is none.
+    """
+    from captioning.config import Params, load_params
+    from captioning.registry.tracking import pipeline_dir
+
+    path = params_path or pipeline_dir() / "params.yaml"
+    params = load_params(path) if params_path is not None or path.is_file() else Params()
+    return params.register, params.register.registered_name(params.fetch.source)
 
 
 def _require_store(tracking_uri: str) -> None:
@@ -135,7 +154,7 @@ def _require_store(tracking_uri: str) -> None:
     if not db.is_file():
         raise RegistryError(
             f"no MLflow store at {db}: nothing is registered there yet (the register stage "
-            "creates it); run from the repository or set MLFLOW_TRACKING_URI"
+            "creates it); run inside the project or set MLFLOW_TRACKING_URI"
         )
 
 

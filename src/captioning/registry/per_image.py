@@ -25,6 +25,10 @@ class NotComparable(CaptioningError, ValueError):
     """Two score sets that cannot be compared image by image."""
 
 
+class DifferentTestSets(NotComparable):
+    """Scores measured on other images, or on the same images with other references."""
+
+
 @dataclass(frozen=True)
 class ImageScores:
     """One model's score per test image, and the test set they were measured on."""
@@ -87,15 +91,15 @@ def paired_arrays(challenger: ImageScores, champion: ImageScores) -> tuple[np.nd
     a_ids, b_ids = set(challenger.scores), set(champion.scores)
     if a_ids != b_ids:
         common = len(a_ids & b_ids)
-        raise NotComparable(
-            f"not the same test images: {challenger.source} has {len(a_ids)}, "
-            f"{champion.source} has {len(b_ids)}, {common} in common"
+        raise DifferentTestSets(
+            f"different test sets: {challenger.source} was scored on {len(a_ids)} test images, "
+            f"{champion.source} on {len(b_ids)}, {common} in common"
         )
     if challenger.test_set != champion.test_set:
-        raise NotComparable(
-            f"same image ids but different references ({challenger.source} test set "
-            f"{challenger.test_set}, {champion.source} {champion.test_set}): per-image scores "
-            "are not comparable"
+        raise DifferentTestSets(
+            f"different test sets: the same {len(a_ids)} test images with different references "
+            f"({challenger.source} test set {challenger.test_set}, {champion.source} "
+            f"{champion.test_set})"
         )
     ids = sorted(a_ids)
     a = np.array([challenger.scores[i] for i in ids], dtype=np.float64)

@@ -37,7 +37,7 @@ from captioning.registry.tracking import (
     get_or_create_experiment,
     lineage_tags,
     locked_stages,
-    repo_root,
+    pipeline_dir,
 )
 
 logger = logging.getLogger(__name__)
@@ -85,9 +85,12 @@ def register_model(
     train_log: Path | None = None,
     data_source: str = "unknown",
 ) -> dict:
-    """Log, register as challenger, run the gate; write and return the decision record."""
+    """Log, register as challenger, run the gate; write and return the decision record.
+
+    The registered model is ``cfg.registered_name(data_source)``: one per dataset by default.
+    """
     model_dir, metrics_path = Path(model_dir), Path(metrics_path)
-    root = Path(root) if root is not None else repo_root()
+    root = Path(root) if root is not None else pipeline_dir()
     config = _read_json(model_dir / "config.json")
     metrics = numeric_metrics(_read_json(metrics_path))
     key = promote_key(cfg)
@@ -102,13 +105,14 @@ def register_model(
     encoder = _encoder_name(config)
     figures = sorted(Path(figures_dir).glob("*.png")) if figures_dir is not None else []
 
+    name = cfg.registered_name(data_source)
     configure_mlflow(root)
     experiment_id = get_or_create_experiment(cfg.experiment, root)
     lineage = lineage_tags(root, lineage_stages(root, decoder))
-    tags = {**lineage, "decoder": decoder, "encoder": encoder, "model_name": cfg.model_name}
+    tags = {**lineage, "decoder": decoder, "encoder": encoder, "model_name": name}
     card = render_model_card(
         CardInputs(
-            model_name=cfg.model_name,
+            model_name=name,
             decoder=decoder,
             encoder=encoder,
             config=config,
@@ -148,13 +152,13 @@ def register_model(
             version_tags["test_set.n_images"] = str(len(per_image))
         # The tags are written with the version, in one transaction: a version found by its
         # INPUTS_TAG is complete.
-        registered = mlflow.register_model(info.model_uri, cfg.model_name, tags=version_tags)
+        registered = mlflow.register_model(info.model_uri, name, tags=version_tags)
         return str(registered.version), run.info.run_id
 
     client = mlflow.MlflowClient()
     reports = [metrics_path, per_image_path, train_log, *figures]
     inputs = inputs_digest(cfg, model_dir, reports, example_image, data_source)
-    existing = registered_from(client, cfg.model_name, inputs)
+    existing = registered_from(client, name, inputs)
     if existing is None:
         version, run_id = log_and_register()
     else:
@@ -163,15 +167,15 @@ def register_model(
             "reusing version %s of %s: registered from these same inputs before "
             "(a re-run, e.g. of an interrupted registration)",
             version,
-            cfg.model_name,
+            name,
         )
     if existing is None or not (existing.description or "").startswith(card):
         # (a reused version keeps its description: the card and the registry log after it)
-        client.update_model_version(cfg.model_name, version, description=card)
-    client.set_registered_model_alias(cfg.model_name, CHALLENGER, version)
+        client.update_model_version(name, version, description=card)
+    client.set_registered_model_alias(name, CHALLENGER, version)
     decision = promote(
         client,
-        cfg.model_name,
+        name,
         version,
         cfg.gate,
         score_name,
@@ -180,9 +184,9 @@ def register_model(
     )
     client.set_tag(run_id, "promotion.decision", decision.decision)
 
-    aliases = client.get_model_version(cfg.model_name, version).aliases
+    aliases = client.get_model_version(name, version).aliases
     record = {
-        "model_name": cfg.model_name,
+        "model_name": name,
         "version": version,
         "run_id": run_id,
         "aliases": sorted(aliases),
@@ -207,7 +211,8 @@ def inputs_digest(
 ) -> str:
     """sha256 over what a registration records: every file of the model directory, the report
     files (a missing one counts as missing), the input example, the data source and the
-    register config, less the gate's settings (the gate runs again on a reused version)."""
+    register config, less the gate's settings (the gate runs again on a reused version), with
+    the name registered under rather than how it was spelled (``""`` or ``captioner``)."""
     digest = hashlib.sha256()
     model_files = sorted(p for p in Path(model_dir).rglob("*") if p.is_file())
     for path in model_files:
@@ -223,6 +228,7 @@ def inputs_digest(
         for k, v in flatten(cfg, "register.").items()
         if not k.startswith(("register.gate.", "register.auto_promote"))
     }
+    config["register.model_name"] = cfg.registered_name(data_source)
     digest.update(f"source:{data_source}".encode())
     digest.update(b"config:" + json.dumps(config, sort_keys=True, default=str).encode())
     return digest.hexdigest()

@@ -25,7 +25,13 @@ from mlflow.exceptions import MlflowException
 from captioning.config import GateConfig
 from captioning.errors import BadInputError, CaptioningError
 from captioning.registry.gate import BootstrapResult, paired_bootstrap
-from captioning.registry.per_image import ImageScores, NotComparable, paired_arrays, read_per_image
+from captioning.registry.per_image import (
+    DifferentTestSets,
+    ImageScores,
+    NotComparable,
+    paired_arrays,
+    read_per_image,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +173,12 @@ def compare(
             f"version {str(challenger.version)} is scored on {score_a}, "
             f"version {str(champion.version)} on {score_b}"
         )
-    x, y = paired_arrays(a, b)
+    try:
+        x, y = paired_arrays(a, b)
+    except DifferentTestSets as exc:
+        raise DifferentTestSets(
+            f"{exc}; {other_test_set_advice(str(challenger.version))}"
+        ) from None
     result = paired_bootstrap(
         x,
         y,
@@ -177,6 +188,16 @@ def compare(
         min_gain=gate.min_gain,
     )
     return Comparison(name, str(challenger.version), str(champion.version), score_a, result)
+
+
+def other_test_set_advice(version: str) -> str:
+    """What to do when a version's test set is not its champion's (the gate pairs images)."""
+    return (
+        "the gate compares only models scored on one test set: register a model of another "
+        'dataset under its own name (register.model_name: "" names it captioner-<fetch.source>), '
+        f"or, if this test set replaces the champion's on purpose, `captioning registry promote "
+        f"{version} --force --reason '<why>'`"
+    )
 
 
 def promote(

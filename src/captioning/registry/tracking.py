@@ -21,8 +21,9 @@ _FLOW_RUN_ENV_VARS = ("CAPTIONING_PREFECT_FLOW_RUN_ID", "PREFECT__FLOW_RUN_ID")
 _default_uri: str | None = None
 
 
-def repo_root(start: Path | None = None) -> Path:
-    """The nearest directory at or above ``start`` (default: cwd) holding dvc.yaml, else cwd."""
+def pipeline_dir(start: Path | None = None) -> Path:
+    """The nearest directory at or above ``start`` (default: cwd) holding dvc.yaml, else cwd:
+    the pipeline whose dvc.lock the lineage tags read."""
     here = Path(start or Path.cwd()).resolve()
     for candidate in (here, *here.parents):
         if (candidate / "dvc.yaml").is_file():
@@ -30,8 +31,35 @@ def repo_root(start: Path | None = None) -> Path:
     return Path.cwd().resolve()
 
 
-def configure_mlflow(root: Path | None = None) -> str:
-    """Point MLflow at ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<root>/mlflow.db``; return the URI."""
+def project_root(start: Path | None = None) -> Path:
+    """The DVC repository holding ``start`` (default: cwd): where the project's one MLflow store is.
+
+    The nearest directory at or above ``start`` with a ``.dvc/`` directory, so that every
+    pipeline of the repository (pipelines/captcha too) and every command run from a
+    subdirectory finds the same store. A path inside a ``.dvc/`` (the workspace of a queued or
+    ``--temp`` experiment, ``.dvc/tmp/exps/...``) belongs to the repository around it. Outside
+    any DVC repository: the nearest directory holding dvc.yaml, else ``start`` itself.
+    """
+    here = Path(start or Path.cwd()).resolve()
+    if ".dvc" in here.parts:
+        return Path(*here.parts[: here.parts.index(".dvc")])
+    for candidate in (here, *here.parents):
+        if (candidate / ".dvc").is_dir():
+            return candidate
+    for candidate in (here, *here.parents):
+        if (candidate / "dvc.yaml").is_file():
+            return candidate
+    return here
+
+
+def default_tracking_uri(start: Path | None = None) -> str:
+    """``sqlite:///<project root>/mlflow.db`` (artifacts beside it, ``artifact_location``)."""
+    return f"sqlite:///{project_root(start) / 'mlflow.db'}"
+
+
+def configure_mlflow(start: Path | None = None) -> str:
+    """Point MLflow at ``$MLFLOW_TRACKING_URI``, else at the store of the project holding
+    ``start`` (default: cwd; ``default_tracking_uri``); return the URI."""
     import mlflow
 
     global _default_uri
@@ -40,10 +68,9 @@ def configure_mlflow(root: Path | None = None) -> str:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     # mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI: a value we set ourselves is not
-    # the user's choice, so another root later in the same process still gets its own store.
+    # the user's choice, so another project later in the same process still gets its own store.
     if not uri or uri == _default_uri:
-        root = Path(root or repo_root()).resolve()
-        uri = _default_uri = f"sqlite:///{root / 'mlflow.db'}"
+        uri = _default_uri = default_tracking_uri(start)
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -60,11 +87,11 @@ def artifact_location(tracking_uri: str) -> str | None:
     return (db_path.parent / "mlartifacts").resolve().as_uri()
 
 
-def get_or_create_experiment(name: str, root: Path | None = None) -> str:
+def get_or_create_experiment(name: str, start: Path | None = None) -> str:
     """The id of experiment ``name``, created with a local artifact location if needed."""
     import mlflow
 
-    uri = configure_mlflow(root)
+    uri = configure_mlflow(start)
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:

@@ -22,7 +22,7 @@ from captioning.registry.tracking import (
     configure_mlflow,
     get_or_create_experiment,
     lineage_tags,
-    repo_root,
+    pipeline_dir,
 )
 from captioning.training.fine_tune import EncodedImages
 from captioning.training.loop import TrainResult, train_decoder
@@ -66,7 +66,7 @@ def train_tracked(
     if int(os.environ.get("RANK", "0")) != 0:
         # Under torchrun only rank 0 records the run and writes the outputs.
         return train()
-    root = repo_root()
+    root = pipeline_dir()
     configure_mlflow(root)
     experiment_id = get_or_create_experiment(params.register.experiment, root)
     tags = {**lineage_tags(root, UPSTREAM_STAGES), "stage": "train", "decoder": decoder}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from captioning.registry.per_image import NotComparable, paired_arrays, read_per_image
+from captioning.registry.per_image import DifferentTestSets, paired_arrays, read_per_image
 
 
 def write(path: Path, scores: dict[int, float], refs: str = "a red circle") -> Path:
@@ -30,10 +30,12 @@ def test_pairs_by_image_id_whatever_the_order(tmp_path: Path):
 def test_other_images_or_references_are_not_comparable(tmp_path: Path):
     a = read_per_image(write(tmp_path / "a.json", {1: 0.1, 2: 0.2}), "beam", "CIDEr")
     fewer = read_per_image(write(tmp_path / "b.json", {1: 0.1}), "beam", "CIDEr")
-    with pytest.raises(NotComparable, match=r"not the same test images: .* has 2, .* has 1, 1 in"):
+    with pytest.raises(
+        DifferentTestSets, match=r"different test sets: .* scored on 2 test images, .* on 1, 1 in"
+    ):
         paired_arrays(a, fewer)
     other = read_per_image(write(tmp_path / "c.json", {1: 0.1, 2: 0.2}, "x"), "beam", "CIDEr")
-    with pytest.raises(NotComparable, match="different references"):
+    with pytest.raises(DifferentTestSets, match="the same 2 test images with different references"):
         paired_arrays(a, other)
 
 

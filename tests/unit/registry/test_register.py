@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -335,14 +336,7 @@ def test_registering_the_same_inputs_again_reuses_the_version(registry):
     """A re-run of the stage (e.g. after it was killed past creating the version) registers
     nothing new; other inputs (here another metrics file) do get a version of their own."""
     root, (_, second, third) = registry
-    reports = root / "reports" / "b"
-    paths = {
-        "model_dir": root / "models" / "b",
-        "metrics_path": reports / "metrics.json",
-        "per_image_path": reports / "per_image.json",
-        "figures_dir": reports / "attention",
-        "train_log": reports / "train_log.csv",
-    }
+    paths = registered_paths(root, "b")
     client = mlflow.MlflowClient()
     before = len(client.search_model_versions("name = 'captioner'"))
     again = register_model(
@@ -369,5 +363,86 @@ def test_registering_the_same_inputs_again_reuses_the_version(registry):
     assert str(champion.version) == third["version"]
 
 
+def registered_paths(root: Path, decoder: str) -> dict[str, Path]:
+    """The register_model paths of a model the fixture registered (as make_model gave them)."""
+    reports = root / "reports" / decoder
+    return {
+        "model_dir": root / "models" / decoder,
+        "metrics_path": reports / "metrics.json",
+        "per_image_path": reports / "per_image.json",
+        "figures_dir": reports / "attention",
+        "train_log": reports / "train_log.csv",
+    }
+
+
 def tmp_out(root: Path) -> Path:
     return root / "reports" / "b" / "registration-again.json"
+
+
+def test_registered_name_is_one_per_dataset_unless_set():
+    from captioning.config import load_params
+
+    default = RegisterConfig()
+    assert default.model_name == ""
+    assert default.registered_name("shapes") == "captioner"
+    assert default.registered_name("coco2017") == "captioner-coco2017"
+    assert default.registered_name("flickr8k") == "captioner-flickr8k"
+    assert RegisterConfig(model_name="mine").registered_name("coco2017") == "mine"
+    repo = Path(__file__).resolve().parents[3]
+    for params, name in (
+        (repo / "params.yaml", "captioner"),
+        (repo / "pipelines/captcha/params.yaml", "captcha-reader"),
+    ):
+        loaded = load_params(params)
+        assert loaded.register.registered_name(loaded.fetch.source) == name
+
+
+def test_a_coco_model_does_not_meet_the_shapes_champion(tmp_path, monkeypatch):
+    """With register.model_name "" (the default), a COCO model, scored on another test set,
+    starts its own line (captioner-coco2017) instead of being refused by the shapes champion."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setitem(sys.modules, "captioning.inference", fake_inference_module())
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    write_store_root(tmp_path)
+    cfg = RegisterConfig(beam_size=2)
+    shapes = make_model(tmp_path, "a", champion_scores())
+    coco = make_model(tmp_path, "b", champion_scores(N_IMAGES // 2), references=("a dog",))
+    records = [
+        register_model(**paths, cfg=cfg, out_path=tmp_path / f"{source}.json", data_source=source)
+        for source, paths in (("shapes", shapes), ("coco2017", coco))
+    ]
+    assert [(r["model_name"], r["decision"]) for r in records] == [
+        ("captioner", "promoted"),
+        ("captioner-coco2017", "promoted"),
+    ]
+    client = mlflow.MlflowClient()
+    assert client.get_model_version_by_alias("captioner", "champion").version == 1
+    champion = client.get_model_version_by_alias("captioner-coco2017", "champion")
+    assert champion.tags["model_name"] == "captioner-coco2017"
+    assert champion.description.startswith("# captioner-coco2017: b decoder")
+
+    # Under one name (set by hand) the gate refuses, and says why and what to do.
+    same_name = register_model(
+        **coco,
+        cfg=RegisterConfig(model_name="captioner", beam_size=2),
+        out_path=tmp_path / "same-name.json",
+        data_source="coco2017",
+    )
+    assert same_name["decision"] == "refused"
+    reason = same_name["reason"]
+    assert "different test sets: version 2 was scored on 20 test images, version 1 on 40" in reason
+    assert "registry promote 2 --force" in reason
+    mlflow.set_tracking_uri(None)
+
+
+def test_the_default_name_spelled_out_registers_nothing_new(registry):
+    """model_name "" and "captioner" name the same model on shapes: a re-run after params.yaml
+    changed from one to the other reuses the version."""
+    root, (first, _, _) = registry
+    paths = registered_paths(root, "a")
+    example = jpeg_bytes((200, 30, 30))
+    for cfg in (CFG, replace(CFG, model_name="")):
+        again = register_model(
+            **paths, cfg=cfg, out_path=tmp_out(root), example_image=example, data_source="shapes"
+        )
+        assert again["version"] == first["version"] and again["model_name"] == "captioner"

@@ -47,7 +47,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ]
         for name, scores, cfg, extra in models:
             paths = make_model(root, name, scores, **extra)
-            record = register_model(**paths, cfg=cfg, out_path=root / f"{name}.json", root=root)
+            out = root / f"{name}.json"
+            # cfg.model_name "": the shapes run's name, "captioner", as the CLI finds it below
+            record = register_model(**paths, cfg=cfg, out_path=out, root=root, data_source="shapes")
             assert record["decision"] == ("promoted" if name == "a" else "pending review")
         mlflow.set_tracking_uri(None)
     return root
@@ -104,7 +106,7 @@ def test_promoting_a_worse_version_is_refused_with_the_numbers(registry, capsys)
 
 def test_promoting_a_better_version_moves_champion(registry, capsys):
     assert main(["registry", "promote"]) == 1  # default: the challenger, v4 (other test set)
-    assert "not comparable" in capsys.readouterr().out
+    assert "different test sets" in capsys.readouterr().out
     assert main(["registry", "promote", "3"]) == 0
     out = capsys.readouterr().out
     assert "version 3: promoted" in out and "champion: 1 -> 3" in out
@@ -116,12 +118,17 @@ def test_promoting_a_better_version_moves_champion(registry, capsys):
     assert "already champion" in capsys.readouterr().out
 
 
-def test_other_test_set_is_refused(registry, capsys, caplog):
+def test_other_test_set_is_refused_in_one_line_that_says_what_to_do(registry, capsys, caplog):
     assert main(["registry", "promote", "4"]) == 1
-    out = capsys.readouterr().out
-    assert "cannot compare" in out and "different references" in out
+    (line,) = capsys.readouterr().out.splitlines()  # no bootstrap table: nothing was compared
+    assert line.startswith("captioner version 4: refused (vs champion 1: cannot compare: ")
+    assert "different test sets: the same 40 test images with different references" in line
+    assert 'register.model_name: "" names it captioner-<fetch.source>' in line
+    assert "`captioning registry promote 4 --force --reason '<why>'`" in line
     assert main(["registry", "compare", "4", "1"]) == 2
-    assert "different references" in caplog.text
+    (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "different test sets" in error and "\n" not in error
+    assert "registry promote 4 --force" in error
     assert champion(registry) == "1"
 
 

@@ -14,7 +14,8 @@ from captioning.registry.tracking import (
     configure_mlflow,
     get_or_create_experiment,
     lineage_tags,
-    repo_root,
+    pipeline_dir,
+    project_root,
     stage_tag,
 )
 
@@ -151,15 +152,60 @@ def test_lineage_tags_with_garbage_dvc_lock(tmp_path: Path):
     assert lineage_tags(tmp_path, ["fetch"])["dvc.fetch.outs"] == "missing"
 
 
-def test_repo_root_finds_dvc_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_pipeline_dir_finds_dvc_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     deep = tmp_path / "a" / "b"
     deep.mkdir(parents=True)
-    assert repo_root(deep) == tmp_path.resolve()
+    assert pipeline_dir(deep) == tmp_path.resolve()
     elsewhere = tmp_path.parent / f"{tmp_path.name}-no-dvc"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    assert repo_root(elsewhere) == elsewhere.resolve()
+    assert pipeline_dir(elsewhere) == elsewhere.resolve()
+
+
+def _project(root: Path) -> Path:
+    """A DVC repository with a pipeline of its own in pipelines/captcha (its own dvc.yaml)."""
+    (root / ".dvc").mkdir(parents=True)
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    (root / "pipelines" / "captcha" / "reports").mkdir(parents=True)
+    (root / "pipelines" / "captcha" / "dvc.yaml").write_text("stages: {}\n")
+    return root.resolve()
+
+
+def test_project_root_is_the_dvc_repository_not_the_nearest_pipeline(tmp_path: Path):
+    root = _project(tmp_path / "project")
+    captcha = root / "pipelines" / "captcha"
+    for start in (root, root / "pipelines", captcha, captcha / "reports"):
+        assert project_root(start) == root, start
+    assert pipeline_dir(captcha / "reports") == captcha  # the lineage still reads its dvc.lock
+
+
+def test_project_root_of_an_experiment_workspace_inside_dvc_tmp(tmp_path: Path):
+    root = _project(tmp_path / "project")
+    # `dvc exp run --temp` and queued experiments run in a copy of the repository here.
+    copy = _project(root / ".dvc" / "tmp" / "exps" / "tmpab12cd")
+    assert project_root(copy / "pipelines" / "captcha") == root
+
+
+def test_project_root_without_dvc(tmp_path: Path):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "sub").mkdir()
+    assert project_root(tmp_path / "sub") == tmp_path.resolve()
+    bare = tmp_path.parent / f"{tmp_path.name}-bare"
+    bare.mkdir()
+    assert project_root(bare) == bare.resolve()
+
+
+def test_one_store_from_every_directory_of_the_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    root = _project(tmp_path / "project")
+    store = f"sqlite:///{root}/mlflow.db"
+    for cwd in (root, root / "pipelines" / "captcha", root / "pipelines" / "captcha" / "reports"):
+        monkeypatch.chdir(cwd)
+        assert configure_mlflow() == store, cwd
+    assert artifact_location(store) == (root / "mlartifacts").as_uri()
 
 
 def test_configure_mlflow_default_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
