@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from captioning.decoding.search import Hypothesis
 from captioning.evaluation import attention_figures, choose_task, evaluate_model
 from captioning.evaluation.captions import CaptionTask, WordTask
 from captioning.evaluation.reader import ReaderTask
-from captioning.features.cache import extract_features
+from captioning.features.cache import FeatureCache, FeatureRows, extract_features
 from captioning.training.loop import train_decoder
 from captioning.training.sources import CachedFeatures
 
@@ -275,3 +276,35 @@ def test_stage_without_java_fails_in_one_line_before_decoding(workspace, tmp_pat
     assert "no `java` is on PATH: install a JRE" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "report").exists()
+
+
+def test_the_split_is_read_a_batch_at_a_time(workspace, tmp_path, monkeypatch):
+    """The test split's features are read per batch (COCO's need not fit in RAM), never whole,
+    and the captions do not depend on the batch size."""
+    cfg = EvaluateConfig(beam_size=2, max_length=4, n_best=1, task="word", n_gallery=1)
+    whole = tmp_path / "whole"
+    evaluate_model(workspace / "model", workspace / "features", workspace / "shards", whole, cfg)
+
+    def refuse(self, as_tensor=False):
+        raise AssertionError(f"the {self.split} split was loaded whole")
+
+    reads: list[list[int]] = []
+    read = FeatureRows.__getitem__
+    monkeypatch.setattr(FeatureCache, "load_in_memory", refuse)
+    monkeypatch.setattr(
+        FeatureRows, "__getitem__", lambda s, i: reads.append(list(i)) or read(s, i)
+    )
+    batched = tmp_path / "batched"
+    small = dataclasses.replace(cfg, batch_size=3)
+    evaluate_model(
+        workspace / "model", workspace / "features", workspace / "shards", batched, small
+    )
+    assert reads == [[0, 1, 2], [3]]  # the 4 test images, 3 at a time
+    captions = [
+        {
+            e["image_id"]: e["greedy"]["caption"]
+            for e in json.loads((out / "per_image.json").read_text())
+        }
+        for out in (whole, batched)
+    ]
+    assert captions[0] == captions[1]

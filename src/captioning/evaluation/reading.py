@@ -19,8 +19,9 @@ from captioning.data.shards import iter_samples
 from captioning.data.vocab import Vocab
 from captioning.decoding.limits import check_decoding
 from captioning.decoding.search import Hypothesis, beam_search_n_best, greedy_search
+from captioning.devices import pin_memory
 from captioning.errors import BadInputError
-from captioning.features.cache import FeatureCache, encode_split
+from captioning.features.cache import FeatureCache, FeatureRows, encode_split
 from captioning.features.encoding import ENCODER_WEIGHTS_FILE, encoder_for_model
 from captioning.io import write_text
 from captioning.viz.attention import plot_attention
@@ -59,8 +60,10 @@ class SplitReading:
 def read_split(
     decoder, vocab: Vocab, cache: FeatureCache, cfg: EvaluateConfig, split: str
 ) -> SplitReading:
-    features = torch.from_numpy(cache.load_in_memory())
-    hypotheses = _decode_all(decoder, vocab, features, cfg, desc=split)
+    # Read a batch at a time: the split's features need not fit in RAM (COCO's test split with
+    # ResNet-101's 14x14x2048 is 4 GB).
+    pin = pin_memory(next(decoder.parameters()).device)
+    hypotheses = _decode_all(decoder, vocab, FeatureRows(cache, pin=pin), cfg, desc=split)
     return SplitReading(
         split=split,
         image_ids=list(cache.image_ids),
@@ -96,7 +99,7 @@ def split_features(
 
 
 def _decode_all(
-    decoder, vocab: Vocab, features: torch.Tensor, cfg: EvaluateConfig, desc: str
+    decoder, vocab: Vocab, features: FeatureRows, cfg: EvaluateConfig, desc: str
 ) -> dict[str, list[list[Hypothesis]]]:
     """Greedy (one hypothesis each) and beam n-best for every image, batch by batch."""
     out: dict[str, list[list[Hypothesis]]] = {"greedy": [], "beam": []}
@@ -114,7 +117,8 @@ def _decode_all(
     for start in tqdm(
         range(0, len(features), cfg.batch_size), desc=desc, unit="batch", mininterval=5
     ):
-        batch = features[start : start + cfg.batch_size].to(device).float()
+        rows = range(start, min(start + cfg.batch_size, len(features)))
+        batch = features[rows].to(device, non_blocking=True).float()
         out["greedy"].extend([h] for h in greedy_search(decoder, batch, **ids, **lengths))
         out["beam"].extend(
             beam_search_n_best(

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from captioning.config import TrainConfig, to_dict
+from captioning.config import EXECUTION_SETTINGS, TrainConfig, to_dict
 from captioning.data.vocab import Vocab
 from captioning.devices import autocast
 from captioning.models import Decoder, build_decoder
@@ -57,8 +57,12 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 StepCallback = Callable[[int, dict[str, float]], None]
 
 # Fields of TrainConfig that do not change the weights: kept out of the resume hash and the
-# model's config.json (adding a decoder to the DAG must not restart the others).
-_NOT_IN_RUN_CONFIG = ("decoders", "checkpoint_every_steps", "log_every_steps")
+# model's config.json (adding a decoder to the DAG must not restart the others), with the
+# train section's execution settings.
+_NOT_IN_RUN_CONFIG = (
+    "decoders",
+    *(key.removeprefix("train.") for key in EXECUTION_SETTINGS if key.startswith("train.")),
+)
 
 
 @dataclass
