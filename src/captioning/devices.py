@@ -24,12 +24,25 @@ def choose_device(preferred: str = "auto") -> torch.device:
     return device
 
 
-def autocast(device: torch.device) -> AbstractContextManager:
-    """Mixed precision on CUDA (bf16 where supported, else fp16); a no-op elsewhere."""
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast runs in on ``device``: bf16 on a CUDA GPU with bf16 arithmetic
+    (compute capability 8.0+), fp16 on an older one, None (fp32, no autocast) elsewhere.
+
+    bf16 that torch only emulates (a T4, an RTX 20xx: ``is_bf16_supported()``'s default
+    answer is yes there) is slow and lacks cuDNN convolutions, so those GPUs get fp16, with
+    loss scaling in training."""
     if device.type != "cuda":
+        return None
+    native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if native_bf16 else torch.float16
+
+
+def autocast(device: torch.device) -> AbstractContextManager:
+    """Mixed precision on CUDA in ``autocast_dtype(device)``; a no-op elsewhere."""
+    dtype = autocast_dtype(device)
+    if dtype is None:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def pin_memory(device: torch.device) -> bool:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from captioning.config import EXECUTION_SETTINGS, TrainConfig, to_dict
 from captioning.data.vocab import Vocab
-from captioning.devices import autocast
+from captioning.devices import autocast, autocast_dtype
 from captioning.models import Decoder, build_decoder
 from captioning.models.saved import save_model
 from captioning.training.batches import images_per_batch
@@ -282,9 +282,9 @@ def out_of_time(started: float, epoch_seconds: float, max_minutes: float) -> boo
 
 
 def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
-    """Loss scaling where autocast runs in float16 (CUDA without bf16); bf16 has fp32's range
-    and needs none, and the CPU trains in fp32."""
-    float16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    """Loss scaling where autocast runs in float16 (a CUDA GPU without native bf16); bf16 has
+    fp32's range and needs none, and the CPU trains in fp32."""
+    float16 = autocast_dtype(device) == torch.float16
     return torch.amp.GradScaler(device.type, enabled=float16)
 
 
