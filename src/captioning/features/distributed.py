@@ -36,15 +36,35 @@ log = logging.getLogger(__name__)
 ShardFunction = Callable[[str, Sequence[Shard], Shard, FeaturesConfig, "int | None"], int]
 
 
+def worker_device() -> torch.device:
+    """This Dask worker's device: on a machine with several GPUs, LocalCluster worker ``i``
+    (workers are named 0..n-1) takes ``cuda:i mod count``, so ``features.dask_workers`` set to
+    the GPU count puts one worker on each. A worker with another name (a cluster started by
+    hand) takes ``cuda:0`` of what it sees: start each with its own CUDA_VISIBLE_DEVICES."""
+    device = choose_device("auto")
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if count < 2:
+        return device
+    from distributed import get_worker
+
+    name = get_worker().name
+    if not isinstance(name, int):
+        log.warning(
+            "Dask worker %r: not a LocalCluster index, using cuda:0 of %d GPUs", name, count
+        )
+        name = 0
+    device = torch.device("cuda", name % count)
+    torch.cuda.set_device(device)  # autocast's bf16 check and cuDNN follow the current device
+    return device
+
+
 @functools.lru_cache(maxsize=2)
 def _worker_encoder(
     name: str, pretrained: bool, weights_path: str | None, seed: int | None
 ) -> torch.nn.Module:
     """One encoder per worker process, kept for every shard the worker is given."""
     spec = get_encoder_spec(name)
-    return load_encoder(
-        spec, pretrained, choose_device("auto"), weights_path=weights_path, seed=seed
-    )
+    return load_encoder(spec, pretrained, worker_device(), weights_path=weights_path, seed=seed)
 
 
 def encode_one_shard(
@@ -61,7 +81,7 @@ def encode_one_shard(
     writer = _SplitWriter(Path(work_dir), shard.split, split_shards, spec)
     if writer.is_done(shard):
         return 0
-    device = choose_device("auto")
+    device = worker_device()
     model = _worker_encoder(cfg.encoder, cfg.pretrained, cfg.weights_path, seed)
     # One process per worker: its own DataLoader workers would only compete for the cores.
     loader = extraction_loader(
