@@ -299,3 +299,19 @@ def test_a_bad_recipe_fails_the_run_naming_the_recipe_before_anything(flows, toy
     assert state.message.startswith("recipes/bad.yaml: unknown key 'train.epoch'; expected one of")
     assert (toy_repo / "params.yaml").read_text() == before
     assert not (toy_repo / "raw.txt").exists()
+
+
+def test_every_deployment_passes_parameters_the_flow_takes(flows):
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools import validate
+
+    schema = parameter_schema(flows.captioning_pipeline.fn).model_dump_for_openapi()
+    deployments = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    assert {d["name"] for d in deployments} >= {"default", "coco2017"}
+    for deployment in deployments:
+        parameters = deployment["parameters"]
+        assert deployment["entrypoint"] == "flows/pipeline.py:captioning_pipeline"
+        assert set(parameters) <= set(schema["properties"]), deployment["name"]
+        validate(parameters, schema, raise_on_error=True, ignore_required=True)
+        if "recipe" in parameters:
+            assert (REPO / parameters["recipe"]).is_file(), deployment["name"]
