@@ -66,14 +66,16 @@ def captioning_pipeline(
     overrides: dict[str, Any] | None = None,
     targets: list[str] | None = None,
     repo: str = str(REPO),
+    recipe: str | None = None,
 ):
     """Run the DVC stages up to ``targets`` (default: all) with these parameters.
 
-    dataset, encoder and decoder set fetch.source, features.encoder and train.decoders (with a
-    foreach train stage, decoder is added to train.decoders if missing and picks its variants);
-    ``overrides`` sets any other params.yaml keys, e.g. {"train.epochs": 30} or
-    {"train.decoders": ["nic", "soft_attention"]}. Returns each stage's outcome: "ran" or
-    "skipped".
+    ``recipe``: a recipe file relative to the repo (recipes/coco2017.yaml), its dotted keys
+    written first; dataset, encoder and decoder set fetch.source, features.encoder and
+    train.decoders (with a foreach train stage, decoder is added to train.decoders if missing
+    and picks its variants); ``overrides`` sets any other params.yaml keys, e.g.
+    {"train.epochs": 30} or {"train.decoders": ["nic", "soft_attention"]}. Overrides and
+    shorthands win over the recipe. Returns each stage's outcome: "ran" or "skipped".
     """
     logger = get_run_logger()
     root = Path(repo)
@@ -83,9 +85,12 @@ def captioning_pipeline(
     failure = None
     try:
         pipeline = orchestration.pipeline_of(root, targets or ())
+        keys = orchestration.read_recipe(root / recipe) if recipe else {}
         params = orchestration.run_params(
-            pipeline, overrides, dataset=dataset, encoder=encoder, decoder=decoder
+            pipeline, overrides, recipe=keys, dataset=dataset, encoder=encoder, decoder=decoder
         )
+        if recipe:  # its own errors name the recipe file
+            orchestration.check_layers(pipeline.params_file, [(recipe, keys)])
         changes = orchestration.apply_params(pipeline.params_file, params)  # validated first
         # Planned from the params just written: train.decoders decides the foreach stages.
         plan = orchestration.plan_stages(root, targets or (), decoder)

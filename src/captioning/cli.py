@@ -3,6 +3,10 @@
 ``captioning predict IMAGE... [--model URI|DIR] [--beam 3] [--attention out.png]`` prints one
 ``file<TAB>caption`` line per image (JPEG or PNG; grayscale, RGBA, CMYK and EXIF-rotated
 images are converted as everywhere else in the pipeline).
+
+``captioning params apply RECIPE [--set KEY=VALUE ...] [--params PATH]`` writes a recipe
+(recipes/coco2017.yaml) into params.yaml, validated first, and prints each change and the
+``dvc exp run -S ...`` that sets the same keys. ``captioning registry ...``: the registry.
 """
 
 from __future__ import annotations
@@ -55,7 +59,35 @@ def build_parser() -> argparse.ArgumentParser:
     from captioning.registry.commands import add_registry_commands
 
     add_registry_commands(commands)
+    add_params_commands(commands)
     return parser
+
+
+def add_params_commands(commands: argparse._SubParsersAction) -> None:
+    params = commands.add_parser("params", help="write a recipe of params into params.yaml")
+    actions = params.add_subparsers(dest="params_command", required=True)
+    apply = actions.add_parser(
+        "apply",
+        help="validate a recipe (dotted params.yaml keys, e.g. recipes/coco2017.yaml) and write "
+        "it into params.yaml, comments kept",
+    )
+    apply.add_argument("recipe", type=Path, metavar="RECIPE")
+    apply.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a key on top of the recipe, its value read as YAML as `dvc exp run -S` reads it "
+        "(repeatable)",
+    )
+    apply.add_argument(
+        "--params",
+        type=Path,
+        help="params.yaml to write (default: the one beside the nearest dvc.yaml, else the "
+        "working directory's)",
+    )
+    apply.set_defaults(func=cmd_params_apply)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +98,25 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     runtime.setup(logging.INFO if args.verbose else logging.WARNING)
     return runtime.exit_status(lambda: args.func(args))
+
+
+def cmd_params_apply(args: argparse.Namespace) -> int:
+    """One line per changed key, then the `dvc exp run` that sets the same keys."""
+    import shlex
+
+    from captioning import orchestration
+    from captioning.registry.tracking import pipeline_dir
+
+    params_path = args.params or pipeline_dir() / "params.yaml"
+    overrides = orchestration.parse_set(args.sets)
+    keys, changes = orchestration.apply_recipe(params_path, args.recipe, overrides)
+    for change in changes:
+        print(f"{params_path}: {change.key}: {change.old!r} -> {change.new!r}")
+    if not changes:
+        print(f"{params_path}: unchanged (already as {args.recipe} sets it)")
+    command = shlex.join(["dvc", "exp", "run", *orchestration.dvc_set_args(keys)])
+    print(f"same as: {command}")
+    return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -167,20 +167,24 @@ def run_params(
     pipeline: Pipeline,
     overrides: Mapping[str, Any] | None = None,
     *,
+    recipe: Mapping[str, Any] | None = None,
     dataset: str | None = None,
     encoder: str | None = None,
     decoder: str | None = None,
 ) -> dict[str, Any]:
-    """The keys a run writes into ``pipeline.params_file``: ``overrides`` plus the shorthands.
+    """The keys a run writes into ``pipeline.params_file``: ``recipe`` (``read_recipe``), then
+    ``overrides`` and the shorthands, which win over it.
 
     With a foreach ``train`` stage, ``decoder`` must be in an override of ``train.decoders``;
-    without one, a decoder that has no stages yet is added to the params file's
-    ``train.decoders``, so that its stages exist once the params are written. Without a
+    without one, a decoder that has no stages yet is added to ``train.decoders`` (the recipe's,
+    else the params file's), so that its stages exist once the params are written. Without a
     foreach, ``decoder`` sets ``train.decoders`` to ``[decoder]``.
     """
+    recipe = dict(recipe or {})
     variants = pipeline.decoders if decoder else frozenset()
     if not variants:
-        return run_overrides(overrides, dataset=dataset, encoder=encoder, decoder=decoder)
+        named = run_overrides(overrides, dataset=dataset, encoder=encoder, decoder=decoder)
+        return {**recipe, **named}
     params = run_overrides(overrides, dataset=dataset, encoder=encoder)
     key = NAMED_PARAMS["decoder"]
     if key in params:
@@ -188,14 +192,17 @@ def run_params(
             raise ConfigError(
                 f"parameter decoder={decoder!r} is not in override {key}={params[key]!r}"
             )
-        return params
-    if decoder in variants:
-        return params
-    current = _get_dotted(_read_yaml(pipeline.params_file), key)
+        return {**recipe, **params}
+    if key in recipe:
+        current = recipe[key]
+    elif decoder in variants:
+        return {**recipe, **params}
+    else:
+        current = _get_dotted(_read_yaml(pipeline.params_file), key)
     decoders = list(current) if isinstance(current, list) else []
     if decoder not in decoders:
         params[key] = [*decoders, decoder]
-    return params
+    return {**recipe, **params}
 
 
 def run_overrides(
@@ -254,6 +261,97 @@ def apply_params(params_path: Path, overrides: Mapping[str, Any]) -> list[ParamC
                 _set_dotted(data, change.key, change.new, params_path)
         logger.info("%s: %s", params_path, ", ".join(f"{c.key}={c.new!r}" for c in changes))
     return changes
+
+
+# A dotted params.yaml key below a section, `train.model.hidden_dim` (a whole section would
+# replace every key of it that is left out).
+_DOTTED_KEY = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
+
+
+def read_recipe(path: Path) -> dict[str, Any]:
+    """A recipe file (recipes/coco2017.yaml): a YAML mapping of dotted params.yaml keys to values.
+
+    Only its form is checked here (one line naming the file and the key); its keys and values
+    are checked against params.yaml by ``check_layers``.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: recipe file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: byte {exc.start} is not UTF-8; expected a YAML file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "cannot parse"
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of dotted params.yaml keys (train.epochs: 20), "
+            f"found {type(raw).__name__}"
+        )
+    for key in raw:
+        if not isinstance(key, str) or not _DOTTED_KEY.fullmatch(key):
+            raise ConfigError(
+                f"{path}: key {key!r}: expected a dotted params.yaml key like 'train.epochs'"
+            )
+    return raw
+
+
+def parse_set(assignments: Iterable[str], source: str = "--set") -> dict[str, Any]:
+    """``["train.epochs=1", "train.decoders=[nic]"]`` -> dotted keys and values, each value
+    read as YAML (as ``dvc exp run -S`` reads it): ``1`` an int, ``false`` a bool."""
+    overrides: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not _DOTTED_KEY.fullmatch(key):
+            raise ConfigError(f"{source} {assignment!r}: expected KEY=VALUE, e.g. train.epochs=1")
+        try:
+            overrides[key] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or "cannot parse"
+            raise ConfigError(
+                f"{source} {assignment!r}: value is not valid YAML: {problem}"
+            ) from None
+    return overrides
+
+
+def check_layers(params_path: Path, layers: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    """params.yaml, then with each layer of overrides added in turn, must validate.
+
+    A layer is (its source, its dotted keys): a recipe file, ``--set``. Each error names the
+    source that brought it (``recipes/coco2017.yaml: unknown key 'train.epoch'``), not the
+    params.yaml the keys would be written to; params.yaml itself is checked first.
+    """
+    params_path = Path(params_path)
+    if not params_path.is_file():
+        raise ConfigError(f"{params_path}: params file not found")
+    proposed = _read_yaml(params_path)
+    from_dict(Params, proposed, path=params_path, prefix="")
+    for source, overrides in layers:
+        for key, value in overrides.items():
+            _set_dotted(proposed, key, copy.deepcopy(value), Path(source))
+        from_dict(Params, proposed, path=source, prefix="")
+
+
+def apply_recipe(
+    params_path: Path,
+    recipe_path: Path,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Any], list[ParamChange]]:
+    """Write a recipe, and ``overrides`` (``--set``, winning over it), into params.yaml.
+
+    Checked first, layer by layer (``check_layers``): nothing is written unless all of it is
+    valid. Returns every key set (for ``dvc_set_args``) and the changes made.
+    """
+    recipe = read_recipe(recipe_path)
+    overrides = dict(overrides or {})
+    check_layers(params_path, [(str(recipe_path), recipe), ("--set", overrides)])
+    keys = {**recipe, **overrides}
+    return keys, apply_params(params_path, keys)
 
 
 def _read_yaml(path: Path) -> dict:

@@ -118,6 +118,25 @@ def test_run_params_add_a_new_decoder_then_the_plan_has_its_stages(tmp_path):
         run_params(pipeline, chosen, decoder="hard_attention")
 
 
+def test_run_params_take_a_recipe_under_the_overrides_and_shorthands(tmp_path):
+    root = make_toy_repo(tmp_path / "decoders", TOY_DECODERS_DVC)  # decoders: [soft_attention]
+    pipeline = orchestration.pipeline_of(root, ["evaluate"])
+    recipe = {"train.epochs": 20, "fetch.source": "coco2017", "train.decoders": ["nic"]}
+    assert run_params(pipeline, {"train.epochs": 1}, recipe=recipe, dataset="flickr8k") == {
+        "train.epochs": 1,
+        "fetch.source": "flickr8k",
+        "train.decoders": ["nic"],
+    }
+    # A decoder joins the recipe's decoders (the params file's soft_attention is not kept),
+    # also one that has stages now.
+    for decoder, decoders in [
+        ("mrnn", ["nic", "mrnn"]),
+        ("soft_attention", ["nic", "soft_attention"]),
+    ]:
+        params = run_params(pipeline, recipe=recipe, decoder=decoder)
+        assert params == {**recipe, "train.decoders": decoders}
+
+
 def test_run_params_without_foreach_set_the_one_decoder(tmp_path):
     linear = {
         "stages": {"fetch": {"cmd": "echo", "outs": ["a"]}, "train": {"cmd": "echo", "deps": ["a"]}}

@@ -262,3 +262,56 @@ def test_a_run_of_another_pipelinewrite_cmds_that_pipelines_params(flows, toy_re
     assert (reader / "model.txt").read_text() == "nic"
     assert yaml.safe_load((reader / "params.yaml").read_text())["train"]["decoders"] == ["nic"]
     assert (toy_repo / "params.yaml").read_text() == before
+
+
+def test_the_coco2017_deployment_writes_its_recipe_and_explicit_overrides_win(flows, toy_repo):
+    parameters = deployment_parameters("coco2017")
+    assert parameters == {"recipe": "recipes/coco2017.yaml"}
+    (toy_repo / "recipes").mkdir()
+    shutil.copy(REPO / parameters["recipe"], toy_repo / parameters["recipe"])
+    state = flows.captioning_pipeline(
+        repo=str(toy_repo),
+        overrides={"train.epochs": 1, "features.encoder": "small_cnn"},  # the recipe: 20, resnet101
+        targets=["features"],
+        return_state=True,
+        **parameters,
+    )
+    assert state.is_completed(), state.message
+    assert state.result() == {"fetch": "ran", "shard": "ran", "features": "ran"}
+    params = yaml.safe_load((toy_repo / "params.yaml").read_text())
+    assert params["fetch"]["source"] == "coco2017" and params["vocab"]["min_freq"] == 5
+    assert params["train"]["early_stopping"] == {**params["train"]["early_stopping"], "patience": 3}
+    assert params["train"]["epochs"] == 1 and params["features"]["encoder"] == "small_cnn"
+    summary = run_summary(state.state_details.flow_run_id)
+    assert "| `train.epochs` | `9` | `1` |" in summary
+    assert "dvc exp run -S fetch.source=coco2017 -S " in summary
+    assert "-S train.epochs=1 " in summary and "resnet101" not in summary
+
+
+def test_a_bad_recipe_fails_the_run_naming_the_recipe_before_anything(flows, toy_repo):
+    (toy_repo / "recipes").mkdir()
+    (toy_repo / "recipes/bad.yaml").write_text("train.epochs: 3\ntrain.epoch: 4\n")
+    before = (toy_repo / "params.yaml").read_text()
+    state = flows.captioning_pipeline(
+        repo=str(toy_repo), recipe="recipes/bad.yaml", return_state=True
+    )
+    assert state.is_failed()
+    assert state.message.startswith("recipes/bad.yaml: unknown key 'train.epoch'; expected one of")
+    assert (toy_repo / "params.yaml").read_text() == before
+    assert not (toy_repo / "raw.txt").exists()
+
+
+def test_every_deployment_passes_parameters_the_flow_takes(flows):
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools import validate
+
+    schema = parameter_schema(flows.captioning_pipeline.fn).model_dump_for_openapi()
+    deployments = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    assert {d["name"] for d in deployments} >= {"default", "coco2017"}
+    for deployment in deployments:
+        parameters = deployment["parameters"]
+        assert deployment["entrypoint"] == "flows/pipeline.py:captioning_pipeline"
+        assert set(parameters) <= set(schema["properties"]), deployment["name"]
+        validate(parameters, schema, raise_on_error=True, ignore_required=True)
+        if "recipe" in parameters:
+            assert (REPO / parameters["recipe"]).is_file(), deployment["name"]
