@@ -136,7 +136,7 @@ def _sequential(
             break
     steps = torch.stack(history, dim=1)  # (B, T)
     alphas = torch.stack(alpha_history, dim=1) if alpha_history else None  # (B, T, L)
-    return [_hypothesis(steps[i], float(scores[i]), alphas, i, end_id) for i in range(batch)]
+    return _hypotheses(steps, scores, alphas, end_id)
 
 
 @torch.no_grad()
@@ -211,8 +211,7 @@ def beam_search_n_best(
     scores[:, 0] = 0.0
     lengths = torch.zeros(batch * k, device=device)  # tokens emitted, <end> included
     finished = torch.zeros(batch * k, dtype=torch.bool, device=device)
-    sequences = torch.empty((batch * k, 0), dtype=torch.long, device=device)
-    alpha_seq: torch.Tensor | None = None
+    trail = _Trail()
     results: list[list[Hypothesis]] = [[] for _ in range(batch)]
     for t in range(max_length + 1):
         n = len(images)
@@ -223,10 +222,7 @@ def beam_search_n_best(
             torch.log_softmax(logits.float(), -1), t, end_id, min_length, max_length
         )
         vocab = log_probs.size(-1)
-        frozen = torch.full_like(log_probs, float("-inf"))
-        frozen[:, end_id] = 0.0
-        log_probs = torch.where(finished.unsqueeze(-1), frozen, log_probs)
-        totals = scores.view(-1, 1) + log_probs  # (N*K, V)
+        totals = _extend(log_probs, scores, finished, end_id)  # (N*K, V), in place
         new_lengths = torch.where(finished, lengths, lengths + 1)  # (N*K,)
         ranks = totals  # (N*K, V)
         if length_penalty:
@@ -238,26 +234,23 @@ def beam_search_n_best(
         tokens = (flat % vocab).view(-1)
         lengths = new_lengths[origin]
         state = _reorder(decoder, new_state, origin, constant | shared)
-        sequences = torch.cat([sequences[origin], tokens.unsqueeze(1)], dim=1)
-        if alpha is not None:
-            step_alpha = alpha[origin].unsqueeze(1)
-            alpha_seq = (
-                step_alpha if alpha_seq is None else torch.cat([alpha_seq[origin], step_alpha], 1)
-            )
+        trail.step(tokens, origin, alpha)
         finished = finished[origin] | (tokens == end_id)
         done = finished.view(n, k).all(dim=1)  # (N,) every beam of the image has ended
         if t == max_length:  # the last step: live beams ended; -inf ones (tiny vocab) never do
             done = torch.ones_like(done)
-        if not bool(done.any()):
+        ended = int(done.sum())  # the one host sync of a step
+        if not ended:
             continue
         final = scores / length_penalty_factor(lengths.view(n, k), length_penalty)  # (N, K)
-        order = final.argsort(dim=-1, descending=True, stable=True)[:, :n_best]
-        for slot in done.nonzero().squeeze(1).tolist():
-            results[int(images[slot])] = [
-                _hypothesis(sequences[r], float(scores[slot, r - slot * k]), alpha_seq, r, end_id)
-                for r in (order[slot] + slot * k).tolist()
-            ]
-        if bool(done.all()):
+        slots = done.nonzero().squeeze(1)  # (D,)
+        order = final[slots].argsort(dim=-1, descending=True, stable=True)[:, :n_best]  # (D, B)
+        best = trail.hypotheses(
+            (order + slots.unsqueeze(1) * k).view(-1), scores[slots].gather(1, order), end_id
+        )
+        for i, image in enumerate(images[slots].tolist()):
+            results[image] = best[i * n_best : (i + 1) * n_best]
+        if ended == n:
             break
         # Drop the images whose beams have all ended: the others' steps get cheaper.
         keep = (~done).nonzero().squeeze(1)  # (N',)
@@ -266,16 +259,63 @@ def beam_search_n_best(
             **_reorder(decoder, state, rows, shared),  # shared keys passed through, then:
             **decoder.reorder_state({key: state[key] for key in shared}, keep),
         }
+        trail.drop(rows)
         images, scores = images[keep], scores[keep]
-        tokens, lengths, finished, sequences = (
-            tokens[rows],
-            lengths[rows],
-            finished[rows],
-            sequences[rows],
-        )
-        if alpha_seq is not None:
-            alpha_seq = alpha_seq[rows]
+        tokens, lengths, finished = tokens[rows], lengths[rows], finished[rows]
     return results
+
+
+def _extend(
+    log_probs: torch.Tensor, scores: torch.Tensor, finished: torch.Tensor, end_id: int
+) -> torch.Tensor:
+    """The score (N*K, V) of every beam extended by every word, written over ``log_probs``:
+    a finished beam extends only by <end>, at no cost, so its score stays frozen."""
+    end = torch.where(finished, 0.0, log_probs[:, end_id])
+    log_probs.masked_fill_(finished.unsqueeze(-1), float("-inf"))
+    log_probs[:, end_id] = end
+    return log_probs.add_(scores.view(-1, 1))
+
+
+class _Trail:
+    """Each step's words and back-pointers, read back only for the captions that are done.
+
+    Copying every beam's caption so far (and its attention maps) at every step costs time
+    quadratic in the caption's length; a step here only keeps the tensors it made.
+    """
+
+    def __init__(self) -> None:
+        self.words: list[torch.Tensor] = []  # (R,) the word each beam chose at step t
+        self.origin: list[torch.Tensor] = []  # (R,) the row of step t's input it extends
+        self.attention: list[torch.Tensor | None] = []  # (rows of step t's input, L) or None
+        self.kept: list[torch.Tensor | None] = []  # step t's input row -> step t - 1's beam
+        self._kept: torch.Tensor | None = None  # the rows the next step's input keeps
+
+    def step(self, words: torch.Tensor, origin: torch.Tensor, alpha: torch.Tensor | None) -> None:
+        self.words.append(words)
+        self.origin.append(origin)
+        self.attention.append(alpha)
+        self.kept.append(self._kept)
+        self._kept = None
+
+    def drop(self, rows: torch.Tensor) -> None:
+        """The next step's input holds only beams ``rows`` of this step (images left)."""
+        self._kept = rows
+
+    def hypotheses(self, rows: torch.Tensor, scores: torch.Tensor, end_id: int) -> list[Hypothesis]:
+        """The captions of the last step's beams ``rows`` (M,), whose scores are ``scores``."""
+        words, maps = [], []
+        for t in reversed(range(len(self.words))):
+            words.append(self.words[t][rows])
+            rows = self.origin[t][rows]
+            alpha = self.attention[t]
+            if alpha is not None:
+                maps.append(alpha[rows])
+            kept = self.kept[t]
+            if kept is not None:
+                rows = kept[rows]
+        steps = torch.stack(words[::-1], dim=1)  # (M, T)
+        alphas = torch.stack(maps[::-1], dim=1) if maps else None  # (M, T, L)
+        return _hypotheses(steps, scores.reshape(-1), alphas, end_id)
 
 
 def _reorder(decoder: Decoder, state: State, index: torch.Tensor, keep: set[str]) -> State:
@@ -286,10 +326,15 @@ def _reorder(decoder: Decoder, state: State, index: torch.Tensor, keep: set[str]
     return {**{k: state[k] for k in keep}, **moving}
 
 
-def _hypothesis(
-    steps: torch.Tensor, score: float, alphas: torch.Tensor | None, row: int, end_id: int
-) -> Hypothesis:
-    ids = steps.tolist()
-    length = ids.index(end_id) if end_id in ids else len(ids)
-    attention = alphas[row, :length].cpu() if alphas is not None else None
-    return Hypothesis(tokens=ids[:length], score=score, alphas=attention)
+def _hypotheses(
+    steps: torch.Tensor, scores: torch.Tensor, alphas: torch.Tensor | None, end_id: int
+) -> list[Hypothesis]:
+    """Hypotheses from words (M, T), scores (M,) and attention (M, T, L) or None: each caption
+    up to its first <end>; one copy to the host for all of them."""
+    attention = alphas.cpu() if alphas is not None else None
+    out = []
+    for ids, score, row in zip(steps.tolist(), scores.tolist(), range(len(steps)), strict=True):
+        length = ids.index(end_id) if end_id in ids else len(ids)
+        maps = attention[row, :length] if attention is not None else None
+        out.append(Hypothesis(tokens=ids[:length], score=score, alphas=maps))
+    return out
