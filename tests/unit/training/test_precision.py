@@ -11,36 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+from test_loop import assert_same_weights, train, weights
 
 from captioning import devices
-from captioning.config import (
-    DecoderConfig,
-    EarlyStoppingConfig,
-    FeaturesConfig,
-    ShardConfig,
-    TrainConfig,
-    VocabConfig,
-    load_params,
-)
+from captioning.config import FeaturesConfig, ShardConfig, VocabConfig, load_params
 from captioning.data.images import load_rgb
 from captioning.data.shards import iter_samples, split_captions, write_shards
 from captioning.data.vocab import build_vocab
 from captioning.features.cache import FeatureCache, extract_features
 from captioning.inference import ENV_PRECISION, Captioner
 from captioning.training import tracked
-from captioning.training.loop import TrainResult, train_decoder
-from captioning.training.sources import CachedFeatures
+from captioning.training.loop import TrainResult
 
 REPO = Path(__file__).resolve().parents[3]
-CFG = TrainConfig(
-    model=DecoderConfig(embed_dim=16, hidden_dim=16, attention_dim=8, feature_proj_dim=16),
-    epochs=2,
-    batch_size=4,
-    warmup_steps=1,
-    # CIDEr: make_layout's scenes have no objects (params.yaml's object_accuracy needs them)
-    early_stopping=EarlyStoppingConfig(metric="CIDEr"),
-)
 
 
 @pytest.fixture(scope="module")
@@ -63,23 +46,6 @@ def cpu_without_bf16(monkeypatch):
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
 
 
-def train(root: Path, name: str, precision: str) -> TrainResult:
-    return train_decoder(
-        "soft_attention",
-        CachedFeatures(root / "features"),
-        root / "vocab.json",
-        root / "models" / name,
-        CFG,
-        seed=3,
-        checkpoint_dir=root / "checkpoints" / name,
-        precision=precision,
-    )
-
-
-def weights(root: Path, name: str) -> dict[str, torch.Tensor]:
-    return load_file(str(root / "models" / name / "decoder.safetensors"))
-
-
 def config(root: Path, name: str) -> dict:
     return json.loads((root / "models" / name / "config.json").read_text())
 
@@ -93,8 +59,8 @@ def fp32_and_bf16(workspace) -> Path:
             raise AssertionError("autocast entered by an fp32 run")
 
         patch.setattr(torch, "autocast", no_autocast)
-        assert train(workspace, "fp32", "fp32").precision == "fp32"
-    assert train(workspace, "bf16", "bf16").precision == "bf16"
+        assert train(workspace, "fp32", precision="fp32").precision == "fp32"
+    assert train(workspace, "bf16", precision="bf16").precision == "bf16"
     return workspace
 
 
@@ -111,11 +77,8 @@ def test_the_model_config_records_the_resolved_precision(fp32_and_bf16):
 
 
 def test_auto_on_a_cpu_without_bf16_is_the_fp32_run_to_the_bit(fp32_and_bf16, cpu_without_bf16):
-    assert train(fp32_and_bf16, "auto", "auto").precision == "fp32"
-    fp32, auto = weights(fp32_and_bf16, "fp32"), weights(fp32_and_bf16, "auto")
-    assert fp32.keys() == auto.keys()
-    for key, value in fp32.items():
-        torch.testing.assert_close(auto[key], value, rtol=0, atol=0, msg=key)
+    assert train(fp32_and_bf16, "auto", precision="auto").precision == "fp32"
+    assert_same_weights(weights(fp32_and_bf16, "fp32"), weights(fp32_and_bf16, "auto"))
     recorded = [config(fp32_and_bf16, name) for name in ("auto", "fp32")]
     for record in recorded:
         del record["training"]["train_seconds"]
