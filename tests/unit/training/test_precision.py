@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,17 @@ def test_the_training_run_logs_the_setting_and_what_it_resolved_to(
     (run,) = mlflow.search_runs(experiment_names=["precision-test"], output_format="list")
     assert run.data.params["common.precision"] == "auto"
     assert run.data.params["precision"] == "bf16"
+
+
+def test_a_model_saved_before_precision_was_recorded_still_loads(fp32_and_bf16, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(fp32_and_bf16 / "models" / "bf16", old)
+    recorded = config(fp32_and_bf16, "bf16")
+    del recorded["precision"], recorded["encoder"]["precision"]
+    (old / "config.json").write_text(json.dumps(recorded))
+    images = [load_rgb(jpg) for _, jpg in iter_samples(fp32_and_bf16 / "shards", "test")]
+    new_captions = Captioner.load(fp32_and_bf16 / "models" / "bf16", precision="fp32")
+    old_captions = Captioner.load(old, precision="fp32")
+    assert [r.caption for r in old_captions.caption(images)] == [
+        r.caption for r in new_captions.caption(images)
+    ]
