@@ -74,7 +74,7 @@ def resolve_precision(setting: str, device: torch.device) -> str:
     """``common.precision`` on ``device``: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
 
     fp16 on the CPU is refused: torch's CPU fp16 kernels are slow or missing without AMX-FP16,
-    and bf16 has fp32's range (no loss scaling) for the same bytes."""
+    and bf16, as small as fp16, has fp32's range (no loss scaling)."""
     if setting not in PRECISIONS:
         raise ConfigError(
             f"common.precision: expected one of {list(PRECISIONS)}, found {setting!r}"
