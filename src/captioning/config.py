@@ -74,7 +74,7 @@ PER_IMAGE_SCORE_NAMES = (
 # here, because they change results if only in the float rounding: features.batch_size (the
 # default encoder's float16 features on the CPU), features.engine (the encoder's thread count),
 # train.num_threads, train.devices (per-rank dropout masks), evaluate.batch_size (not shown
-# invariant): those are params of their stages.
+# invariant), common.precision (bf16/fp16 arithmetic): those are params of their stages.
 EXECUTION_SETTINGS = (
     "fetch.captcha.workers",
     "shard.workers",
