@@ -45,6 +45,9 @@ from captioning.features.encoders import get_encoder_spec  # noqa: E402
 from captioning.features.encoding import encode_batch, load_encoder  # noqa: E402
 from machine import machine_line  # noqa: E402
 
+# Both ways in fp32, compared like for like (fp32 vs bf16: benchmarks/precision.py).
+FP32 = "fp32"
+
 
 def bench_shards(source: Path | None, images: int, out: Path) -> Path:
     """A one-split shard directory with the first ``images`` samples of ``source``'s train
@@ -76,10 +79,10 @@ def bench_shards(source: Path | None, images: int, out: Path) -> Path:
 
 
 def pure_forward(model, spec, batches: list[torch.Tensor], device) -> float:
-    encode_batch(model, batches[0], spec, device)  # warm-up
+    encode_batch(model, batches[0], spec, device, precision=FP32)  # warm-up
     start = time.perf_counter()
     for batch in batches:
-        encode_batch(model, batch, spec, device)
+        encode_batch(model, batch, spec, device, precision=FP32)
     return sum(len(b) for b in batches) / (time.perf_counter() - start)
 
 
@@ -95,7 +98,7 @@ def per_image(model, spec, shard_dir: Path, out: Path, device) -> float:
                 x = spec.preprocess(load_rgb(data))[None]  # (1, 3, S, S)
                 np.save(
                     out / member.name.replace(".jpg", ".npy"),
-                    encode_batch(model, x, spec, device)[0],
+                    encode_batch(model, x, spec, device, precision=FP32)[0],
                 )
                 count += 1
     return count / (time.perf_counter() - start)
@@ -136,7 +139,7 @@ def main() -> None:
 
         forward_1 = pure_forward(model, spec, batches, device)
         start = time.perf_counter()
-        summary = extract_features(shard_dir, root / "cache", cfg, device, seed=0)
+        summary = extract_features(shard_dir, root / "cache", cfg, device, seed=0, precision=FP32)
         end_to_end = n / (time.perf_counter() - start)
         loop_only = summary["images_per_s"]
         steady = summary["steady_images_per_s"]

@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 from captioning.config import DecoderConfig, TrainConfig, VocabConfig  # noqa: E402
 from captioning.data.vocab import build_vocab  # noqa: E402
-from captioning.devices import autocast, pin_memory  # noqa: E402
+from captioning.devices import autocast, pin_memory, resolve_precision  # noqa: E402
 from captioning.features.cache import FeatureCache, _SplitWriter  # noqa: E402
 from captioning.features.encoders import get_encoder_spec  # noqa: E402
 from captioning.features.loader import Shard  # noqa: E402
@@ -180,7 +180,8 @@ def train_steps(features: Path, way: str, cfg: TrainConfig, steps: int, validate
     trained = list(decoder.parameters())
     optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    scaler, objective = grad_scaler(device), TeacherForcing(cfg.scheduled_sampling)
+    precision = resolve_precision("auto", device)
+    scaler, objective = grad_scaler(device, precision), TeacherForcing(cfg.scheduled_sampling)
     rng = np.random.default_rng(0)
     state = LoopState(BestSoFar("CIDEr"))
     state.start_epoch(source.new_epoch(0, rng))
@@ -192,7 +193,7 @@ def train_steps(features: Path, way: str, cfg: TrainConfig, steps: int, validate
             if device.type == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()
-        with autocast(device):
+        with autocast(device, precision):
             step = objective(decoder, batch, state.step, ctx)
         optimizer_step(step.loss, trained, optimizer, scheduler, scaler, cfg.grad_clip)
         losses.append(step.loss.item())
@@ -204,7 +205,7 @@ def train_steps(features: Path, way: str, cfg: TrainConfig, steps: int, validate
     seconds = time.perf_counter() - started
     batches.close()  # stops the reader of the rest of the epoch
     val_loss = (
-        source.validation().loss(decoder, images_per_batch(cfg), device) if validate else None
+        source.validation("fp32").loss(decoder, images_per_batch(cfg), device) if validate else None
     )
     return {
         "way": way,

@@ -6,7 +6,7 @@ from captioning import runtime
 
 runtime.setup()
 
-from captioning.config import EvaluateConfig, load_section  # noqa: E402
+from captioning.config import load_params  # noqa: E402
 from captioning.evaluation import evaluate_model  # noqa: E402
 
 
@@ -20,8 +20,15 @@ def main() -> None:
     parser.add_argument("--shards", required=True)
     parser.add_argument("--out", required=True, help="report directory")
     args = parser.parse_args()
-    cfg = load_section(args.params, "evaluate", EvaluateConfig)
-    evaluate_model(args.model, args.features, args.shards, args.out, cfg)
+    params = load_params(args.params)
+    evaluate_model(
+        args.model,
+        args.features,
+        args.shards,
+        args.out,
+        params.evaluate,
+        precision=params.common.precision,
+    )
 
 
 if __name__ == "__main__":

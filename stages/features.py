@@ -19,18 +19,23 @@ def main() -> None:
     if params.features.num_workers > 0:
         # The decoding workers' process imports torch & co. while this one does the same.
         runtime.start_forkserver(["captioning.features.loader"])
+    from captioning.devices import choose_device, resolve_precision
     from captioning.features.cache import extract_features
 
     cfg, seed = params.features, params.common.seed
+    device = choose_device()
+    precision = resolve_precision(params.common.precision, device)
     run_shards = None
     if cfg.engine == "dask":
         from captioning.features.distributed import dask_shard_runner
 
         run_shards = dask_shard_runner(
-            cfg, seed, address=cfg.dask_address, n_workers=cfg.dask_workers
+            cfg, seed, precision=precision, address=cfg.dask_address, n_workers=cfg.dask_workers
         )
     # The seed only matters for pretrained: false (random weights, rebuilt from it at predict).
-    extract_features(args.shards, args.out, cfg, seed=seed, run_shards=run_shards)
+    extract_features(
+        args.shards, args.out, cfg, device, seed=seed, precision=precision, run_shards=run_shards
+    )
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ PER_IMAGE_SCORE_NAMES = (
 # here, because they change results if only in the float rounding: features.batch_size (the
 # default encoder's float16 features on the CPU), features.engine (the encoder's thread count),
 # train.num_threads, train.devices (per-rank dropout masks), evaluate.batch_size (not shown
-# invariant): those are params of their stages.
+# invariant), common.precision (bf16/fp16 arithmetic): those are params of their stages.
 EXECUTION_SETTINGS = (
     "fetch.captcha.workers",
     "shard.workers",
@@ -136,6 +136,8 @@ FLICKR8K_LAYOUTS = ("auto", "kaggle", "original")
 VOCAB_LEVELS = ("word", "char")
 FEATURE_ENGINES = ("local", "dask")
 EVALUATION_TASKS = ("auto", "caption", "word")
+# common.precision: resolved against the device by captioning.devices.resolve_precision.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def check_registry(
@@ -182,6 +184,9 @@ class Section:
 @dataclass(frozen=True)
 class CommonConfig(Section):
     seed: int = 42
+    # What the encoder, the decoder's training and decoding compute in (devices.py resolves
+    # auto per machine); features are stored float16 and weights kept in fp32 either way.
+    precision: Annotated[str, Choice("PRECISIONS")] = "auto"
 
 
 @dataclass(frozen=True)

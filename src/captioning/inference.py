@@ -7,6 +7,7 @@ pipeline's evaluation and the served model decode the same way, within the same 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +18,14 @@ from PIL import Image
 from captioning.data.images import TOO_LARGE, ImageDecodeError, load_rgb
 from captioning.decoding.limits import ENV_MAX_PIXELS, RequestLimits, check_decoding
 from captioning.decoding.search import beam_search
-from captioning.devices import choose_device
+from captioning.devices import autocast, choose_device, resolve_precision
 from captioning.features.encoders import grid_shape
 from captioning.features.encoding import encode_batch, encoder_for_model
 from captioning.models.saved import load_decoder
+
+# What a served model or `captioning predict` computes in (common.precision's values; default
+# auto): a choice of the decoding process, whatever the model was trained in.
+ENV_PRECISION = "CAPTIONING_PRECISION"
 
 
 @dataclass
@@ -53,10 +58,12 @@ class Captioner:
         config: dict,
         device: torch.device,
         limits: RequestLimits | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.encoder, self.spec, self.decoder = encoder, spec, decoder
         self.vocab, self.config, self.device = vocab, config, device
         self.limits = limits or RequestLimits.from_env()
+        self.precision = precision  # resolved (devices.resolve_precision)
 
     @classmethod
     def load(
@@ -64,13 +71,17 @@ class Captioner:
         model_dir: str | Path,
         device: torch.device | None = None,
         limits: RequestLimits | None = None,
+        precision: str | None = None,
     ) -> Captioner:
+        """``precision``: a common.precision value; None reads $CAPTIONING_PRECISION (auto)."""
         device = device or choose_device()
+        setting = precision or os.environ.get(ENV_PRECISION) or "auto"
+        precision = resolve_precision(setting, device)
         decoder, vocab, config = load_decoder(model_dir, device)
         # The encoder the model was trained on: pretrained, random from its recorded seed, or
         # the model's own fine-tuned weights.
         spec, encoder = encoder_for_model(config["encoder"], model_dir, device)
-        return cls(encoder, spec, decoder, vocab, config, device, limits)
+        return cls(encoder, spec, decoder, vocab, config, device, limits, precision)
 
     @property
     def max_length(self) -> int:
@@ -93,7 +104,9 @@ class Captioner:
     def encode(self, images: list[Image.Image]) -> torch.Tensor:
         """(B, L, C) features, computed exactly as the features stage caches them (float16)."""
         batch = torch.stack([self.spec.preprocess(image) for image in images])
-        features = encode_batch(self.encoder, batch, self.spec, self.device)
+        features = encode_batch(
+            self.encoder, batch, self.spec, self.device, precision=self.precision
+        )
         return torch.from_numpy(features).to(self.device)
 
     def caption(
@@ -111,23 +124,24 @@ class Captioner:
             beam_size, self.max_length if max_length is None else max_length
         )
         features = self.encode(images)
-        hypotheses = beam_search(
-            self.decoder,
-            features,
-            start_id=self.vocab.start_id,
-            end_id=self.vocab.end_id,
-            max_length=max_length,
-            beam_size=beam_size,
-            length_penalty=length_penalty,
-            min_length=min_length,
-        )
+        with autocast(self.device, self.precision):
+            hypotheses = beam_search(
+                self.decoder,
+                features,
+                start_id=self.vocab.start_id,
+                end_id=self.vocab.end_id,
+                max_length=max_length,
+                beam_size=beam_size,
+                length_penalty=length_penalty,
+                min_length=min_length,
+            )
         grid_h, grid_w = grid_shape(self.config["encoder"])
         results = []
         for hyp in hypotheses:
             words = [self.vocab.itos[t] for t in hyp.tokens]
             attention = None
             if hyp.alphas is not None:
-                attention = hyp.alphas.numpy().reshape(len(words), grid_h, grid_w)
+                attention = hyp.alphas.float().numpy().reshape(len(words), grid_h, grid_w)
             text = self.vocab.decode(hyp.tokens)
             results.append(CaptionResult(text, hyp.score, words, attention))
         return results

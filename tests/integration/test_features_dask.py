@@ -30,13 +30,13 @@ def prefect_api():
         yield
 
 
-def crash_worker_once(work_dir, split_shards, shard, cfg, seed):
+def crash_worker_once(work_dir, split_shards, shard, cfg, seed, precision):
     """Kill the worker process the first time it is given train shard 1 (a lost node)."""
     marker = Path(work_dir).parent / f"crashed-{shard.name}"
     if shard.name == "train-000001.tar" and not marker.exists():
         marker.write_text(str(os.getpid()))
         os._exit(1)
-    return encode_one_shard(work_dir, split_shards, shard, cfg, seed)
+    return encode_one_shard(work_dir, split_shards, shard, cfg, seed, precision)
 
 
 def assert_same_cache(a: Path, b: Path) -> None:
@@ -63,7 +63,7 @@ def single_process_cache(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_two_dask_workers_build_the_same_cache(single_process_cache, tmp_path):
     shards, local = single_process_cache
-    runner = dask_shard_runner(_cfg(), 0, n_workers=2)
+    runner = dask_shard_runner(_cfg(), 0, precision="fp32", n_workers=2)
     summary = extract_features(shards, tmp_path / "dask", _cfg(), seed=0, run_shards=runner)
     assert summary["encoded"] == sum(map(sum, LAYOUT.values()))
     assert_same_cache(local, tmp_path / "dask")
@@ -71,7 +71,7 @@ def test_two_dask_workers_build_the_same_cache(single_process_cache, tmp_path):
 
 def test_a_lost_worker_s_shard_is_redone(single_process_cache, tmp_path):
     shards, local = single_process_cache
-    runner = dask_shard_runner(_cfg(), 0, n_workers=2, shard_fn=crash_worker_once)
+    runner = dask_shard_runner(_cfg(), 0, precision="fp32", n_workers=2, shard_fn=crash_worker_once)
     extract_features(shards, tmp_path / "dask", _cfg(), seed=0, run_shards=runner)
     assert (tmp_path / "crashed-train-000001.tar").is_file()  # the worker did die
     assert_same_cache(local, tmp_path / "dask")

@@ -22,7 +22,7 @@ from captioning.config import (
     check_registry,
 )
 from captioning.data.vocab import Vocab
-from captioning.devices import choose_device
+from captioning.devices import autocast, choose_device, resolve_precision
 from captioning.evaluation.captions import CaptionTask, WordTask
 from captioning.evaluation.reader import ReaderTask
 from captioning.evaluation.reading import (
@@ -86,20 +86,25 @@ def evaluate_model(
     cfg: EvaluateConfig,
     *,
     split: str = "test",
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Decode, score and write the report files (see the module docstring); returns the metrics.
 
-    ``split`` is the captioner's; the reader always reads val and test.
+    ``split`` is the captioner's; the reader always reads val and test. Decoding (and a
+    fine-tuned encoder) computes in ``precision`` (``common.precision``), whatever the model
+    was trained in.
     """
     out_dir = Path(out_dir)
     device = choose_device()
+    precision = resolve_precision(precision, device)
     decoder, vocab, config = load_decoder(model_dir, device)
     task = choose_task(vocab, cfg, split)
     task.check()
     metrics: dict[str, Any] = {}
     for name in task.splits:
-        cache = split_features(model_dir, config, features_dir, shards_dir, name, device)
-        reading = read_split(decoder, vocab, cache, cfg, name)
+        cache = split_features(model_dir, config, features_dir, shards_dir, name, device, precision)
+        with autocast(device, precision):
+            reading = read_split(decoder, vocab, cache, cfg, name)
         scored = task.score(reading)
         metrics[name] = {decoding: scored[decoding][0] for decoding in DECODINGS}
         for decoding in DECODINGS:

@@ -85,12 +85,16 @@ def split_features(
     shards_dir: str | Path,
     split: str,
     device: torch.device,
+    precision: str,
 ) -> FeatureCache:
-    """The model's features of ``split``: cached, or computed by its own trained encoder."""
+    """The model's features of ``split``: cached, or computed by its own trained encoder in
+    ``precision`` (resolved)."""
     if (Path(model_dir) / ENCODER_WEIGHTS_FILE).is_file():
         # The model fine-tuned its encoder: the cached features are not its features.
         spec, encoder = encoder_for_model(config["encoder"], model_dir, device)
-        return encode_split(shards_dir, split, encoder, spec, device, meta=config["encoder"])
+        return encode_split(
+            shards_dir, split, encoder, spec, device, precision=precision, meta=config["encoder"]
+        )
     if features_dir is None:
         raise BadInputError(
             f"{model_dir}: the model reads cached features; give their directory (--features)"
@@ -173,7 +177,7 @@ def attention_figures(
         plot_attention(
             image,
             words,
-            hyp.alphas.numpy().reshape(len(words), *grid),
+            hyp.alphas.float().numpy().reshape(len(words), *grid),
             out_dir / f"{image_id}.png",
             title=f"refs: {references[image_id][0]}",
         )

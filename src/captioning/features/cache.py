@@ -3,7 +3,8 @@
 Layout of a cache directory::
 
     meta.json          {encoder, input_size, grid, channels, mean, std, dtype, pretrained,
-                        weights, weights_path, init_seed, weights_sha256, splits: {split: count}}
+                        weights, weights_path, init_seed, weights_sha256, precision (what the
+                        encoder computed in, as resolved on this machine), splits: {split: count}}
     <split>.npy        float16 (N, grid*grid, channels); row-major locations, i.e. a
                        (C, H, W) feature map becomes (H*W, C)
     <split>.parquet    row, image_id, key, file_name, captions, meta (JSON of the sample's
@@ -17,7 +18,7 @@ with it.
 
 Resume: the cache is built in a sibling work directory ``.<name>.partial/`` (DVC deletes a
 stage's outputs before running it, not this sibling). It holds ``fingerprint.json`` (encoder,
-input size, normalisation, weights digest, batch size, the shards and their checksums), the
+input size, normalisation, weights digest, precision, batch size, the shards and their checksums), the
 split arrays as memory-mapped ``.npy`` files, and ``<split>/<shard>.parquet``, the shard's index
 rows, written atomically once its features are flushed: a shard with its index file is done. A
 re-run with the same fingerprint encodes only the shards not done; a different fingerprint
@@ -47,7 +48,7 @@ import torch
 from tqdm import tqdm
 
 from captioning.config import FeaturesConfig
-from captioning.devices import choose_device
+from captioning.devices import choose_device, resolve_precision
 from captioning.features.encoders import EncoderSpec, get_encoder_spec, grid_shape
 from captioning.features.encoding import DTYPE, encode_pixels, encoder_identity, load_encoder
 from captioning.features.loader import (
@@ -239,6 +240,7 @@ def extract_features(
     *,
     splits: Sequence[str] | None = None,
     seed: int | None = None,
+    precision: str = "auto",
     on_shard: ShardCallback | None = None,
     run_shards: ShardRunner | None = None,
 ) -> dict[str, Any]:
@@ -246,7 +248,9 @@ def extract_features(
 
     ``splits`` restricts the work to some of the manifest's splits (default: all of them).
     With ``cfg.pretrained=False`` the encoder is randomly initialised from ``seed`` (recorded,
-    so prediction can rebuild it) or, if None, from torch's current RNG state. An unfinished
+    so prediction can rebuild it) or, if None, from torch's current RNG state. The encoder
+    computes in ``precision`` (``common.precision``) as resolved on ``device``, recorded in
+    the fingerprint and meta.json: auto may resolve otherwise elsewhere. An unfinished
     run with the same fingerprint is resumed from its last complete shard; ``on_shard`` is
     called after each shard is written. ``run_shards`` encodes the pending shards somewhere
     else (every shard's rows and index written into the work directory, as here); the cache is
@@ -257,6 +261,7 @@ def extract_features(
     if cfg.num_workers > 0:
         start_workers_early()  # their imports overlap the shard scan and the model build
     device = device if device is not None else choose_device("auto")
+    precision = resolve_precision(precision, device)
     manifest = shard_files(shard_dir)
     wanted = list(manifest) if splits is None else list(splits)
     for split in wanted:
@@ -276,6 +281,7 @@ def extract_features(
     fingerprint = {
         "format": CACHE_FORMAT,
         **identity,
+        "precision": precision,
         "batch_size": cfg.batch_size,
         "splits": {
             split: [[s.name, s.checksum, len(s.keys)] for s in shards]
@@ -297,10 +303,11 @@ def extract_features(
             all_shards,
         )
     log.info(
-        "features: encoder %s (%s) on %s, batch %d, %d workers, %d shards to encode",
+        "features: encoder %s (%s) on %s in %s, batch %d, %d workers, %d shards to encode",
         spec.name,
         identity["weights"],
         device,
+        precision,
         cfg.batch_size,
         cfg.num_workers,
         len(pending),
@@ -308,13 +315,19 @@ def extract_features(
 
     start = time.perf_counter()
     if run_shards is None:
-        encoded, startup = _encode_shards(pending, writers, model, spec, cfg, device, on_shard)
+        encoded, startup = _encode_shards(
+            pending, writers, model, spec, cfg, device, precision, on_shard
+        )
     else:
         encoded, startup = run_shards(pending, plans, work), 0.0
     seconds = time.perf_counter() - start
     for writer in writers.values():
         writer.finish(work)
-    meta = {**identity, "splits": {split: w.total for split, w in writers.items()}}
+    meta = {
+        **identity,
+        "precision": precision,
+        "splits": {split: w.total for split, w in writers.items()},
+    }
     write_json(work / META_FILE, meta)
     (work / FINGERPRINT_FILE).unlink()
     replace_path(work, out_dir)
@@ -325,6 +338,7 @@ def extract_features(
         "encoder": spec.name,
         "pretrained": cfg.pretrained,
         "device": str(device),
+        "precision": precision,
         "out_dir": str(out_dir),
         "count": sum(w.total for w in writers.values()),
         "encoded": encoded,
@@ -353,6 +367,7 @@ def _encode_shards(
     spec: EncoderSpec,
     cfg: FeaturesConfig,
     device: torch.device,
+    precision: str,
     on_shard: ShardCallback | None,
 ) -> tuple[int, float]:
     """Encode the pending shards; returns the number of images encoded and the seconds until
@@ -372,7 +387,7 @@ def _encode_shards(
             if first_batch is None:
                 first_batch = time.perf_counter() - start
             shard = by_url[infos[0][0]]
-            feats = encode_pixels(model, pixels, spec, device)
+            feats = encode_pixels(model, pixels, spec, device, precision=precision)
             if writers[shard.split].add(shard, infos, feats) and on_shard is not None:
                 on_shard(shard)
             encoded += len(infos)
@@ -387,12 +402,13 @@ def encode_split(
     spec: EncoderSpec,
     device: torch.device,
     *,
+    precision: str,
     batch_size: int = 32,
     num_workers: int = 1,
     meta: dict[str, Any] | None = None,
 ) -> FeatureCache:
-    """One split encoded in memory by ``model`` (e.g. an encoder being fine-tuned), as a
-    FeatureCache that no file backs; rows in the same order as the cache's."""
+    """One split encoded in memory by ``model`` (e.g. an encoder being fine-tuned) in the
+    resolved ``precision``, as a FeatureCache that no file backs; rows in the same order as the cache's."""
     manifest = shard_files(Path(shard_dir))
     if split not in manifest:
         raise FeatureCacheError(
@@ -411,7 +427,7 @@ def encode_split(
         for pixels, infos in loader:
             shard = by_url[infos[0][0]]
             rows = [shard.offset + position for _, position, _, _ in infos]
-            features[rows] = encode_pixels(model, pixels, spec, device)
+            features[rows] = encode_pixels(model, pixels, spec, device, precision=precision)
             _append_index_rows(columns, shard, infos)
     index = pa.table(columns, schema=INDEX_SCHEMA).sort_by("row")
     if index.column("row").to_pylist() != list(range(total)):

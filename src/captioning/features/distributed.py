@@ -33,7 +33,7 @@ from captioning.features.loader import Shard, extraction_loader
 
 log = logging.getLogger(__name__)
 
-ShardFunction = Callable[[str, Sequence[Shard], Shard, FeaturesConfig, "int | None"], int]
+ShardFunction = Callable[[str, Sequence[Shard], Shard, FeaturesConfig, "int | None", str], int]
 
 
 def worker_device() -> torch.device:
@@ -73,10 +73,12 @@ def encode_one_shard(
     shard: Shard,
     cfg: FeaturesConfig,
     seed: int | None,
+    precision: str,
 ) -> int:
     """Encode ``shard`` into the cache being built in ``work_dir``; returns the images encoded
     (0 if the shard was already done). ``split_shards`` are all the shards of its split (they
-    fix the split array's shape and this shard's rows)."""
+    fix the split array's shape and this shard's rows). ``precision`` is the one the cache
+    records, resolved by the process that builds it (this worker computes in it too)."""
     spec = get_encoder_spec(cfg.encoder)
     writer = _SplitWriter(Path(work_dir), shard.split, split_shards, spec)
     if writer.is_done(shard):
@@ -89,7 +91,8 @@ def encode_one_shard(
     )
     done = False
     for pixels, infos in loader:
-        done = writer.add(shard, infos, encode_pixels(model, pixels, spec, device))
+        feats = encode_pixels(model, pixels, spec, device, precision=precision)
+        done = writer.add(shard, infos, feats)
     if not done:
         raise RuntimeError(f"{shard.url}: read fewer samples than its {len(shard.keys)} keys")
     return len(shard.keys)
@@ -99,6 +102,7 @@ def dask_shard_runner(
     cfg: FeaturesConfig,
     seed: int | None,
     *,
+    precision: str,
     address: str = "",
     n_workers: int = 2,
     retries: int = 2,
@@ -106,7 +110,7 @@ def dask_shard_runner(
 ) -> Callable[[Sequence[Shard], dict[str, list[Shard]], Path], int]:
     """A ``run_shards`` for ``extract_features``: one Prefect task per shard on Dask.
 
-    ``address`` of a running Dask scheduler (e.g. ``tcp://10.0.0.5:8786``), or "" for a
+    ``precision``: resolved (the cache's). ``address`` of a running Dask scheduler (e.g. ``tcp://10.0.0.5:8786``), or "" for a
     LocalCluster of ``n_workers`` single-threaded worker processes started for the run.
     """
     from prefect import flow, task
@@ -135,7 +139,7 @@ def dask_shard_runner(
 
     @flow(name="features-distributed", task_runner=runner, validate_parameters=False)
     def fan_out(pending: list[Shard], plans: dict[str, list[Shard]], work: str) -> int:
-        futures = [encode.submit(work, plans[s.split], s, cfg, seed) for s in pending]
+        futures = [encode.submit(work, plans[s.split], s, cfg, seed, precision) for s in pending]
         return sum(future.result() for future in futures)
 
     def run_shards(pending: Sequence[Shard], plans: dict[str, list[Shard]], work: Path) -> int:

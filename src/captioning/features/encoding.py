@@ -24,7 +24,15 @@ from captioning.features.weights import EncoderWeightsError, state_digest
 # Features are stored and handed on as float16 (half the bytes; attention reads them as float).
 DTYPE = "float16"
 # meta.json keys that say which weights made the features (besides encoder, size, grid, channels).
-ENCODER_IDENTITY = ("pretrained", "weights", "weights_path", "init_seed", "weights_sha256")
+# "precision": what the encoder computed in (meta.json only; a model records its own).
+ENCODER_IDENTITY = (
+    "pretrained",
+    "weights",
+    "weights_path",
+    "init_seed",
+    "weights_sha256",
+    "precision",
+)
 # A model that trained its encoder keeps the encoder's weights beside the decoder's.
 ENCODER_WEIGHTS_FILE = "encoder.safetensors"
 
@@ -118,21 +126,32 @@ def encoder_for_model(
 
 
 def encode_pixels(
-    model: torch.nn.Module, pixels: torch.Tensor, spec: EncoderSpec, device: torch.device
+    model: torch.nn.Module,
+    pixels: torch.Tensor,
+    spec: EncoderSpec,
+    device: torch.device,
+    *,
+    precision: str,
 ) -> np.ndarray:
     """uint8 pixels (B, H, W, 3) from the loader -> float16 features (B, grid*grid, channels),
     normalised on ``device``."""
     images = spec.normalize(pixels.to(device, non_blocking=True))  # (B, 3, H, W)
-    return encode_batch(model, images, spec, device)
+    return encode_batch(model, images, spec, device, precision=precision)
 
 
 @torch.inference_mode()
 def encode_batch(
-    model: torch.nn.Module, images: torch.Tensor, spec: EncoderSpec, device: torch.device
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    spec: EncoderSpec,
+    device: torch.device,
+    *,
+    precision: str,
 ) -> np.ndarray:
-    """Preprocessed images (B, 3, H, W) -> float16 features (B, grid*grid, channels)."""
+    """Preprocessed images (B, 3, H, W) -> float16 features (B, grid*grid, channels), the
+    encoder computing in ``precision`` (resolved: ``devices.resolve_precision``)."""
     x = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    with autocast(device):
+    with autocast(device, precision):
         fmap = model(x)  # (B, C, Gh, Gw)
     expected = (spec.channels, *spec.grid_hw)
     if tuple(fmap.shape[1:]) != expected:

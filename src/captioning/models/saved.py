@@ -1,5 +1,7 @@
 """A trained decoder on disk: decoder.safetensors, vocab.json and config.json (the run's config:
-decoder name, train config, encoder), plus encoder.safetensors when the encoder was fine-tuned.
+decoder name, train config, encoder, the precision training computed in: a record only, since
+decoding picks its own; older models lack it), plus encoder.safetensors when the encoder was
+fine-tuned.
 
 Training writes it; evaluation, inference and serving read it. Safetensors only: loading
 unpickles nothing.

@@ -171,7 +171,7 @@ class EncodedImages:
         fmap = self.encoder(images)  # (B, C, G, G)
         return fmap.flatten(2).transpose(1, 2)[image_rows]
 
-    def validation(self) -> ValSplit:
+    def validation(self, precision: str) -> ValSplit:
         self.encoder.eval()
         cache = encode_split(
             self.shards_dir,
@@ -179,6 +179,7 @@ class EncodedImages:
             self.encoder,
             self.spec,
             self.device,
+            precision=precision,
             num_workers=self.cfg.fine_tune.num_workers,
         )
         if self._val is None:

@@ -4,7 +4,8 @@ The source (training/sources.py) gives cached features, or images through an enc
 with the decoder (training/fine_tune.py); the objective (training/objectives.py) is
 teacher-forced cross-entropy with optional scheduled sampling (``train.scheduled_sampling``).
 AdamW with warmup + cosine LR (the encoder's blocks at their own LR), gradient clipping and, on
-CUDA, autocast with loss scaling under fp16; data-parallel under torchrun
+``common.precision``: autocast in bf16 or fp16 (loss scaled) with fp32 weights and loss, or
+plain fp32; data-parallel under torchrun
 (training/distributed.py). After each epoch the validation loss, and every
 ``train.early_stopping.every_epochs`` epochs greedy captions of the val split scored with the
 fast BLEU/CIDEr-D: the saved model is the best epoch's, and training stops after ``patience``
@@ -33,7 +34,7 @@ from tqdm import tqdm
 
 from captioning.config import EXECUTION_SETTINGS, TrainConfig, to_dict
 from captioning.data.vocab import Vocab
-from captioning.devices import autocast, autocast_dtype
+from captioning.devices import autocast, resolve_precision
 from captioning.models import Decoder, build_decoder
 from captioning.models.saved import save_model
 from captioning.training.batches import images_per_batch
@@ -72,6 +73,7 @@ class TrainResult:
     parameters: int
     best: dict[str, Any] = field(default_factory=dict)  # metric, value, epoch
     stopped_early: bool = False
+    precision: str = "fp32"  # what the steps computed in (resolved common.precision)
 
     def summary(self, decoder: str) -> dict[str, Any]:
         """What the comparison reads: size, time, best epoch."""
@@ -98,13 +100,17 @@ def train_decoder(
     objective: Objective | None = None,
     on_epoch: EpochCallback | None = None,
     on_step: StepCallback | None = None,
+    precision: str = "auto",
 ) -> TrainResult:
     """Train the decoder ``decoder_name`` on ``source``'s batches, minimising ``objective``
-    (default: teacher forcing); write the best epoch's model (models/saved.py)."""
+    (default: teacher forcing), the steps and validation computing in ``precision``
+    (``common.precision``, resolved on the device: recorded in the model's config.json and
+    ``TrainResult.precision``); write the best epoch's model (models/saved.py)."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     ctx = init_distributed()  # one rank of a torchrun launch, or the only process
     device = ctx.device
+    precision = resolve_precision(precision, device)
     vocab = Vocab.load(vocab_path)
     objective = objective or TeacherForcing(cfg.scheduled_sampling)
 
@@ -121,7 +127,11 @@ def train_decoder(
     trained = [p for p in model.parameters() if p.requires_grad]
     parameters = sum(p.numel() for p in trained)
     logger.info(
-        "%s decoder: %.2f M trained parameters on %s", decoder_name, parameters / 1e6, device
+        "%s decoder: %.2f M trained parameters on %s in %s",
+        decoder_name,
+        parameters / 1e6,
+        device,
+        precision,
     )
     forward = ctx.wrap(decoder)  # DDP under torchrun (the same parameters); the decoder otherwise
 
@@ -135,9 +145,9 @@ def train_decoder(
         optimizer, warmup_cosine(cfg.warmup_steps, steps_per_epoch * cfg.epochs)
     )
     parts = Trainables(
-        model, optimizer, scheduler, grad_scaler(device), np.random.default_rng(seed)
+        model, optimizer, scheduler, grad_scaler(device, precision), np.random.default_rng(seed)
     )
-    run_config = _run_config(decoder_name, cfg, vocab, seed, source.encoder_record)
+    run_config = _run_config(decoder_name, cfg, vocab, seed, source.encoder_record, precision)
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_FILE
     state = resume(checkpoint, run_config, parts, cfg.early_stopping.metric)
 
@@ -161,7 +171,7 @@ def train_decoder(
             disable=not ctx.is_main,
         )
         for batch in progress:
-            with autocast(device):
+            with autocast(device, precision):
                 step = objective(forward, batch, state.step, ctx)
             optimizer_step(step.loss, trained, optimizer, scheduler, parts.scaler, cfg.grad_clip)
             loss = step.loss.item()
@@ -175,7 +185,9 @@ def train_decoder(
             progress.set_postfix(loss=f"{state.loss_sum / state.loss_count:.3f}", refresh=False)
 
         if ctx.is_main:  # rank 0 validates; the others wait, then follow its stopping decision
-            record = close_epoch(state, cfg, parts, decoder, source.validation(), device)
+            val = source.validation(precision)
+            with autocast(device, precision):
+                record = close_epoch(state, cfg, parts, decoder, val, device)
         else:
             state.finish_epoch()
         state.stopped_early = ctx.agree(state.stopped_early)
@@ -186,7 +198,7 @@ def train_decoder(
             logger.info("stopping after epoch %d: the next would end past the budget", state.epoch)
             break
 
-    result = finish(state, model, parameters)
+    result = finish(state, model, parameters, precision)
     if ctx.is_main:
         encoder_record, encoder = source.saved_encoder()
         final = {**run_config, "encoder": encoder_record, "training": result.summary(decoder_name)}
@@ -258,7 +270,7 @@ def _epoch_record(
     return record
 
 
-def finish(state: LoopState, model: nn.Module, trained: int) -> TrainResult:
+def finish(state: LoopState, model: nn.Module, trained: int, precision: str) -> TrainResult:
     """Put the best validated weights back into ``model``; the run's result."""
     if state.best.weights:
         model.load_state_dict(state.best.weights)
@@ -271,6 +283,7 @@ def finish(state: LoopState, model: nn.Module, trained: int) -> TrainResult:
         trained,
         best=state.best.summary(),
         stopped_early=state.stopped_early,
+        precision=precision,
     )
 
 
@@ -281,11 +294,10 @@ def out_of_time(started: float, epoch_seconds: float, max_minutes: float) -> boo
     return time.monotonic() - started + epoch_seconds > max_minutes * 60
 
 
-def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
-    """Loss scaling where autocast runs in float16 (a CUDA GPU without native bf16); bf16 has
-    fp32's range and needs none, and the CPU trains in fp32."""
-    float16 = autocast_dtype(device) == torch.float16
-    return torch.amp.GradScaler(device.type, enabled=float16)
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """Loss scaling exactly where autocast runs in float16 (the resolved ``precision``): bf16
+    has fp32's range and needs none, nor does fp32."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
 def optimizer_step(
@@ -312,13 +324,20 @@ def train_record(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _run_config(
-    decoder_name: str, cfg: TrainConfig, vocab: Vocab, seed: int, encoder: dict[str, Any]
+    decoder_name: str,
+    cfg: TrainConfig,
+    vocab: Vocab,
+    seed: int,
+    encoder: dict[str, Any],
+    precision: str,
 ) -> dict[str, Any]:
-    """What the weights are a function of: the resume hash, and the model's config.json."""
+    """What the weights are a function of: the resume hash, and the model's config.json.
+    ``precision`` is what training computed in; decoding may use another (a runtime choice)."""
     return {
         "decoder": decoder_name,
         "train": train_record(cfg),
         "seed": seed,
+        "precision": precision,
         "vocab_size": len(vocab),
         "encoder": encoder,
     }

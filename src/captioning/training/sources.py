@@ -84,8 +84,8 @@ class BatchSource(Protocol):
         """The rest of the epoch's batches (from ``state.position``); under DDP this rank's
         share of each."""
 
-    def validation(self) -> ValSplit:
-        """The val split, encoded by the current encoder."""
+    def validation(self, precision: str) -> ValSplit:
+        """The val split, encoded by the current encoder (computing in ``precision``)."""
 
     def saved_encoder(self) -> tuple[dict[str, Any], nn.Module | None]:
         """The encoder of the trained model: its record, and its weights if they were trained."""
@@ -159,7 +159,7 @@ class CachedFeatures:
             )
             yield self.train_rows[image_rows], captions, rows
 
-    def validation(self) -> ValSplit:
+    def validation(self, precision: str) -> ValSplit:
         return self.val
 
     def saved_encoder(self) -> tuple[dict[str, Any], nn.Module | None]:

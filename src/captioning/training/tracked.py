@@ -1,6 +1,6 @@
 """The train stage's work: train a decoder inside an MLflow run and write its DVC plot.
 
-MLflow gets the params, the training loss every ``train.log_every_steps`` steps, per epoch the
+MLflow gets the params (``precision``: what ``common.precision`` resolved to here), the training loss every ``train.log_every_steps`` steps, per epoch the
 losses, the mean scheduled-sampling probability and the validation BLEU/CIDEr-D, then the best
 epoch and the model directory (the best epoch's weights) as artifacts.
 """
@@ -62,6 +62,7 @@ def train_tracked(
         cfg,
         seed=params.common.seed,
         checkpoint_dir=checkpoint_dir,
+        precision=params.common.precision,
     )
     if int(os.environ.get("RANK", "0")) != 0:
         # Under torchrun only rank 0 records the run and writes the outputs.
@@ -77,6 +78,7 @@ def train_tracked(
                 "train.decoder": decoder,  # the run's decoder, under the key it always had
                 **flatten(params.features, "features."),
                 "common.seed": params.common.seed,
+                "common.precision": params.common.precision,
             }
         )
 
@@ -88,6 +90,7 @@ def train_tracked(
                 mlflow.log_metrics({f"step_{k}": v for k, v in report.items()}, step=step)
 
         result = train(on_epoch=on_epoch, on_step=on_step)
+        mlflow.log_param("precision", result.precision)  # auto resolves per machine
         write_training_log(log_path, result.history)
         summary = result.summary(decoder)
         if summary_path is not None:

@@ -72,7 +72,7 @@ def test_a_fine_tuned_model_loads_its_own_encoder_weights(tmp_path: Path) -> Non
 def test_encode_batch_gives_float16_locations_by_channels() -> None:
     model, _ = _random(3)
     images = torch.randn(2, 3, 224, 224)
-    feats = encode_batch(model, images, SPEC, CPU)
+    feats = encode_batch(model, images, SPEC, CPU, precision="fp32")
     assert feats.shape == (2, 49, 256) and str(feats.dtype) == "float16"
     with torch.inference_mode():
         fmap = model(images)  # (2, 256, 7, 7): location (row 1, column 2) is row 1*7+2
@@ -82,4 +82,6 @@ def test_encode_batch_gives_float16_locations_by_channels() -> None:
 def test_encode_batch_refuses_a_feature_map_its_spec_does_not_describe() -> None:
     model, _ = _random(3)
     with pytest.raises(FeatureCacheError, match="its spec says"):
-        encode_batch(model, torch.randn(1, 3, 64, 64), SPEC, CPU)  # a 2x2 grid, not 7x7
+        encode_batch(
+            model, torch.randn(1, 3, 64, 64), SPEC, CPU, precision="fp32"
+        )  # a 2x2 grid, not 7x7

@@ -108,7 +108,7 @@ def test_the_source_never_holds_a_split_in_memory(cache_dir, monkeypatch):
     source = opened(cache_dir)
     for _ in source.batches(epoch(source), np.random.default_rng(0)):
         pass
-    val = source.validation()
+    val = source.validation("fp32")
     assert isinstance(source.train_rows, FeatureRows) and isinstance(val.features, FeatureRows)
     held = [*vars(source).values(), *vars(source.train_rows).values(), *vars(val).values()]
     features = [v for v in held if isinstance(v, np.ndarray | torch.Tensor) and v.ndim == 3]
