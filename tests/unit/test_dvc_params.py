@@ -81,6 +81,20 @@ def test_every_key_of_the_params_file_is_a_stage_param_or_an_execution_setting(d
     )
 
 
+@pytest.mark.parametrize("dvc_yaml", PIPELINES, ids=_label)
+def test_every_stage_param_is_in_the_params_file(dvc_yaml):
+    """DVC refuses to run a stage whose param its params file lacks ("Parameters ... are
+    missing"), even where the config loader would take the default."""
+    keys = leaf_keys(_load(dvc_yaml.parent / "params.yaml"))
+    missing = [
+        f"{stage}: {param}"
+        for stage, params in stage_params(dvc_yaml).items()
+        for param in params
+        if "${" not in param and not any(covers(param, key) for key in keys)
+    ]
+    assert not missing, f"{_label(dvc_yaml.parent / 'params.yaml')} lacks: {missing}"
+
+
 def test_execution_settings_are_keys_of_the_config():
     keys = leaf_keys(dataclasses.asdict(Params()))
     assert [s for s in EXECUTION_SETTINGS if s not in keys] == []
