@@ -67,13 +67,15 @@ def naive_loss(
         # Attention over the raw features, their projections recomputed at every step.
         if input_per_step:
             feats = project_input()
+        word = F.embedding(captions[:, t], m.embedding.weight)  # this step's words only
         att1 = F.linear(feats, att.feature_proj.weight, att.feature_proj.bias)  # (B, L, A)
         att2 = F.linear(h, att.hidden_proj.weight, att.hidden_proj.bias)  # (B, A)
+        if m.word_query is not None:  # train.model.attend_with_word: the query sees the word
+            att2 = att2 + F.linear(word, m.word_query.weight)
         energy = F.linear(torch.tanh(att1 + att2.unsqueeze(1)), att.score.weight, att.score.bias)
         alpha = torch.softmax(energy.squeeze(-1), dim=-1)  # (B, L)
         context = (feats * alpha.unsqueeze(-1)).sum(dim=1)  # (B, D)
         gate = torch.sigmoid(F.linear(h, m.f_beta.weight, m.f_beta.bias))
-        word = F.embedding(captions[:, t], m.embedding.weight)  # this step's words only
         h, c = m.cell(torch.cat([word, gate * context], dim=-1), (h, c))
         logits = F.linear(h, m.out.weight, m.out.bias)  # (B, V), the output layer per step
         total = total + F.cross_entropy(logits, captions[:, t + 1], ignore_index=0, reduction="sum")
