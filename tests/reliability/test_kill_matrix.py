@@ -320,20 +320,28 @@ def copy_inputs(reference: Path, root: Path, step: Stage) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def found(root: Path, pattern: str, *, min_size: int = 0) -> bool:
+    """A file matching ``pattern`` (of at least ``min_size`` bytes) exists now. The stage
+    renames temporary files while we look: one that vanishes mid-glob is not there yet."""
+    try:
+        return any(p.stat().st_size >= min_size for p in root.glob(pattern))
+    except FileNotFoundError:
+        return False
+
+
 def download_past_first_chunk(root: Path) -> bool:
     """The slow archive's .part file holds its first MiB (the download is under way)."""
-    parts = root.glob(f"data/downloads/*{SLOW_DOWNLOAD}.part")
-    return any(p.stat().st_size >= CHUNK for p in parts if p.exists())
+    return found(root, f"data/downloads/*{SLOW_DOWNLOAD}.part", min_size=CHUNK)
 
 
 def first_shard_written(root: Path) -> bool:
     """A complete tar in the work directory (.tar.tmp while being written)."""
-    return any(root.glob("data/.shards.partial/*.tar"))
+    return found(root, "data/.shards.partial/*.tar")
 
 
 def first_feature_shard_recorded(root: Path) -> bool:
     """A shard's index rows, written once its features are flushed: the shard is done."""
-    return any(root.glob("data/.features.partial/*/*.parquet"))
+    return found(root, "data/.features.partial/*/*.parquet")
 
 
 def mid_epoch_checkpoint(root: Path) -> bool:
