@@ -322,10 +322,11 @@ def copy_inputs(reference: Path, root: Path, step: Stage) -> None:
 
 def found(root: Path, pattern: str, *, min_size: int = 0) -> bool:
     """A file matching ``pattern`` (of at least ``min_size`` bytes) exists now. The stage
-    renames temporary files while we look: one that vanishes mid-glob is not there yet."""
+    renames temporary files while we look: one that vanishes mid-glob (or that glob took for
+    a directory as it went) is not there yet."""
     try:
         return any(p.stat().st_size >= min_size for p in root.glob(pattern))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
 
 
