@@ -72,9 +72,13 @@ class AdditiveAttention(nn.Module):
         query = self.hidden_proj(hidden)  # (R, A)
         if query_extra is not None:
             query = query + query_extra
-        query = query.view(projected.size(0), -1, 1, query.size(-1))  # (N, G, 1, A)
-        energy = (projected.unsqueeze(1) + query).tanh_()  # (N, G, L, A), in place: one tensor
-        return self.score(energy).squeeze(-1)  # (N, G, L)
+        # tanh(x) = 2 sigmoid(2x) - 1, and torch's float sigmoid is 3x faster than its tanh on
+        # AVX2 (the tanh was a third of a training step's attention): v.tanh(x) + b is
+        # (2v).sigmoid(2x) + (b - sum v), the same function (to float rounding).
+        query = (2.0 * query).view(projected.size(0), -1, 1, query.size(-1))  # (N, G, 1, A)
+        energy = torch.add(query, projected.unsqueeze(1), alpha=2.0).sigmoid_()  # (N, G, L, A)
+        weight, bias = self.score.weight, self.score.bias
+        return nn.functional.linear(energy, 2.0 * weight, bias - weight.sum()).squeeze(-1)
 
     def forward(
         self,

@@ -1,0 +1,28 @@
+"""AdditiveAttention computes Bahdanau's v^T tanh(W1 f + W2 h) + b, whatever form it takes."""
+
+import torch
+
+from captioning.models.layers import AdditiveAttention
+
+
+def reference_scores(att: AdditiveAttention, features, hidden, extra):
+    query = att.hidden_proj(hidden) + extra  # (N, A)
+    energy = torch.tanh(att.feature_proj(features) + query.unsqueeze(1))  # (N, L, A)
+    return (energy @ att.score.weight.squeeze(0)) + att.score.bias  # (N, L)
+
+
+def test_scores_and_gradients_are_the_tanh_form():
+    torch.manual_seed(0)
+    att = AdditiveAttention(feature_dim=12, hidden_dim=10, attention_dim=8)
+    with torch.no_grad():
+        att.score.bias.fill_(0.7)
+    features, hidden, extra = torch.randn(3, 5, 12), torch.randn(3, 10), torch.randn(3, 8)
+    ours = att.scores(att.precompute(features), hidden, extra).squeeze(1)  # (N, 1, L) -> (N, L)
+    expected = reference_scores(att, features, hidden, extra)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
+
+    weights = torch.randn_like(expected)
+    grads = torch.autograd.grad((ours * weights).sum(), list(att.parameters()))
+    expected_grads = torch.autograd.grad((expected * weights).sum(), list(att.parameters()))
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
