@@ -17,7 +17,7 @@ def test_scores_and_gradients_are_the_tanh_form():
     with torch.no_grad():
         att.score.bias.fill_(0.7)
     features, hidden, extra = torch.randn(3, 5, 12), torch.randn(3, 10), torch.randn(3, 8)
-    ours = att.scores(att.precompute(features), hidden, extra).squeeze(1)  # (N, 1, L) -> (N, L)
+    ours = att.scores(att.precompute(features), hidden, extra).squeeze(1)  # (N, L)
     expected = reference_scores(att, features, hidden, extra)
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
 
