@@ -1,23 +1,25 @@
-"""The soft-attention decoder's training step at the seed's dims: today's path vs candidates.
+"""The soft-attention decoder's training step at the seed's dims: the library's path vs the
+path before the issue-21 changes, and candidate changes.
 
 One optimiser step as the train stage runs it (``caption_loss`` + ``optimizer_step``: forward,
-backward, gradient clipping, AdamW) at the seed's dims (decoder_speed.py: batch 32, 20 predicted
-tokens, 196x2048 float16 features, vocab 10k, dims 512, dropout 0). Each variant trains its own
-copy of the same initial decoder; one repetition times every variant in turn (interleaved, so all
-see the same load). Before timing, each variant's first-step loss and updated weights are compared
-with today's: ``max |dw|`` is the largest difference of any weight after one step.
+backward, gradient clipping, AdamW from ``training.loop.adamw``) at the seed's dims
+(decoder_speed.py: batch 32, 20 predicted tokens, 196x2048 float16 features, vocab 10k, dims 512,
+dropout 0). Each variant trains its own copy of the same initial decoder; one repetition times
+every variant in turn (interleaved, so all see the same load). Before timing, each variant's
+gradient at the initial weights is compared with the library's (reordering alone gives ~1e-4).
 
-Variants (each a prototype for the library):
-- ``sigmoid``: the attention's tanh as 2 sigmoid(2x) - 1 (the same function; torch's float
-  sigmoid is about 3x faster than its tanh on AVX2), the affine part folded into the score layer;
+Variants:
+- ``base``: the library's step (the attention's energies as 2 sigmoid(2x) - 1, fused AdamW);
+- ``before``: the step before those two changes (tanh energies, AdamW's per-tensor loop):
+  ``base`` / ``before`` is what they bought;
+- ``tanh``: only the energies as tanh (torch's float tanh is ~3x slower than sigmoid on AVX2);
+- ``adamw_loop`` / ``adamw_foreach``: AdamW's per-tensor loop / multi-tensor implementation;
 - ``gates``: teacher forcing's LSTM with the word's share of the input gates (and the
   attention's word query) for all steps in one GEMM, f_beta and the hidden gates in one per step;
-- ``adamw_fused`` / ``adamw_foreach``: AdamW's fused / multi-tensor implementation;
 - ``compiled``: the attention's scores under ``torch.compile`` (compile time: the first call);
-- ``no_mkldnn``: the step under ``torch.backends.mkldnn.flags(enabled=False)``;
-- ``all``: sigmoid + gates + adamw_fused.
+- ``no_mkldnn``: the step under ``torch.backends.mkldnn.flags(enabled=False)``.
 
-    python benchmarks/train_step_variants.py [--repeats 5] [--variants base,sigmoid,...]
+    python benchmarks/train_step_variants.py [--repeats 5] [--variants base,before,...]
 """
 
 from __future__ import annotations
@@ -36,27 +38,25 @@ import torch.nn.functional as F  # noqa: E402
 
 from captioning.models.layers import AdditiveAttention  # noqa: E402
 from captioning.models.soft_attention import SoftAttentionDecoder  # noqa: E402
-from captioning.training.loop import grad_scaler, optimizer_step  # noqa: E402
+from captioning.training.loop import adamw, grad_scaler, optimizer_step  # noqa: E402
 from captioning.training.objectives import caption_loss  # noqa: E402
 from decoder_speed import BATCH, CFG, CHANNELS, LOCATIONS, VOCAB, WORDS  # noqa: E402
 from machine import machine_line  # noqa: E402
 
 
-def sigmoid_precompute(self: AdditiveAttention, features):
-    """``AdditiveAttention.precompute`` of the sigmoid form: the features' share of 2x."""
-    return F.linear(features, 2.0 * self.feature_proj.weight, 2.0 * self.feature_proj.bias)
+def tanh_precompute(self: AdditiveAttention, features):
+    """``AdditiveAttention.precompute`` of the tanh form: W1 f + b1."""
+    return self.feature_proj(features)
 
 
-def sigmoid_scores(self: AdditiveAttention, projected, hidden, query_extra=None):
-    """``AdditiveAttention.scores`` with tanh(x) = 2 sigmoid(2x) - 1, so
-    v.tanh(x) + b = (2v).sigmoid(2x) + (b - sum v)."""
-    query = F.linear(hidden, 2.0 * self.hidden_proj.weight, 2.0 * self.hidden_proj.bias)
+def tanh_scores(self: AdditiveAttention, projected, hidden, query_extra=None):
+    """``AdditiveAttention.scores`` as v.tanh(W1 f + W2 h + extra) + b (the earlier form)."""
+    query = self.hidden_proj(hidden)
     if query_extra is not None:
-        query = query + 2.0 * query_extra
+        query = query + query_extra
     query = query.view(projected.size(0), -1, 1, query.size(-1))
-    energy = (projected.unsqueeze(1) + query).sigmoid_()
-    weight, bias = self.score.weight, self.score.bias
-    return F.linear(energy, 2.0 * weight, bias - weight.sum()).squeeze(-1)
+    energy = (projected.unsqueeze(1) + query).tanh_()
+    return self.score(energy).squeeze(-1)
 
 
 def gated_recur_caption(self: SoftAttentionDecoder, embedded, state):
@@ -91,10 +91,14 @@ def gated_recur_caption(self: SoftAttentionDecoder, embedded, state):
 
 
 class Variant:
-    def __init__(self, name: str, decoder: SoftAttentionDecoder, **adamw) -> None:
+    def __init__(self, name: str, decoder: SoftAttentionDecoder, **impl) -> None:
         self.name, self.decoder = name, copy.deepcopy(decoder)
         self.params = [p for p in self.decoder.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=1e-4, weight_decay=0.2, **adamw)
+        groups = [{"params": self.params, "lr": 1e-4}]
+        if impl:  # another AdamW implementation than the library's
+            self.optimizer = torch.optim.AdamW(groups, weight_decay=0.2, **impl)
+        else:
+            self.optimizer = adamw(groups, 0.2)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
         self.scaler = grad_scaler(torch.device("cpu"), "fp32")
 
@@ -116,13 +120,17 @@ def gradients(v: Variant, feats, captions) -> dict[str, torch.Tensor]:
 
 
 def build(name: str, decoder: SoftAttentionDecoder) -> Variant:
-    adamw = {"adamw_fused": {"fused": True}, "adamw_foreach": {"foreach": True}}
-    v = Variant(name, decoder, **adamw.get(name, {"fused": True} if name == "all" else {}))
+    impl = {
+        "before": {"fused": False, "foreach": False},
+        "adamw_loop": {"fused": False, "foreach": False},
+        "adamw_foreach": {"fused": False, "foreach": True},
+    }
+    v = Variant(name, decoder, **impl.get(name, {}))
     att = v.decoder.attention
-    if name in ("sigmoid", "all"):
-        att.precompute = sigmoid_precompute.__get__(att)
-        att.scores = sigmoid_scores.__get__(att)
-    if name in ("gates", "all"):
+    if name in ("tanh", "before"):
+        att.precompute = tanh_precompute.__get__(att)
+        att.scores = tanh_scores.__get__(att)
+    if name == "gates":
         v.decoder.recur_caption = gated_recur_caption.__get__(v.decoder)
     if name == "compiled":
         att.scores = torch.compile(AdditiveAttention.scores.__get__(att), dynamic=False)
@@ -132,7 +140,7 @@ def build(name: str, decoder: SoftAttentionDecoder) -> Variant:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--variants", default="base,sigmoid,gates,adamw_fused,adamw_foreach,all")
+    parser.add_argument("--variants", default="base,before,tanh,adamw_loop,gates")
     args = parser.parse_args()
     names = args.variants.split(",")
     torch.manual_seed(0)
@@ -175,6 +183,9 @@ def main() -> None:
     for v in variants:
         rate = tokens / statistics.median(times[v.name])
         print(f"{v.name:14s} {rate:6.0f} tokens/s  {rate / base:5.2f}x base")
+    if "before" in times:
+        before = tokens / statistics.median(times["before"])
+        print(f"the library's step / the step before issue 21: {base / before:.2f}x")
     print(machine_line(torch.get_num_threads()))
 
 

@@ -137,12 +137,9 @@ def train_decoder(
 
     batch_images = images_per_batch(cfg)
     steps_per_epoch = math.ceil(source.images_per_epoch / batch_images)
-    # fused: one kernel over every parameter; on the CPU torch's default is a Python loop of
-    # ~10 ops per tensor (6% of a seed-dims step, TRAIN_SPEED.md); weights agree to ~1e-7.
-    optimizer = torch.optim.AdamW(
+    optimizer = adamw(
         [{"params": list(decoder.parameters()), "lr": cfg.lr}, *source.param_groups()],
-        weight_decay=cfg.weight_decay,
-        fused=True,
+        cfg.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(cfg.warmup_steps, steps_per_epoch * cfg.epochs)
@@ -295,6 +292,13 @@ def out_of_time(started: float, epoch_seconds: float, max_minutes: float) -> boo
     if max_minutes <= 0:
         return False
     return time.monotonic() - started + epoch_seconds > max_minutes * 60
+
+
+def adamw(groups: list[dict[str, Any]], weight_decay: float) -> torch.optim.AdamW:
+    """The run's optimiser. fused: one kernel over every parameter; on the CPU torch's default
+    is a Python loop of ~10 ops per tensor (6% of a seed-dims step, docs/performance.md);
+    the weights agree with it to ~1e-7 a step."""
+    return torch.optim.AdamW(groups, weight_decay=weight_decay, fused=True)
 
 
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
