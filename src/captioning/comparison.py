@@ -21,6 +21,15 @@ from captioning.errors import BadInputError, CaptioningError
 from captioning.io import atomic_path, write_json
 
 METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "object_accuracy")
+# The shapes scenes' own scores, a table of their own (shown when a decoder has them): object
+# accuracy by object count, and whether the captions say where things are, truly.
+SCENE_METRICS = (
+    "object_accuracy_1obj",
+    "object_accuracy_2obj",
+    "object_accuracy_3obj",
+    "relation_precision",
+    "relation_coverage",
+)
 DECODINGS = ("greedy", "beam")
 LOSS_FIELDS = ("epoch", "train_loss", "val_loss")
 
@@ -111,12 +120,12 @@ def compare_decoders(
 
 
 def _known(scores: dict[str, float]) -> dict[str, float]:
-    return {k: float(scores[k]) for k in METRICS if k in scores}
+    return {k: float(scores[k]) for k in (*METRICS, *SCENE_METRICS) if k in scores}
 
 
 def comparison_markdown(reports: Sequence[DecoderReport]) -> str:
-    """Two tables, the models then their test scores, each narrower than a terminal (80 columns):
-    `make run` ends by printing this file."""
+    """Tables of the models, their test scores and (shapes) their scene scores, each narrower
+    than a terminal (80 columns): `make run` ends by printing this file."""
     lines = [
         "# Decoders compared (test split)",
         "",
@@ -131,10 +140,23 @@ def comparison_markdown(reports: Sequence[DecoderReport]) -> str:
             f"{r.best_epoch} / {r.epochs_run}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _scores_table(reports, METRICS)
+    if any(m in r.scores.get(n, {}) for r in reports for n in DECODINGS for m in SCENE_METRICS):
+        lines += _scores_table(reports, SCENE_METRICS)
     lines += [
         "",
-        "| decoder | decoding | " + " | ".join(_SHORT.get(m, m) for m in METRICS) + " |",
-        "|---|---|" + "---:|" * len(METRICS),
+        "METEOR and ROUGE-L are pycocoevalcap's; objects: object accuracy (shapes only),",
+        "by object count (1-3 obj.); rel. true: the share of stated relations that hold;",
+        "rel. stated: the share of multi-object images whose caption states a relation.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _scores_table(reports: Sequence[DecoderReport], metrics: Sequence[str]) -> list[str]:
+    lines = [
+        "",
+        "| decoder | decoding | " + " | ".join(_SHORT.get(m, m) for m in metrics) + " |",
+        "|---|---|" + "---:|" * len(metrics),
     ]
     for r in reports:
         for name in DECODINGS:
@@ -142,18 +164,21 @@ def comparison_markdown(reports: Sequence[DecoderReport]) -> str:
             cells = [
                 f"`{r.decoder}`",
                 name,
-                *(f"{scores[m]:.3f}" if m in scores else "–" for m in METRICS),
+                *(f"{scores[m]:.3f}" if m in scores else "–" for m in metrics),
             ]
             lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "METEOR and ROUGE-L are pycocoevalcap's; objects: object accuracy (shapes only).",
-    ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-# Column titles that keep the scores table within 80 columns.
-_SHORT = {"object_accuracy": "objects"}
+# Column titles that keep the scores tables within 80 columns.
+_SHORT = {
+    "object_accuracy": "objects",
+    "object_accuracy_1obj": "1 obj.",
+    "object_accuracy_2obj": "2 obj.",
+    "object_accuracy_3obj": "3 obj.",
+    "relation_precision": "rel. true",
+    "relation_coverage": "rel. stated",
+}
 
 
 def _duration(seconds: float) -> str:
@@ -169,7 +194,7 @@ def _table_rows(reports: Sequence[DecoderReport]) -> list[dict[str, Any]]:
             "train_minutes": round(r.train_seconds / 60, 2),
         }
         for name in DECODINGS:
-            for metric in METRICS:
+            for metric in (*METRICS, *SCENE_METRICS):
                 value = r.scores.get(name, {}).get(metric)
                 row[f"{metric}_{name}"] = "" if value is None else round(float(value), 4)
         rows.append(row)

@@ -104,3 +104,44 @@ def test_training_log_has_a_column_for_every_recorded_value(tmp_path):
     assert lines[0] == "epoch,train_loss,val_loss,lr,sample_prob,BLEU-4,CIDEr"
     assert lines[1] == "1,2.0,2.5,0.1,0.0,,"  # not validated that epoch
     assert lines[2] == "2,1.0,1.5,0.05,0.1,0.3,0.9"
+
+
+def outputs(out: Path) -> dict[str, Path]:
+    names = ("comparison.md", "comparison.json", "comparison.csv", "loss_curves.csv")
+    keys = ("markdown_path", "json_path", "table_path", "losses_path")
+    return {key: out / name for key, name in zip(keys, names, strict=True)}
+
+
+def test_the_scene_scores_get_their_own_table(tmp_path):
+    reports = tmp_path / "decoders"
+    scene = {
+        "object_accuracy_1obj": 0.99,
+        "object_accuracy_2obj": 0.95,
+        "object_accuracy_3obj": 0.9,
+        "relation_precision": 0.25,
+        "relation_coverage": 0.04,
+    }
+    base = scores(4.4, objects=True)
+    write_reports(reports, "soft_attention", {k: {**v, **scene} for k, v in base.items()}, 1, 9)
+    write_reports(reports, "nic", scores(3.1, objects=False), 1, 9)
+    out = tmp_path / "out"
+    summary = compare_decoders(["soft_attention", "nic"], reports, **outputs(out))
+    assert summary["soft_attention"]["beam"]["relation_precision"] == 0.25
+    table = (out / "comparison.md").read_text().splitlines()
+    header = next(line for line in table if "rel. true" in line)
+    assert header.split(" | ")[2:] == ["1 obj.", "2 obj.", "3 obj.", "rel. true", "rel. stated |"]
+    rows = [line for line in table[table.index(header) :] if line.startswith("| `")]
+    assert rows[0] == "| `soft_attention` | greedy | 0.990 | 0.950 | 0.900 | 0.250 | 0.040 |"
+    assert rows[2] == "| `nic` | greedy | – | – | – | – | – |"
+    assert max(len(line) for line in table) <= 80, max(table, key=len)
+    with (out / "comparison.csv").open() as handle:
+        per_decoder = list(csv.DictReader(handle))
+    assert float(per_decoder[0]["relation_coverage_beam"]) == 0.04
+
+
+def test_no_scene_table_without_scene_scores(tmp_path):
+    reports = tmp_path / "decoders"
+    write_reports(reports, "nic", scores(3.1, objects=True), 1, 9)
+    out = tmp_path / "out"
+    compare_decoders(["nic"], reports, **outputs(out))
+    assert "rel. true |" not in (out / "comparison.md").read_text()

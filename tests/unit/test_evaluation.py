@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from captioning.data.shards import split_captions, write_shards
 from captioning.data.vocab import SPECIALS, Vocab, build_vocab
 from captioning.decoding.search import Hypothesis
 from captioning.evaluation import attention_figures, choose_task, evaluate_model
+from captioning.evaluation import captions as caption_task
 from captioning.evaluation.captions import CaptionTask, WordTask
 from captioning.evaluation.reader import ReaderTask
 from captioning.features.cache import FeatureCache, FeatureRows, extract_features
@@ -308,3 +310,40 @@ def test_the_split_is_read_a_batch_at_a_time(workspace, tmp_path, monkeypatch):
         for out in (whole, batched)
     ]
     assert captions[0] == captions[1]
+
+
+def test_shapes_captions_get_object_and_relation_scores(monkeypatch):
+    """The caption task adds object accuracy (by count) and the relation metrics to each
+    decoding's corpus scores where the test images are placed shapes scenes."""
+    left = {"colour": "red", "shape": "circle", "size": "small", "x": 35, "y": 100}
+    right = {"colour": "blue", "shape": "square", "size": "large", "x": 165, "y": 100}
+    left["box"], right["box"] = [10, 75, 60, 125], [140, 75, 190, 125]
+    said = {
+        "greedy": {1: "a red circle to the left of a blue square", 2: "a white star"},
+        "beam": {1: "a blue square to the left of a red circle", 2: "a red star"},
+    }
+    reading = SimpleNamespace(
+        image_ids=[1, 2],
+        row_meta=[
+            {"objects": [left, right], "width": 224},
+            {"objects": [{"colour": "white", "shape": "star"}], "width": 224},
+        ],
+        references={1: ["x"], 2: ["y"]},
+        predictions=lambda name: said[name],
+    )
+    monkeypatch.setattr(
+        caption_task,
+        "coco_scores_many",
+        lambda predictions, references, spice: {
+            name: ({"CIDEr": 1.0}, {i: {"CIDEr": 1.0} for i in p})
+            for name, p in predictions.items()
+        },
+    )
+    scored = CaptionTask(EvaluateConfig()).score(reading)
+    greedy, beam = scored["greedy"][0], scored["beam"][0]
+    # beam names image 1's objects right but places them the wrong way round
+    assert (greedy["object_accuracy"], beam["object_accuracy"]) == (1.0, 0.5)
+    assert greedy["object_accuracy_2obj"] == 1.0
+    assert (greedy["relation_precision"], greedy["relation_coverage"]) == (1.0, 1.0)
+    assert (beam["relation_precision"], beam["relation_coverage"]) == (0.0, 1.0)
+    assert scored["beam"][1][1]["object_accuracy"] == 1.0

@@ -1,5 +1,5 @@
 """The captioner's task: the test captions scored by the COCO metrics (and, on shapes, object
-accuracy), or by exact match (``evaluate.task: word``); results.json and the gallery."""
+accuracy and the relation metrics), or by exact match (``evaluate.task: word``); results.json and the gallery."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from captioning.evaluation.reading import DECODINGS, Rows, Scored, SplitReading
 from captioning.io import write_json
 from captioning.metrics.coco_eval import coco_scores_many, require_java
 from captioning.metrics.shapes_accuracy import object_accuracy, object_correct
+from captioning.metrics.shapes_relations import Scene, relation_scores
 from captioning.metrics.word_accuracy import word_scores
 
 
@@ -34,12 +35,13 @@ class CaptionTask:
         scored = coco_scores_many(predictions, reading.references, spice=self.cfg.spice)
         if not any("objects" in m for m in reading.row_meta):
             return scored
-        objects = {
-            i: m.get("objects", [])
-            for i, m in zip(reading.image_ids, reading.row_meta, strict=True)
-        }
+        metas = dict(zip(reading.image_ids, reading.row_meta, strict=True))
+        objects = {i: m.get("objects", []) for i, m in metas.items()}
+        scenes = {i: Scene.of(m) for i, m in metas.items() if "objects" in m}
         for name, (corpus, scores) in scored.items():
             corpus.update(_object_metrics(predictions[name], objects))
+            if len(scenes) == len(metas):
+                corpus.update(relation_scores(predictions[name], scenes))
             for image_id, caption in predictions[name].items():
                 correct = object_correct(caption, objects[image_id])
                 scores[image_id]["object_accuracy"] = float(correct)

@@ -38,6 +38,7 @@ from captioning.evaluation.reading import (
 from captioning.features.encoders import grid_shape
 from captioning.io import write_json
 from captioning.metrics import coco_eval, word_accuracy
+from captioning.metrics.shapes_relations import RELATION_SCORE_NAMES
 from captioning.models.saved import load_decoder
 from captioning.viz.gallery import GalleryEntry, write_gallery
 
@@ -132,7 +133,15 @@ def evaluate_model(
 
 
 def _summary(corpus: dict[str, float]) -> str:
-    keys = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "object_accuracy")
+    keys = (
+        "BLEU-4",
+        "METEOR",
+        "ROUGE-L",
+        "CIDEr",
+        "SPICE",
+        "object_accuracy",
+        *RELATION_SCORE_NAMES,
+    )
     return ", ".join(
         f"{k} {corpus[k]:.3f}" for k in (*keys, *word_accuracy.SCORE_NAMES) if k in corpus
     )

@@ -18,6 +18,7 @@ from captioning.errors import BadInputError, CaptioningError
 from captioning.features.cache import FeatureRows
 from captioning.metrics.fast import ReferenceIndex
 from captioning.metrics.shapes_accuracy import object_accuracy
+from captioning.metrics.shapes_relations import RELATION_SCORE_NAMES, Scene, relation_scores
 from captioning.metrics.word_accuracy import word_scores
 from captioning.models import Decoder
 from captioning.training.batches import CaptionSet, Features, iterate_batches
@@ -37,14 +38,21 @@ class Validator:
         vocab: Vocab,
         batch_size: int,
         objects_per_image: Sequence[Sequence[Mapping[str, Any]] | None] | None = None,
+        image_sizes: Sequence[int | None] | None = None,
     ) -> None:
         self.rows = [i for i, captions in enumerate(captions_per_image) if captions]
         if not self.rows:
             raise BadInputError("validation: no val image has a caption")
-        # The shapes scenes' objects: then the object accuracy of the greedy captions is scored.
+        # The shapes scenes' objects: then the object accuracy of the greedy captions is scored,
+        # and where the images' sizes are known the relation metrics too.
         self.objects = None
+        self.scenes = None
         if objects_per_image is not None and all(objects_per_image[i] for i in self.rows):
             self.objects = {row: objects_per_image[row] for row in self.rows}
+            if image_sizes is not None and all(image_sizes[i] for i in self.rows):
+                self.scenes = {
+                    row: Scene(objects_per_image[row], int(image_sizes[row])) for row in self.rows
+                }
         # A reader over characters (the CAPTCHA task) is judged by whole words read exactly.
         self.words = None
         if vocab.level == "char":
@@ -60,7 +68,8 @@ class Validator:
         """The validator of a feature cache's split (``captions``, ``row_meta``); ``where``
         names that split in the error raised when ``cfg.metric`` cannot be scored on it."""
         objects = [meta.get("objects") for meta in cache.row_meta]
-        validator = cls(cache.captions, vocab, cfg.batch_size, objects)
+        sizes = [meta.get("width") for meta in cache.row_meta]
+        validator = cls(cache.captions, vocab, cfg.batch_size, objects, sizes)
         if cfg.metric == "object_accuracy" and validator.objects is None:
             raise CaptioningError(
                 f"train.early_stopping.metric is object_accuracy, but the images of {where} have "
@@ -77,7 +86,8 @@ class Validator:
     @torch.no_grad()
     def scores(self, decoder: Decoder, features: Features) -> dict[str, float]:
         """Corpus BLEU-1..4 and CIDEr-D of greedy captions of ``features`` (N, L, C); their
-        object accuracy when the val images' objects are known; exact match and character
+        object accuracy and relation precision and coverage when the val images' objects are
+        known; exact match and character
         accuracy when the vocabulary is of characters."""
         was_training = decoder.training
         decoder.eval()
@@ -101,6 +111,9 @@ class Validator:
             corpus["object_accuracy"] = object_accuracy(predictions, self.objects)[
                 "object_accuracy"
             ]
+        if self.scenes is not None:
+            relations = relation_scores(predictions, self.scenes)
+            corpus.update({name: relations[name] for name in RELATION_SCORE_NAMES})
         if self.words is not None:
             corpus.update(word_scores(predictions, self.words)[0])  # exact_match, char_accuracy
         return corpus

@@ -88,3 +88,25 @@ def test_early_stopping_on_exact_match_needs_a_character_vocabulary():
         Validator.for_split(
             cache(OBJECTS), VOCAB, EarlyStoppingConfig(metric="exact_match"), "the val split of /f"
         )
+
+
+def test_relations_are_scored_when_the_scenes_are_placed(monkeypatch):
+    left = {"colour": "red", "shape": "circle", "x": 35, "y": 100, "box": [10, 75, 60, 125]}
+    right = {"colour": "blue", "shape": "square", "x": 165, "y": 100, "box": [140, 75, 190, 125]}
+    said = [
+        "a red circle to the left of a blue square",  # true
+        "a red circle above a blue square",  # false
+        "a red circle and a blue square",  # states none
+    ]
+    vocab, _ = build_vocab(said, VocabConfig(min_freq=1))
+    placed = SimpleNamespace(
+        captions=[[c] for c in said],
+        row_meta=[{"objects": [left, right], "width": 224} for _ in said],
+    )
+    validator = Validator.for_split(placed, vocab, EarlyStoppingConfig(metric="CIDEr"), "val")
+    scores = scores_for(validator, said, monkeypatch, vocab)
+    assert scores["relation_precision"] == pytest.approx(1 / 2)
+    assert scores["relation_coverage"] == pytest.approx(2 / 3)
+    # Objects without the image's size (older caches): object accuracy only.
+    validator = Validator.for_split(cache(OBJECTS), VOCAB, EarlyStoppingConfig(), "val")
+    assert "relation_precision" not in scores_for(validator, ["a red circle"] * 3, monkeypatch)
