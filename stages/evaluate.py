@@ -28,6 +28,7 @@ def main() -> None:
         args.out,
         params.evaluate,
         precision=params.common.precision,
+        device=params.common.device,
     )
 
 

@@ -16,21 +16,26 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="feature cache directory")
     args = parser.parse_args()
     params = load_params(args.params)
-    if params.features.num_workers > 0:
+    if params.features.num_workers > 0 and params.features.engine == "local":
         # The decoding workers' process imports torch & co. while this one does the same.
         runtime.start_forkserver(["captioning.features.loader"])
     from captioning.devices import choose_device, resolve_precision
     from captioning.features.cache import extract_features
 
     cfg, seed = params.features, params.common.seed
-    device = choose_device()
+    device = choose_device(params.common.device)
     precision = resolve_precision(params.common.precision, device)
     run_shards = None
     if cfg.engine == "dask":
         from captioning.features.distributed import dask_shard_runner
 
         run_shards = dask_shard_runner(
-            cfg, seed, precision=precision, address=cfg.dask_address, n_workers=cfg.dask_workers
+            cfg,
+            seed,
+            precision=precision,
+            device=params.common.device,
+            address=cfg.dask_address,
+            n_workers=cfg.dask_workers,
         )
     # The seed only matters for pretrained: false (random weights, rebuilt from it at predict).
     extract_features(

@@ -10,6 +10,7 @@ from captioning import runtime
 runtime.setup()
 
 from captioning.config import load_params  # noqa: E402
+from captioning.training.distributed import check_device_setting  # noqa: E402
 from captioning.training.tracked import train_tracked  # noqa: E402
 
 
@@ -34,6 +35,8 @@ def main() -> None:
     parser.add_argument("--summary", type=Path, help="JSON: parameters, time, best epoch")
     args = parser.parse_args()
     params = load_params(args.params)
+    # A device that is not there fails here, in one line, before MLflow or torchrun start.
+    check_device_setting(params.common.device, params.train.devices)
     if params.train.devices > 1 and "LOCAL_RANK" not in os.environ:
         # One process per device: this same command, once per rank, under torchrun.
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]

@@ -1,8 +1,8 @@
 """``captioning`` command line.
 
-``captioning predict IMAGE... [--model URI|DIR] [--beam 3] [--attention out.png]`` prints one
-``file<TAB>caption`` line per image (JPEG or PNG; grayscale, RGBA, CMYK and EXIF-rotated
-images are converted as everywhere else in the pipeline).
+``captioning predict IMAGE... [--model URI|DIR] [--beam 3] [--attention out.png] [--device D]``
+prints one ``file<TAB>caption`` line per image (JPEG or PNG; grayscale, RGBA, CMYK and
+EXIF-rotated images are converted as everywhere else in the pipeline).
 
 ``captioning params apply RECIPE [--set KEY=VALUE ...] [--params PATH]`` writes a recipe
 (recipes/coco2017.yaml) into params.yaml, validated first, and prints each change and the
@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="maximum caption length (default and bound: the longest the model was trained on)",
     )
     predict.add_argument("--scores", action="store_true", help="also print the log-probability")
+    predict.add_argument(
+        "--device",
+        help="auto, cpu, cuda or cuda:N (default: $CAPTIONING_DEVICE, else auto: CUDA if "
+        "available); cuda where there is none is an error",
+    )
     predict.add_argument(
         "--attention",
         type=Path,
@@ -122,8 +127,9 @@ def cmd_params_apply(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from captioning.data.images import ImageDecodeError
     from captioning.decoding.limits import RequestError, RequestLimits
-    from captioning.inference import load_image
+    from captioning.inference import decoding_device, load_image
 
+    device = decoding_device(args.device, source="--device")  # a bad one fails before any work
     try:
         limits = RequestLimits.from_env()
     except RequestError as exc:
@@ -141,7 +147,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return status
     model = args.model or champion_uri()
     try:
-        captioner = load_captioner(model)
+        captioner = load_captioner(model, device)
     except Exception as exc:  # any load failure is reported, not a traceback
         logger.debug("model load failed", exc_info=True)
         print(f"error: cannot load model {model}: {exc}", file=sys.stderr)
@@ -196,12 +202,13 @@ def champion_uri() -> str:
     return f"models:/{name}@champion"
 
 
-def load_captioner(model: str):
-    """A Captioner from a model directory or an MLflow ``models:/`` URI."""
+def load_captioner(model: str, device=None):
+    """A Captioner from a model directory or an MLflow ``models:/`` URI, on ``device`` (a
+    torch device; None: ``inference.decoding_device``)."""
     from captioning.inference import Captioner
 
     if "://" not in model and not model.startswith("models:/"):
-        return Captioner.load(Path(model))
+        return Captioner.load(Path(model), device)
     from captioning.registry.pyfunc import download_model_dir
     from captioning.registry.tracking import configure_mlflow
 
@@ -210,7 +217,7 @@ def load_captioner(model: str):
         model_dir = download_model_dir(model, Path(tmp))
         logger.info("loading %s from %s", model, model_dir)
         # Everything is read into memory, so the download can go.
-        return Captioner.load(model_dir)
+        return Captioner.load(model_dir, device)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ PER_IMAGE_SCORE_NAMES = (
 # here, because they change results if only in the float rounding: features.batch_size (the
 # default encoder's float16 features on the CPU), features.engine (the encoder's thread count),
 # train.num_threads, train.devices (per-rank dropout masks), evaluate.batch_size (not shown
-# invariant), common.precision (bf16/fp16 arithmetic): those are params of their stages.
+# invariant), common.precision (bf16/fp16 arithmetic), common.device (a GPU's kernels round
+# otherwise than the CPU's): those are params of their stages.
 EXECUTION_SETTINGS = (
     "fetch.captcha.workers",
     "shard.workers",
@@ -138,6 +139,9 @@ FEATURE_ENGINES = ("local", "dask")
 EVALUATION_TASKS = ("auto", "caption", "word")
 # common.precision: resolved against the device by captioning.devices.resolve_precision.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# common.device: resolved (and CUDA demanded) by captioning.devices.choose_device.
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # fullmatch
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 
 
 def check_registry(
@@ -187,6 +191,12 @@ class CommonConfig(Section):
     # What the encoder, the decoder's training and decoding compute in (devices.py resolves
     # auto per machine); features are stored float16 and weights kept in fp32 either way.
     precision: Annotated[str, Choice("PRECISIONS")] = "auto"
+    # Where the features, train and evaluate stages compute: auto (CUDA if torch sees it, else
+    # the CPU), cpu, cuda (demanded: no CUDA is an error) or cuda:N (devices.choose_device).
+    device: str = "auto"
+
+    def _checks(self, require: Require) -> None:
+        require(bool(DEVICE_PATTERN.fullmatch(self.device)), "device", DEVICE_CHOICES)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,8 @@
 """Device choice, the precision a stage computes in, and the CUDA-only pinned memory.
 
+``common.device`` (``auto | cpu | cuda | cuda:N``) is resolved by ``choose_device``: ``auto``
+takes CUDA where torch sees it; ``cuda`` demands it (none is a one-line error).
+
 ``common.precision`` (``auto | fp32 | bf16 | fp16``) is resolved here, and only here, against
 the device a process runs on (``resolve_precision``): ``auto`` is bf16 where the hardware has
 bf16 arithmetic (a CPU with AVX512-BF16 or AMX, a CUDA GPU of compute capability 8.0+), fp16
@@ -16,7 +19,7 @@ from contextlib import AbstractContextManager
 
 import torch
 
-from captioning.config import PRECISIONS, ConfigError
+from captioning.config import DEVICE_CHOICES, DEVICE_PATTERN, PRECISIONS, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -30,20 +33,47 @@ AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def choose_device(preferred: str = "auto") -> torch.device:
-    """``"auto"``: CUDA if available, else CPU. Anything else is a torch device string.
+def choose_device(preferred: str = "auto", *, setting: str = "common.device") -> torch.device:
+    """``common.device``: ``auto`` (CUDA if available, else the CPU), ``cpu``, ``cuda`` or
+    ``cuda:N``. ``setting`` names where the value came from, for the error.
 
-    Asking for CUDA on a machine without it fails here rather than at the first tensor move.
+    A process computes on one device: ``cuda:N`` becomes the current CUDA device too.
+    Demanding CUDA where there is none (a CPU-only torch, a broken driver, an index past the
+    GPUs visible) fails here in one line rather than at the first tensor move, or worse, by
+    training on the CPU unnoticed. A CUDA device gets TF32 for its fp32 work (``use_tf32``).
     """
+    if not DEVICE_PATTERN.fullmatch(preferred):
+        raise ConfigError(f"{setting}: expected {DEVICE_CHOICES}, found {preferred!r}")
     if preferred == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(preferred)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {preferred!r}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {preferred!r} requested but CUDA is not available")
+        preferred = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(preferred)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"{setting}: {preferred!r} requested but CUDA is not available to torch "
+                f"{torch.__version__} (no GPU, no driver, or a CPU-only build); "
+                "use auto or cpu"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"{setting}: {preferred!r} requested but {count} CUDA device(s) are visible "
+                f"(cuda:0..cuda:{count - 1}; CUDA_VISIBLE_DEVICES renumbers them)"
+            )
+        if device.index is not None:
+            # The current device: bf16 support (resolve_precision), cuDNN and bare "cuda"
+            # tensors follow it.
+            torch.cuda.set_device(device)
+        use_tf32()
     return device
+
+
+def use_tf32() -> None:
+    """fp32 matrix products and convolutions in TF32 on Ampere and later GPUs (a no-op on
+    older ones): fp32 inputs rounded to a 10-bit mantissa, fp32 accumulation, several times
+    the fp32 throughput. Only the CUDA flags: the CPU's arithmetic is untouched."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
 
 
 def cpu_has_native_bf16() -> bool:

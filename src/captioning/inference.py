@@ -20,12 +20,14 @@ from captioning.decoding.limits import ENV_MAX_PIXELS, RequestLimits, check_deco
 from captioning.decoding.search import beam_search
 from captioning.devices import autocast, choose_device, resolve_precision
 from captioning.features.encoders import grid_shape
-from captioning.features.encoding import encode_batch, encoder_for_model
+from captioning.features.encoding import encode_on_device, encoder_for_model
 from captioning.models.saved import load_decoder
 
 # What a served model or `captioning predict` computes in (common.precision's values; default
 # auto): a choice of the decoding process, whatever the model was trained in.
 ENV_PRECISION = "CAPTIONING_PRECISION"
+# Where it computes (common.device's values: auto | cpu | cuda | cuda:N; default auto).
+ENV_DEVICE = "CAPTIONING_DEVICE"
 
 
 @dataclass
@@ -46,6 +48,14 @@ def load_image(source: bytes | str | Path, name: str, limits: RequestLimits) -> 
                 name, f"{exc.reason}; expected a JPEG or PNG image", exc.kind
             ) from None
         raise ImageDecodeError(name, f"{exc.reason} ({ENV_MAX_PIXELS})", exc.kind) from None
+
+
+def decoding_device(setting: str | None = None, *, source: str = "device") -> torch.device:
+    """Where ``captioning predict`` and the served model compute: ``setting`` (common.device's
+    values; ``source`` names it in an error), else $CAPTIONING_DEVICE, else auto."""
+    if setting:
+        return choose_device(setting, setting=source)
+    return choose_device(os.environ.get(ENV_DEVICE) or "auto", setting=ENV_DEVICE)
 
 
 class Captioner:
@@ -69,12 +79,15 @@ class Captioner:
     def load(
         cls,
         model_dir: str | Path,
-        device: torch.device | None = None,
+        device: torch.device | str | None = None,
         limits: RequestLimits | None = None,
         precision: str | None = None,
     ) -> Captioner:
-        """``precision``: a common.precision value; None reads $CAPTIONING_PRECISION (auto)."""
-        device = device or choose_device()
+        """``device``: a common.device value (or a torch device); None reads $CAPTIONING_DEVICE
+        (auto). ``precision``: a common.precision value; None reads $CAPTIONING_PRECISION
+        (auto)."""
+        if not isinstance(device, torch.device):
+            device = decoding_device(device)
         setting = precision or os.environ.get(ENV_PRECISION) or "auto"
         precision = resolve_precision(setting, device)
         decoder, vocab, config = load_decoder(model_dir, device)
@@ -104,10 +117,9 @@ class Captioner:
     def encode(self, images: list[Image.Image]) -> torch.Tensor:
         """(B, L, C) features, computed exactly as the features stage caches them (float16)."""
         batch = torch.stack([self.spec.preprocess(image) for image in images])
-        features = encode_batch(
+        return encode_on_device(
             self.encoder, batch, self.spec, self.device, precision=self.precision
         )
-        return torch.from_numpy(features).to(self.device)
 
     def caption(
         self,

@@ -30,13 +30,13 @@ def prefect_api():
         yield
 
 
-def crash_worker_once(work_dir, split_shards, shard, cfg, seed, precision):
+def crash_worker_once(work_dir, split_shards, shard, cfg, seed, precision, device):
     """Kill the worker process the first time it is given train shard 1 (a lost node)."""
     marker = Path(work_dir).parent / f"crashed-{shard.name}"
     if shard.name == "train-000001.tar" and not marker.exists():
         marker.write_text(str(os.getpid()))
         os._exit(1)
-    return encode_one_shard(work_dir, split_shards, shard, cfg, seed, precision)
+    return encode_one_shard(work_dir, split_shards, shard, cfg, seed, precision, device)
 
 
 def assert_same_cache(a: Path, b: Path) -> None:

@@ -7,6 +7,8 @@ The decoder's output layer is rigged (zero weights, one large bias) so that it a
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,8 +20,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from captioning.cli import main
-from captioning.config import DecoderConfig, RegisterConfig, to_dict
+from captioning.config import ConfigError, DecoderConfig, RegisterConfig, to_dict
 from captioning.data.vocab import SPECIALS, Vocab
+from captioning.inference import ENV_DEVICE, Captioner
 from captioning.models import build_decoder
 
 WORDS = ("a", "red", "circle")
@@ -339,3 +342,39 @@ def test_predict_refuses_an_image_past_the_pixel_cap(workspace, tmp_path, capsys
     assert err.strip() == (
         f"error: {big}: 64x48 pixels, more than the 1,000 allowed per image (CAPTIONING_MAX_PIXELS)"
     )
+
+
+# --- the device: --device, else $CAPTIONING_DEVICE (the served model's too), else auto ---
+
+
+def test_a_demanded_cuda_device_that_is_not_there_is_one_line(workspace):
+    _, model_dir, images = workspace
+    command = [sys.executable, "-m", "captioning.cli", "predict", str(images[0])]
+    result = subprocess.run(
+        [*command, "--model", str(model_dir), "--device", "cuda"],
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},  # no GPU, even where there is one
+        capture_output=True,
+        text=True,
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "ERROR captioning: --device: 'cuda' requested but CUDA is not available" in lines[0]
+
+
+def test_the_device_flag_and_the_environment_choose_where_predict_runs(
+    workspace, capsys, monkeypatch
+):
+    """With CUDA said to be there, auto would take it (and fail: there is none): --device cpu
+    and CAPTIONING_DEVICE=cpu keep predict and the served model's Captioner on the CPU."""
+    _, model_dir, images = workspace
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv(ENV_DEVICE, raising=False)
+    assert main(["predict", str(images[0]), "--model", str(model_dir), "--device", "cpu"]) == 0
+    assert is_circles(capsys.readouterr().out.split("\t")[1])
+    monkeypatch.setenv(ENV_DEVICE, "cpu")
+    assert main(["predict", str(images[0]), "--model", str(model_dir)]) == 0
+    assert Captioner.load(model_dir).device == torch.device("cpu")
+    monkeypatch.setenv(ENV_DEVICE, "gpu")
+    with pytest.raises(ConfigError, match="^CAPTIONING_DEVICE: expected auto, cpu, cuda or cuda:N"):
+        Captioner.load(model_dir)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from captioning import devices
 from captioning.config import CommonConfig, ConfigError
+from captioning.training.distributed import check_device_setting, init_distributed
 from captioning.training.loop import grad_scaler
 
 CUDA = torch.device("cuda")
@@ -131,3 +133,128 @@ def test_asking_for_cuda_without_it_fails_at_the_choice(monkeypatch):
     assert devices.choose_device() == torch.device("cpu")
     with pytest.raises(ValueError, match="CUDA is not available"):
         devices.choose_device("cuda:1")
+
+
+@pytest.fixture
+def tf32_off():
+    """The CUDA TF32 flags off for the test, restored after it (monkeypatch cannot: torch's
+    cuBLAS module answers its attributes from C)."""
+    saved = tf32_flags()
+    set_tf32(False, False)
+    yield
+    set_tf32(*saved)
+
+
+def set_tf32(matmul: bool, cudnn: bool) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = matmul
+    torch.backends.cudnn.allow_tf32 = cudnn
+
+
+def tf32_flags() -> tuple[bool, bool]:
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+def gpu_of_capability(monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], count=1):
+    """CUDA answering as a GPU of ``capability`` would, down to what torch's own
+    ``is_bf16_supported`` reads (its properties; bf16 tensors, emulated or not, work)."""
+    current: list[torch.device] = []
+    major, minor = capability
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    properties = SimpleNamespace(major=major, minor=minor)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: properties)
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)
+    return current
+
+
+@pytest.mark.parametrize(
+    ("gpu", "capability", "precision", "scaled"),
+    [
+        ("A100", (8, 0), "bf16", False),
+        ("H100", (9, 0), "bf16", False),
+        ("V100", (7, 0), "fp16", True),
+        ("T4", (7, 5), "fp16", True),
+    ],
+)
+def test_the_precision_rule_on_a_gpu(monkeypatch, tf32_off, gpu, capability, precision, scaled):
+    gpu_of_capability(monkeypatch, capability)
+    assert torch.cuda.is_bf16_supported()  # torch's default answer: yes, emulated or not
+    device = devices.choose_device("auto")
+    assert device == torch.device("cuda")
+    assert devices.resolve_precision("auto", device) == precision
+    assert grad_scaler(device, precision).is_enabled() is scaled
+    assert tf32_flags() == (True, True)  # a CUDA device was chosen
+
+
+def test_the_precision_rule_without_cuda(monkeypatch, tf32_off):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    fake_cpu(monkeypatch, avx512_bf16=False)  # this machine's CPU: no bf16 arithmetic
+    device = devices.choose_device("auto")
+    assert device == CPU
+    assert devices.resolve_precision("auto", device) == "fp32"
+    assert not grad_scaler(device, "fp32").is_enabled()
+    assert tf32_flags() == (False, False)  # the CPU's arithmetic is left alone
+
+
+@pytest.mark.parametrize("setting", ["cuda", "cuda:0"])
+def test_demanding_cuda_without_it_is_one_line_naming_the_setting(monkeypatch, setting):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError) as caught:
+        devices.choose_device(setting)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"common.device: {setting!r} requested but CUDA is not available")
+    with pytest.raises(ConfigError, match=r"^--device: 'cuda' requested"):
+        devices.choose_device("cuda", setting="--device")
+
+
+def test_cuda_n_must_be_a_visible_gpu_and_becomes_the_current_one(monkeypatch, tf32_off):
+    current = gpu_of_capability(monkeypatch, (8, 0), count=2)
+    assert devices.choose_device("cuda:1") == torch.device("cuda", 1)
+    assert current == [torch.device("cuda", 1)]
+    assert tf32_flags() == (True, True)
+    with pytest.raises(ConfigError, match=r"'cuda:2' requested but 2 CUDA device\(s\) are visible"):
+        devices.choose_device("cuda:2")
+
+
+@pytest.mark.parametrize("value", ["gpu", "cuda:", "cuda:x", "CPU", "cpu\n", "mps"])
+def test_a_bad_device_value_is_refused_by_the_config_and_the_chooser(value):
+    with pytest.raises(ConfigError) as caught:
+        CommonConfig(device=value)
+    assert str(caught.value) == (
+        f"key 'device': expected auto, cpu, cuda or cuda:N, found {value!r}"
+    )
+    with pytest.raises(ConfigError, match="expected auto, cpu, cuda or cuda:N"):
+        devices.choose_device(value)
+
+
+def test_the_cpu_setting_stays_on_the_cpu_where_there_is_a_gpu(monkeypatch, tf32_off):
+    gpu_of_capability(monkeypatch, (8, 0))
+    assert devices.choose_device("cpu") == CPU
+    assert tf32_flags() == (False, False)
+
+
+def test_one_gpu_named_for_several_training_processes_is_one_line(monkeypatch):
+    gpu_of_capability(monkeypatch, (8, 0), count=2)
+    with pytest.raises(ConfigError) as caught:
+        check_device_setting("cuda:1", 2)
+    assert str(caught.value) == (
+        "common.device: 'cuda:1' names one GPU but train.devices runs 2 processes, one per GPU "
+        "(cuda:LOCAL_RANK); use cuda or auto"
+    )
+    assert check_device_setting("cuda:1", 1) == torch.device("cuda", 1)
+    assert check_device_setting("cuda", 2) == torch.device("cuda")
+
+
+def test_a_torchrun_rank_demanding_cuda_without_it_fails_before_joining(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda *a, **k: pytest.fail())
+    with pytest.raises(ConfigError, match="^common.device: 'cuda' requested but CUDA is not"):
+        init_distributed("cuda")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert init_distributed("cpu").device == CPU

@@ -212,7 +212,7 @@ def beam_search_n_best(
     lengths = torch.zeros(batch * k, device=device)  # tokens emitted, <end> included
     finished = torch.zeros(batch * k, dtype=torch.bool, device=device)
     trail = _Trail()
-    results: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    ended_images, ended_captions = [], []  # on the device until the search is over
     for t in range(max_length + 1):
         n = len(images)
         offsets = torch.arange(n, device=device).unsqueeze(1) * k  # (N, 1)
@@ -245,11 +245,12 @@ def beam_search_n_best(
         final = scores / length_penalty_factor(lengths.view(n, k), length_penalty)  # (N, K)
         slots = done.nonzero().squeeze(1)  # (D,)
         order = final[slots].argsort(dim=-1, descending=True, stable=True)[:, :n_best]  # (D, B)
-        best = trail.hypotheses(
-            (order + slots.unsqueeze(1) * k).view(-1), scores[slots].gather(1, order), end_id
+        ended_images.append(images[slots])
+        ended_captions.append(
+            trail.captions(
+                (order + slots.unsqueeze(1) * k).view(-1), scores[slots].gather(1, order)
+            )
         )
-        for i, image in enumerate(images[slots].tolist()):
-            results[image] = best[i * n_best : (i + 1) * n_best]
         if ended == n:
             break
         # Drop the images whose beams have all ended: the others' steps get cheaper.
@@ -262,7 +263,29 @@ def beam_search_n_best(
         trail.drop(rows)
         images, scores = images[keep], scores[keep]
         tokens, lengths, finished = tokens[rows], lengths[rows], finished[rows]
+    best = _hypotheses(*_concatenate(ended_captions, end_id), end_id)  # one copy to the host
+    results: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    for i, image in enumerate(torch.cat(ended_images).tolist()):
+        results[image] = best[i * n_best : (i + 1) * n_best]
     return results
+
+
+Captions = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
+
+
+def _concatenate(parts: list[Captions], end_id: int) -> Captions:
+    """The captions (words (M, T), scores (M,), attention (M, T, L) or None) of the steps at
+    which images ended, as one set: the shorter ones padded with <end> (and zero attention),
+    which ``_hypotheses`` cuts off, so that one copy brings every caption to the host."""
+    steps = max(words.size(1) for words, _, _ in parts)
+    words = torch.cat(
+        [torch.nn.functional.pad(w, (0, steps - w.size(1)), value=end_id) for w, _, _ in parts]
+    )
+    scores = torch.cat([s for _, s, _ in parts])
+    if parts[0][2] is None:
+        return words, scores, None
+    attention = [torch.nn.functional.pad(a, (0, 0, 0, steps - a.size(1))) for _, _, a in parts]
+    return words, scores, torch.cat(attention)
 
 
 def _extend(
@@ -301,8 +324,9 @@ class _Trail:
         """The next step's input holds only beams ``rows`` of this step (images left)."""
         self._kept = rows
 
-    def hypotheses(self, rows: torch.Tensor, scores: torch.Tensor, end_id: int) -> list[Hypothesis]:
-        """The captions of the last step's beams ``rows`` (M,), whose scores are ``scores``."""
+    def captions(self, rows: torch.Tensor, scores: torch.Tensor) -> Captions:
+        """The captions of the last step's beams ``rows`` (M,), whose scores are ``scores``:
+        words (M, T), scores (M,), attention (M, T, L) or None, on the device."""
         words, maps = [], []
         for t in reversed(range(len(self.words))):
             words.append(self.words[t][rows])
@@ -315,7 +339,7 @@ class _Trail:
                 rows = kept[rows]
         steps = torch.stack(words[::-1], dim=1)  # (M, T)
         alphas = torch.stack(maps[::-1], dim=1) if maps else None  # (M, T, L)
-        return _hypotheses(steps, scores.reshape(-1), alphas, end_id)
+        return steps, scores.reshape(-1), alphas
 
 
 def _reorder(decoder: Decoder, state: State, index: torch.Tensor, keep: set[str]) -> State:

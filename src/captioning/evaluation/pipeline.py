@@ -88,15 +88,16 @@ def evaluate_model(
     *,
     split: str = "test",
     precision: str = "auto",
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Decode, score and write the report files (see the module docstring); returns the metrics.
 
     ``split`` is the captioner's; the reader always reads val and test. Decoding (and a
     fine-tuned encoder) computes in ``precision`` (``common.precision``), whatever the model
-    was trained in.
+    was trained in, on ``device`` (``common.device``).
     """
     out_dir = Path(out_dir)
-    device = choose_device()
+    device = choose_device(device)
     precision = resolve_precision(precision, device)
     decoder, vocab, config = load_decoder(model_dir, device)
     task = choose_task(vocab, cfg, split)

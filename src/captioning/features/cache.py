@@ -258,7 +258,7 @@ def extract_features(
     """
     shard_dir, out_dir = Path(shard_dir), Path(out_dir)
     spec = get_encoder_spec(cfg.encoder)
-    if cfg.num_workers > 0:
+    if cfg.num_workers > 0 and run_shards is None:
         start_workers_early()  # their imports overlap the shard scan and the model build
     device = device if device is not None else choose_device("auto")
     precision = resolve_precision(precision, device)
@@ -274,7 +274,10 @@ def extract_features(
         for s in wanted
     }
 
-    model = load_encoder(spec, cfg.pretrained, device, weights_path=cfg.weights_path, seed=seed)
+    # With run_shards the workers encode (each on its own device): this process needs only the
+    # encoder's identity, so it builds it on the CPU rather than hold a GPU the workers use.
+    here = device if run_shards is None else torch.device("cpu")
+    model = load_encoder(spec, cfg.pretrained, here, weights_path=cfg.weights_path, seed=seed)
     identity = encoder_identity(
         spec, model, pretrained=cfg.pretrained, weights_path=cfg.weights_path, seed=seed
     )

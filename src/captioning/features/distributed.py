@@ -33,17 +33,19 @@ from captioning.features.loader import Shard, extraction_loader
 
 log = logging.getLogger(__name__)
 
-ShardFunction = Callable[[str, Sequence[Shard], Shard, FeaturesConfig, "int | None", str], int]
+ShardFunction = Callable[[str, Sequence[Shard], Shard, FeaturesConfig, "int | None", str, str], int]
 
 
-def worker_device() -> torch.device:
-    """This Dask worker's device: on a machine with several GPUs, LocalCluster worker ``i``
-    (workers are named 0..n-1) takes ``cuda:i mod count``, so ``features.dask_workers`` set to
-    the GPU count puts one worker on each. A worker with another name (a cluster started by
-    hand) takes ``cuda:0`` of what it sees: start each with its own CUDA_VISIBLE_DEVICES."""
-    device = choose_device("auto")
+def worker_device(setting: str = "auto") -> torch.device:
+    """This Dask worker's device for ``common.device`` ``setting``: with ``auto`` or ``cuda``
+    on a machine with several GPUs, LocalCluster worker ``i`` (workers are named 0..n-1) takes
+    ``cuda:i mod count``, so ``features.dask_workers`` set to the GPU count puts one worker on
+    each; ``cuda:N`` puts every worker on that GPU. A worker with another name (a cluster
+    started by hand) takes ``cuda:0`` of what it sees: start each with its own
+    CUDA_VISIBLE_DEVICES."""
+    device = choose_device(setting)
     count = torch.cuda.device_count() if device.type == "cuda" else 0
-    if count < 2:
+    if count < 2 or device.index is not None:
         return device
     from distributed import get_worker
 
@@ -60,11 +62,11 @@ def worker_device() -> torch.device:
 
 @functools.lru_cache(maxsize=2)
 def _worker_encoder(
-    name: str, pretrained: bool, weights_path: str | None, seed: int | None
+    name: str, pretrained: bool, weights_path: str | None, seed: int | None, device: torch.device
 ) -> torch.nn.Module:
     """One encoder per worker process, kept for every shard the worker is given."""
     spec = get_encoder_spec(name)
-    return load_encoder(spec, pretrained, worker_device(), weights_path=weights_path, seed=seed)
+    return load_encoder(spec, pretrained, device, weights_path=weights_path, seed=seed)
 
 
 def encode_one_shard(
@@ -74,18 +76,21 @@ def encode_one_shard(
     cfg: FeaturesConfig,
     seed: int | None,
     precision: str,
+    device_setting: str = "auto",
 ) -> int:
     """Encode ``shard`` into the cache being built in ``work_dir``; returns the images encoded
     (0 if the shard was already done). ``split_shards`` are all the shards of its split (they
     fix the split array's shape and this shard's rows). ``precision`` is the one the cache
-    records, resolved by the process that builds it (this worker computes in it too)."""
+    records, resolved by the process that builds it (this worker computes in it too), on the
+    device ``device_setting`` (``common.device``) gives this worker (``worker_device``)."""
     spec = get_encoder_spec(cfg.encoder)
     writer = _SplitWriter(Path(work_dir), shard.split, split_shards, spec)
     if writer.is_done(shard):
         return 0
-    device = worker_device()
-    model = _worker_encoder(cfg.encoder, cfg.pretrained, cfg.weights_path, seed)
-    # One process per worker: its own DataLoader workers would only compete for the cores.
+    device = worker_device(device_setting)
+    model = _worker_encoder(cfg.encoder, cfg.pretrained, cfg.weights_path, seed, device)
+    # The worker decodes its JPEGs itself: a Dask worker process is daemonic and may not start
+    # DataLoader workers (docs/scaling.md); more Dask workers than GPUs decode in parallel.
     loader = extraction_loader(
         [shard], spec, batch_size=cfg.batch_size, num_workers=0, device=device
     )
@@ -103,6 +108,7 @@ def dask_shard_runner(
     seed: int | None,
     *,
     precision: str,
+    device: str = "auto",
     address: str = "",
     n_workers: int = 2,
     retries: int = 2,
@@ -110,8 +116,10 @@ def dask_shard_runner(
 ) -> Callable[[Sequence[Shard], dict[str, list[Shard]], Path], int]:
     """A ``run_shards`` for ``extract_features``: one Prefect task per shard on Dask.
 
-    ``precision``: resolved (the cache's). ``address`` of a running Dask scheduler (e.g. ``tcp://10.0.0.5:8786``), or "" for a
-    LocalCluster of ``n_workers`` single-threaded worker processes started for the run.
+    ``precision``: resolved (the cache's); ``device``: ``common.device``, resolved by each
+    worker (``worker_device``). ``address`` of a running Dask scheduler (e.g.
+    ``tcp://10.0.0.5:8786``), or "" for a LocalCluster of ``n_workers`` single-threaded worker
+    processes started for the run.
     """
     from prefect import flow, task
     from prefect_dask import DaskTaskRunner
@@ -139,7 +147,9 @@ def dask_shard_runner(
 
     @flow(name="features-distributed", task_runner=runner, validate_parameters=False)
     def fan_out(pending: list[Shard], plans: dict[str, list[Shard]], work: str) -> int:
-        futures = [encode.submit(work, plans[s.split], s, cfg, seed, precision) for s in pending]
+        futures = [
+            encode.submit(work, plans[s.split], s, cfg, seed, precision, device) for s in pending
+        ]
         return sum(future.result() for future in futures)
 
     def run_shards(pending: Sequence[Shard], plans: dict[str, list[Shard]], work: Path) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -158,16 +158,26 @@ class EncoderSpec:
         """uint8 (B, H, W, 3) -> normalised float32 (B, 3, H, W), channels_last in memory;
         on whatever device ``pixels`` is (on a GPU, after a 4x smaller copy)."""
         x = pixels.permute(0, 3, 1, 2).float()  # (B, 3, H, W), values 0..255, NHWC strides
-        scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=x.device)
-        shift = torch.tensor(
-            [m / s for m, s in zip(self.mean, self.std, strict=True)], device=x.device
-        )
-        return x * scale.view(1, 3, 1, 1) - shift.view(1, 3, 1, 1)
+        scale, shift = normalisation(self.mean, self.std, x.device)
+        return x * scale - shift
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """PIL image -> normalised float32 tensor (3, input_size, input_size): ``pixels`` then
         ``normalize``, the same arithmetic as a batch gets."""
         return self.normalize(self.pixels(image)[None])[0].contiguous()
+
+
+@cache
+def normalisation(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``normalize``'s (1, 3, 1, 1) scale and shift on ``device``: built once per encoder and
+    device, not from lists on every batch (a host-to-device copy each on a GPU). Ordinary
+    tensors even when first asked for under inference mode: fine-tuning uses them too."""
+    with torch.inference_mode(False):
+        scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=device)
+        shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)], device=device)
+    return scale.view(1, 3, 1, 1), shift.view(1, 3, 1, 1)
 
 
 def _is_encoder_state(state: StateDict) -> bool:

@@ -139,7 +139,6 @@ def encode_pixels(
     return encode_batch(model, images, spec, device, precision=precision)
 
 
-@torch.inference_mode()
 def encode_batch(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -148,8 +147,23 @@ def encode_batch(
     *,
     precision: str,
 ) -> np.ndarray:
-    """Preprocessed images (B, 3, H, W) -> float16 features (B, grid*grid, channels), the
-    encoder computing in ``precision`` (resolved: ``devices.resolve_precision``)."""
+    """Preprocessed images (B, 3, H, W) -> float16 features (B, grid*grid, channels) on the
+    host, for a cache (``encode_on_device`` keeps them where they were computed)."""
+    return encode_on_device(model, images, spec, device, precision=precision).cpu().numpy()
+
+
+@torch.inference_mode()
+def encode_on_device(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    spec: EncoderSpec,
+    device: torch.device,
+    *,
+    precision: str,
+) -> torch.Tensor:
+    """Preprocessed images (B, 3, H, W) -> float16 features (B, grid*grid, channels) on
+    ``device``, the encoder computing in ``precision`` (resolved:
+    ``devices.resolve_precision``). The same values a cache stores."""
     x = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     with autocast(device, precision):
         fmap = model(x)  # (B, C, Gh, Gw)
@@ -161,4 +175,4 @@ def encode_batch(
         )
     b = fmap.shape[0]
     feats = fmap.float().permute(0, 2, 3, 1).reshape(b, spec.locations, spec.channels)
-    return feats.to(torch.float16).cpu().numpy()  # (B, G*G, C)
+    return feats.to(torch.float16)  # (B, G*G, C)

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from captioning.config import ConfigError
 from captioning.devices import choose_device
 
 T = TypeVar("T")
@@ -104,17 +105,27 @@ class DistContext:
         return self.device if self.device.type == "cuda" else torch.device("cpu")
 
 
-def init_distributed() -> DistContext:
+def check_device_setting(setting: str, world: int) -> torch.device:
+    """``common.device`` for ``world`` processes, chosen (``choose_device``: CUDA there if
+    demanded); no ``cuda:N`` for more than one (under torchrun each rank takes
+    ``cuda:LOCAL_RANK``)."""
+    if world > 1 and setting.startswith("cuda:"):
+        raise ConfigError(
+            f"common.device: {setting!r} names one GPU but train.devices runs {world} processes, "
+            "one per GPU (cuda:LOCAL_RANK); use cuda or auto"
+        )
+    return choose_device(setting)
+
+
+def init_distributed(setting: str = "auto") -> DistContext:
     """The process group of a torchrun launch (RANK, WORLD_SIZE, LOCAL_RANK set), else a
-    single-process context on the usual device."""
+    single-process context, on the device ``setting`` (``common.device``) chooses."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return DistContext(0, 1, choose_device())
+        return DistContext(0, 1, choose_device(setting))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        backend = "nccl"
+    if check_device_setting(setting, world).type == "cuda":
+        device, backend = choose_device(f"cuda:{local_rank}"), "nccl"  # the current device too
     else:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():

@@ -101,6 +101,7 @@ def train_decoder(
     on_epoch: EpochCallback | None = None,
     on_step: StepCallback | None = None,
     precision: str = "auto",
+    device_setting: str = "auto",
 ) -> TrainResult:
     """Train the decoder ``decoder_name`` on ``source``'s batches, minimising ``objective``
     (default: teacher forcing), the steps and validation computing in ``precision``
@@ -108,7 +109,7 @@ def train_decoder(
     ``TrainResult.precision``); write the best epoch's model (models/saved.py)."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    ctx = init_distributed()  # one rank of a torchrun launch, or the only process
+    ctx = init_distributed(device_setting)  # one rank of a torchrun launch, or the only process
     device = ctx.device
     precision = resolve_precision(precision, device)
     vocab = Vocab.load(vocab_path)

@@ -63,6 +63,7 @@ def train_tracked(
         seed=params.common.seed,
         checkpoint_dir=checkpoint_dir,
         precision=params.common.precision,
+        device_setting=params.common.device,
     )
     if int(os.environ.get("RANK", "0")) != 0:
         # Under torchrun only rank 0 records the run and writes the outputs.
@@ -79,6 +80,7 @@ def train_tracked(
                 **flatten(params.features, "features."),
                 "common.seed": params.common.seed,
                 "common.precision": params.common.precision,
+                "common.device": params.common.device,
             }
         )
 

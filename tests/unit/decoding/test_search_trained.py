@@ -17,6 +17,7 @@ from tiny_models import (
     train_tiny_soft_attention,
 )
 
+from captioning.decoding import search as search_module
 from captioning.decoding.search import (
     beam_search,
     beam_search_n_best,
@@ -281,3 +282,20 @@ def test_shared_state_keeps_one_row_per_image_while_beams_have_k(trained_decoder
     for rows in seen:
         assert rows["feats"] == rows["projected"] == rows["h"] // 3 == rows["c"] // 3
     assert seen[-1]["feats"] < len(test_features)  # images left and their features with them
+
+
+def test_beam_search_copies_a_batch_to_the_host_once(trained_decoder, test_features, monkeypatch):
+    """Images whose beams end at different steps: their captions (words, scores, attention,
+    image order) come to the host in one copy each per batch, not at every step an image ends."""
+    kwargs = dict(max_length=8, beam_size=3, n_best=2, **IDS)
+    endings, copies = [], []
+    captions, tolist, cpu = search_module._Trail.captions, torch.Tensor.tolist, torch.Tensor.cpu
+    monkeypatch.setattr(
+        search_module._Trail, "captions", lambda *a: endings.append(1) or captions(*a)
+    )
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: copies.append("tolist") or tolist(t))
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda t, *a: copies.append("cpu") or cpu(t, *a))
+    beam_search_n_best(trained_decoder, test_features, **kwargs)
+    monkeypatch.undo()
+    assert len(endings) > 2  # the images ended at different steps
+    assert sorted(copies) == ["cpu", "tolist", "tolist", "tolist"]

@@ -14,6 +14,7 @@ from PIL import Image
 
 from captioning.config import FeaturesConfig
 from captioning.data.images import ImageDecodeError, load_rgb
+from captioning.features import cache as cache_module
 from captioning.features.cache import (
     FeatureCache,
     FeatureCacheError,
@@ -328,3 +329,27 @@ def test_unfinished_cache_of_another_encoder_is_discarded(
     assert "input_size" not in caplog.text  # both take 224 px
     meta = json.loads((tmp_path / "cache" / "meta.json").read_text())
     assert meta["encoder"] == "efficientnet_lite0" and meta["channels"] == 1280
+
+
+def test_the_parent_of_the_dask_workers_holds_no_encoder_on_a_gpu(monkeypatch, tmp_path):
+    """With the Dask engine the workers encode; the process building the cache only needs the
+    encoder's identity, so it builds it on the CPU even when the cache's device is a GPU."""
+    write_shards(tmp_path / "shards", {"train": [2]})
+    built_on = []
+    real = cache_module.load_encoder
+
+    def load_encoder(spec, pretrained, device, **kwargs):
+        built_on.append(device)
+        return real(spec, pretrained, device, **kwargs)
+
+    def run_shards(pending, plans, work):
+        raise StopIteration  # the workers' part is not under test
+
+    monkeypatch.setattr(cache_module, "load_encoder", load_encoder)
+    cfg = FeaturesConfig(encoder="small_cnn", pretrained=False, num_workers=0)
+    gpu = torch.device("cuda", 0)
+    with pytest.raises(StopIteration):
+        extract_features(
+            tmp_path / "shards", tmp_path / "out", cfg, gpu, precision="fp32", run_shards=run_shards
+        )
+    assert built_on == [torch.device("cpu")]

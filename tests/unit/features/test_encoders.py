@@ -12,6 +12,7 @@ from captioning.features.encoders import (
     ENCODERS,
     efficientnet_lite0_weights_path,
     get_encoder_spec,
+    normalisation,
 )
 from captioning.features.weights import EncoderWeightsError
 
@@ -301,3 +302,15 @@ def test_captcha_cnn_reads_wide_images_into_a_wide_grid() -> None:
     blocks = [p for block in encoder.blocks() for p in block.parameters()]
     assert len(encoder.blocks()) == 6 and len(blocks) == len(list(encoder.parameters()))
     assert 0.3e6 < sum(p.numel() for p in encoder.parameters()) < 0.4e6
+
+
+def test_the_normalisation_is_built_once_per_device(monkeypatch) -> None:
+    pixels = torch.stack([SPEC.pixels(im) for im in _random_images(2)])
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (SPEC.mean, SPEC.std))
+    expected = (pixels.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+    first = SPEC.normalize(pixels)
+    torch.testing.assert_close(first, expected)
+    scale, _ = normalisation(SPEC.mean, SPEC.std, pixels.device)
+    assert normalisation(SPEC.mean, SPEC.std, pixels.device)[0] is scale  # the same tensors
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: pytest.fail("built from lists again"))
+    assert torch.equal(SPEC.normalize(pixels), first)

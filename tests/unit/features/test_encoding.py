@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from captioning.features.encoders import get_encoder_spec
@@ -18,6 +19,7 @@ from captioning.features.encoding import (
 )
 from captioning.features.loader import FeatureCacheError
 from captioning.features.weights import EncoderWeightsError, state_digest
+from captioning.inference import Captioner
 
 SPEC = get_encoder_spec("small_cnn")
 CPU = torch.device("cpu")
@@ -85,3 +87,16 @@ def test_encode_batch_refuses_a_feature_map_its_spec_does_not_describe() -> None
         encode_batch(
             model, torch.randn(1, 3, 64, 64), SPEC, CPU, precision="fp32"
         )  # a 2x2 grid, not 7x7
+
+
+def test_live_features_stay_on_the_device_with_the_cached_values(monkeypatch) -> None:
+    """A Captioner's features are the cache's float16 values, not a trip through numpy."""
+    model, _ = _random(0)
+    images = [Image.new("RGB", (90, 60), colour) for colour in ((0, 0, 0), (200, 30, 90))]
+    batch = torch.stack([SPEC.preprocess(image) for image in images])
+    cached = encode_batch(model, batch, SPEC, CPU, precision="fp32")
+    captioner = Captioner(model, SPEC, None, None, {}, CPU, precision="fp32")
+    monkeypatch.setattr(torch.Tensor, "numpy", lambda *a: pytest.fail("copied to numpy"))
+    live = captioner.encode(images)
+    assert live.dtype == torch.float16 and live.device == CPU
+    assert torch.equal(live, torch.from_numpy(cached))

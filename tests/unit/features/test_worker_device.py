@@ -8,6 +8,7 @@ import distributed
 import pytest
 import torch
 
+from captioning.config import ConfigError
 from captioning.features.distributed import worker_device
 
 
@@ -40,3 +41,17 @@ def test_a_hand_started_worker_uses_the_first_gpu_it_sees(monkeypatch, caplog):
     gpus(monkeypatch, 4, "tcp://10.0.0.5:4000")
     assert worker_device() == torch.device("cuda", 0)
     assert "not a LocalCluster index, using cuda:0 of 4 GPUs" in caplog.text
+
+
+@pytest.mark.parametrize(("setting", "device"), [("cuda:1", ("cuda", 1)), ("cpu", ("cpu",))])
+def test_a_device_setting_puts_every_worker_on_it(monkeypatch, setting, device):
+    """common.device cuda:N: every worker on that GPU (the current one); cpu: none on a GPU."""
+    current = gpus(monkeypatch, 2, 0)
+    assert worker_device(setting) == torch.device(*device)
+    assert current == ([torch.device(*device)] if device[0] == "cuda" else [])
+
+
+def test_a_worker_demanding_cuda_without_it_fails_in_one_line(monkeypatch):
+    gpus(monkeypatch, 0, 0)
+    with pytest.raises(ConfigError, match="^common.device: 'cuda' requested but CUDA is not"):
+        worker_device("cuda")
