@@ -385,9 +385,7 @@ class TransformerConfig(Section):
         require(self.heads >= 1, "heads", ">= 1")
         # 2-D positions: a sine and a cosine per frequency for the row and for the column.
         require(self.d_model >= 4 and self.d_model % 4 == 0, "d_model", "a multiple of 4")
-        require(
-            self.heads < 1 or self.d_model % self.heads == 0, "d_model", "a multiple of heads"
-        )
+        require(self.heads < 1 or self.d_model % self.heads == 0, "d_model", "a multiple of heads")
         require(self.ffn_dim >= 1, "ffn_dim", ">= 1")
         require(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)")
         require(self.grid_layers >= 0, "grid_layers", ">= 0")
