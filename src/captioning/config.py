@@ -373,8 +373,8 @@ class TransformerConfig(Section):
 
     layers: int = 3  # decoder layers: self-attention over the words, cross-attention, FFN
     heads: int = 4
-    d_model: int = 256  # width of words and grid alike (embed_dim/hidden_dim are not read)
-    ffn_dim: int = 1024
+    d_model: int = 128  # width of words and grid alike (embed_dim/hidden_dim are not read)
+    ffn_dim: int = 512
     dropout: float = 0.1
     # Self-attention layers over the grid, run once per image before the decoder reads it;
     # 0 = the decoder's cross-attention reads the projected grid as it is.

@@ -9,10 +9,11 @@ words so far, cross-attention over the grid and a feed-forward block.
 
 Decoding one word at a time keeps a key/value cache: each layer's keys and values of the words
 already read (``keys<i>``, ``values<i>``, (R, heads, t, d_head), one more row of t per step), and
-the grid's keys and values for every layer, computed once in ``init_state`` and shared by the
-beams of an image (``shared_state``). Teacher forcing runs every word at once under a causal
-mask (``recur_caption``): the same logits as the cached steps. The step's attention (what the
-heat-maps show) is the last layer's cross-attention, averaged over the heads.
+each layer's keys and values of the grid (``grid_keys<i>``, ``grid_values<i>``), computed once
+in ``init_state`` and shared by the beams of an image (``shared_state``). Teacher forcing runs
+every word at once under a causal mask (``recur_caption``): the same logits as the cached steps.
+The step's attention (what the heat-maps show) is the last layer's cross-attention, averaged over
+the heads.
 """
 
 from __future__ import annotations
@@ -165,15 +166,17 @@ class DecoderLayer(nn.Module):
 
 
 class TransformerDecoder(Decoder):
-    # The grid's keys and values (N, layers, h, L, d_head): one row per image, read by the
-    # cross-attention broadcast over the image's beams.
-    shared_state = frozenset({"grid_keys", "grid_values"})
-
     def __init__(
         self, cfg: DecoderConfig, vocab_size: int, feature_dim: int, num_locations: int
     ) -> None:
         super().__init__()
         tc = cfg.transformer
+        # Each layer's keys and values of the grid (N, h, L, d_head), one contiguous tensor each
+        # (a slice of one stacked tensor was copied by every step's matmul): one row per image,
+        # read by the cross-attention broadcast over the image's beams.
+        self.shared_state = frozenset(
+            f"grid_{kind}{i}" for i in range(tc.layers) for kind in ("keys", "values")
+        )
         self.d_model, self.heads = tc.d_model, tc.heads
         self.standardise = FeatureStandardiser(feature_dim)
         self.feature_in = nn.Linear(feature_dim, tc.d_model)
@@ -196,15 +199,14 @@ class TransformerDecoder(Decoder):
         for layer in self.grid_layers:
             grid = layer(grid)
         memory = self.grid_norm(grid)
-        keys, values = zip(
-            *(layer.cross_attention.keys_values(memory) for layer in self.layers), strict=True
-        )
-        state = {
-            "grid_keys": torch.stack(keys, dim=1),  # (B, layers, h, L, d_head)
-            "grid_values": torch.stack(values, dim=1),
-        }
         empty = memory.new_zeros(memory.size(0), self.heads, 0, self.d_model // self.heads)
-        for i in range(len(self.layers)):
+        state = {}
+        for i, layer in enumerate(self.layers):
+            keys, values = layer.cross_attention.keys_values(memory)  # (B, h, L, d_head)
+            state[f"grid_keys{i}"], state[f"grid_values{i}"] = (
+                keys.contiguous(),
+                values.contiguous(),
+            )
             state[f"keys{i}"] = state[f"values{i}"] = empty  # (B, h, 0, d_head): no word yet
         return state
 
@@ -240,7 +242,7 @@ class TransformerDecoder(Decoder):
         state = dict(state)
         weights = x.new_zeros(0)
         for i, layer in enumerate(self.layers):
-            grid = (state["grid_keys"][:, i], state["grid_values"][:, i])
+            grid = (state[f"grid_keys{i}"], state[f"grid_values{i}"])
             past = (state[f"keys{i}"], state[f"values{i}"])
             x, (state[f"keys{i}"], state[f"values{i}"]), weights = layer(x, past, grid, mask)
         return self.final_norm(x), state, weights

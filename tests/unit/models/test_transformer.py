@@ -68,7 +68,8 @@ def test_beams_read_their_image_grid_broadcast_not_copied():
         torch.testing.assert_close(logits, alone.logits[:, t], rtol=0, atol=1e-5)
         torch.testing.assert_close(alpha, alone.alphas[:, t], rtol=0, atol=1e-6)
         assert all(state[key] is shared[key] for key in shared)
-    assert state["grid_keys"].shape == (2, 3, 2, 9, 8)  # (N, layers, heads, L, d_head)
+    assert len(shared) == 6  # keys and values of each of the 3 layers
+    assert all(state[key].shape == (2, 2, 9, 8) for key in shared)  # (N, heads, L, d_head)
 
 
 def test_beam_of_one_is_greedy_and_a_wider_beam_scores_at_least_as_well():
@@ -143,7 +144,7 @@ def test_the_default_dims_build_and_read_only_their_own_section():
         "transformer", cfg, vocab_size=VOCAB, feature_dim=CHANNELS, num_locations=49
     )
     assert len(decoder.layers) == cfg.transformer.layers == 3
-    assert decoder.out.in_features == cfg.transformer.d_model == 256
+    assert decoder.out.in_features == cfg.transformer.d_model == 128
     other = dataclasses.replace(cfg, embed_dim=8, hidden_dim=8, attention_dim=8, dropout=0.0)
     rebuilt = build_decoder(
         "transformer", other, vocab_size=VOCAB, feature_dim=CHANNELS, num_locations=49
