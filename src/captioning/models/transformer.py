@@ -102,46 +102,48 @@ class MultiHeadAttention(nn.Module):
         return self.output(out.transpose(1, 2).flatten(2)), weights  # (R, T, D)
 
 
-class FeedForward(nn.Sequential):
+class PreNormLayer(nn.Module):
+    """What every layer here ends with: the pre-LN feed-forward block, and the dropout on each
+    residual branch."""
+
     def __init__(self, cfg: TransformerConfig) -> None:
-        super().__init__(
+        super().__init__()
+        self.ffn_norm = nn.LayerNorm(cfg.d_model)
+        self.ffn = nn.Sequential(
             nn.Linear(cfg.d_model, cfg.ffn_dim),
             nn.ReLU(),
             nn.Dropout(cfg.dropout),
             nn.Linear(cfg.ffn_dim, cfg.d_model),
         )
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
 
-class GridLayer(nn.Module):
+class GridLayer(PreNormLayer):
     """Pre-LN self-attention + feed-forward over the grid's locations (once per image)."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
-        super().__init__()
+        super().__init__(cfg)
         self.attention_norm = nn.LayerNorm(cfg.d_model)
         self.attention = MultiHeadAttention(cfg.d_model, cfg.heads)
-        self.ffn_norm = nn.LayerNorm(cfg.d_model)
-        self.ffn = FeedForward(cfg)
-        self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
         normed = self.attention_norm(grid)  # (B, L, D)
         attended, _ = self.attention.read(normed, *self.attention.keys_values(normed))
-        grid = grid + self.dropout(attended)
-        return grid + self.dropout(self.ffn(self.ffn_norm(grid)))  # (B, L, D)
+        return self.feed_forward(grid + self.dropout(attended))  # (B, L, D)
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(PreNormLayer):
     """Pre-LN masked self-attention over the words, cross-attention over the grid, FFN."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
-        super().__init__()
+        super().__init__(cfg)
         self.self_norm = nn.LayerNorm(cfg.d_model)
         self.self_attention = MultiHeadAttention(cfg.d_model, cfg.heads)
         self.cross_norm = nn.LayerNorm(cfg.d_model)
         self.cross_attention = MultiHeadAttention(cfg.d_model, cfg.heads)
-        self.ffn_norm = nn.LayerNorm(cfg.d_model)
-        self.ffn = FeedForward(cfg)
-        self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(
         self,
@@ -160,9 +162,7 @@ class DecoderLayer(nn.Module):
         attended, _ = self.self_attention.read(normed, keys, values, mask)
         x = x + self.dropout(attended)
         attended, weights = self.cross_attention.read(self.cross_norm(x), *grid)
-        x = x + self.dropout(attended)
-        x = x + self.dropout(self.ffn(self.ffn_norm(x)))
-        return x, (keys, values), weights
+        return self.feed_forward(x + self.dropout(attended)), (keys, values), weights
 
 
 class TransformerDecoder(Decoder):
