@@ -46,7 +46,14 @@ ENCODER_NAMES = (
     "captcha_cnn",
     "small_cnn",
 )
-DECODER_NAMES = ("nic", "mrnn", "soft_attention", "hard_attention", "bahdanau_gru")
+DECODER_NAMES = (
+    "nic",
+    "mrnn",
+    "soft_attention",
+    "hard_attention",
+    "bahdanau_gru",
+    "transformer",
+)
 # Recurrent cells of the attention decoders (models/layers.py CELLS).
 CELL_NAMES = ("lstm", "gru")
 # The decodings evaluate scores (evaluation/reading.py DECODINGS) and the per-image scores it can
@@ -371,6 +378,30 @@ class FeaturesConfig(Section):
 
 
 @dataclass(frozen=True)
+class TransformerConfig(Section):
+    """The ``transformer`` decoder's own sizes (train.model.transformer)."""
+
+    layers: int = 3  # decoder layers: self-attention over the words, cross-attention, FFN
+    heads: int = 4
+    d_model: int = 128  # width of words and grid alike (embed_dim/hidden_dim are not read)
+    ffn_dim: int = 512
+    dropout: float = 0.1
+    # Self-attention layers over the grid, run once per image before the decoder reads it;
+    # 0 = the decoder's cross-attention reads the projected grid as it is.
+    grid_layers: int = 0
+
+    def _checks(self, require: Require) -> None:
+        require(self.layers >= 1, "layers", ">= 1")
+        require(self.heads >= 1, "heads", ">= 1")
+        # 2-D positions: a sine and a cosine per frequency for the row and for the column.
+        require(self.d_model >= 4 and self.d_model % 4 == 0, "d_model", "a multiple of 4")
+        require(self.heads < 1 or self.d_model % self.heads == 0, "d_model", "a multiple of heads")
+        require(self.ffn_dim >= 1, "ffn_dim", ">= 1")
+        require(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)")
+        require(self.grid_layers >= 0, "grid_layers", ">= 0")
+
+
+@dataclass(frozen=True)
 class DecoderConfig(Section):
     """Sizes shared by the decoders; each decoder reads the fields it needs."""
 
@@ -393,6 +424,8 @@ class DecoderConfig(Section):
     # soft_attention: the attention query also sees the word just fed, so the object whose colour
     # was just named is the one attended for its shape (False: Xu et al.'s query, h alone).
     attend_with_word: bool = True
+    # The transformer decoder's layers, heads and widths (it reads nothing else here).
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
 
     def _checks(self, require: Require) -> None:
         for name in ("embed_dim", "hidden_dim", "attention_dim", "feature_proj_dim"):

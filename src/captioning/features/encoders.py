@@ -13,6 +13,7 @@ encoder with its weights and running it on batches: ``encoding.py``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -329,6 +330,18 @@ def grid_shape(info: dict) -> tuple[int, int]:
     """(height, width) of the feature grid recorded in a model config's or cache's encoder
     entry (``grid``, and ``grid_height`` for a non-square one)."""
     return (int(info.get("grid_height") or info["grid"]), int(info["grid"]))
+
+
+def grid_of_locations(locations: int) -> tuple[int, int] | None:
+    """(height, width) of the feature grid that ``locations`` vectors per image come from: the
+    grid of the registered encoders with that many locations if they agree on one, else the
+    square one if ``locations`` is a square, else None (a decoder that gets only the count,
+    the transformer's 2-D positions, falls back to a single row)."""
+    shapes = {spec.grid_hw for spec in ENCODERS.values() if spec.locations == locations}
+    if len(shapes) == 1:
+        return shapes.pop()
+    side = math.isqrt(locations)
+    return (side, side) if side * side == locations else None
 
 
 def get_encoder_spec(name: str) -> EncoderSpec:

@@ -12,6 +12,7 @@ from captioning.models.hard_attention import HardAttentionDecoder
 from captioning.models.mrnn import MultimodalRNNDecoder
 from captioning.models.nic import ShowAndTellDecoder
 from captioning.models.soft_attention import SoftAttentionDecoder
+from captioning.models.transformer import TransformerDecoder
 
 DecoderFactory = Callable[[DecoderConfig, int, int, int], Decoder]
 
@@ -21,6 +22,7 @@ DECODERS: dict[str, DecoderFactory] = {
     "soft_attention": SoftAttentionDecoder,
     "hard_attention": HardAttentionDecoder,
     "bahdanau_gru": BahdanauGRUDecoder,
+    "transformer": TransformerDecoder,
 }
 check_registry("decoder", DECODERS, DECODER_NAMES, "DECODER_NAMES")
 

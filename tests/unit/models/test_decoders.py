@@ -6,11 +6,18 @@ import dataclasses
 import pytest
 import torch
 
-from captioning.config import ConfigError, DecoderConfig, from_dict
+from captioning.config import ConfigError, DecoderConfig, TransformerConfig, from_dict
 from captioning.decoding.search import beam_search_n_best
 from captioning.models import CELL_CHOICE, DECODERS, build_decoder
 
-SMALL = DecoderConfig(embed_dim=16, hidden_dim=24, attention_dim=12, feature_proj_dim=20)
+TINY_TRANSFORMER = TransformerConfig(layers=2, heads=2, d_model=16, ffn_dim=32, grid_layers=1)
+SMALL = DecoderConfig(
+    embed_dim=16,
+    hidden_dim=24,
+    attention_dim=12,
+    feature_proj_dim=20,
+    transformer=TINY_TRANSFORMER,
+)
 VOCAB, FEATURES, LOCATIONS = 11, 32, 9
 # (decoder, cell): every decoder, plus the GRU variant of those with a cell switch.
 VARIANTS = [(name, "lstm") for name in sorted(DECODERS)] + [
@@ -96,7 +103,8 @@ def test_soft_attention_forward_is_its_step_loop_bit_for_bit():
 def test_overfits_a_small_batch(name, cell):
     # Without dropout: the test checks that every parameter path learns, not the noise.
     # hard_attention needs no other budget: h0 comes from the image, and the policy sharpens.
-    decoder = make(name, cell, dropout=0.0, feature_dropout=0.0)
+    no_dropout = dataclasses.replace(TINY_TRANSFORMER, dropout=0.0)
+    decoder = make(name, cell, dropout=0.0, feature_dropout=0.0, transformer=no_dropout)
     features, captions = batch(b=8, t=7)
     captions[0, 4:] = 0
     optimizer = torch.optim.Adam(decoder.parameters(), lr=1e-2)

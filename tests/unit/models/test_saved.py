@@ -23,7 +23,7 @@ def config(decoder: str) -> dict:
     return {"decoder": decoder, "train": {"model": to_dict(MODEL)}, "encoder": encoder}
 
 
-@pytest.mark.parametrize("decoder", ["nic", "soft_attention"])
+@pytest.mark.parametrize("decoder", ["nic", "soft_attention", "transformer"])
 def test_a_saved_decoder_loads_back_in_eval_mode(tmp_path, decoder):
     vocab = Vocab(itos=("<pad>", "<start>", "<end>", "<unk>", "a", "red", "circle"), max_length=8)
     torch.manual_seed(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from captioning.config import (
     FineTuneConfig,
     ShardConfig,
     TrainConfig,
+    TransformerConfig,
     VocabConfig,
 )
 from captioning.data.shards import split_captions, write_shards
@@ -57,9 +59,16 @@ def workspace(tmp_path_factory) -> Path:
     return root
 
 
-def train(root: Path, name: str, cfg: TrainConfig, features: FeaturesConfig, **kwargs):
+def train(
+    root: Path,
+    name: str,
+    cfg: TrainConfig,
+    features: FeaturesConfig,
+    decoder: str = "soft_attention",
+    **kwargs,
+):
     return train_decoder(
-        "soft_attention",
+        decoder,
         EncodedImages(root / "shards", features),
         root / "vocab.json",
         root / "models" / name,
@@ -126,6 +135,17 @@ def test_killed_fine_tuning_resumes_to_the_same_weights(workspace: Path) -> None
         resumed = load_file(str(workspace / "models" / "resumed" / name))
         for key, value in reference.items():
             torch.testing.assert_close(resumed[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_the_transformer_trains_with_the_encoder_and_shows_its_attention(workspace: Path) -> None:
+    """The encoder's grid (small_cnn's 7x7) feeds the transformer live as it feeds the cache."""
+    features = FeaturesConfig(encoder="small_cnn", pretrained=False)
+    tiny = TransformerConfig(layers=1, heads=2, d_model=16, ffn_dim=32)
+    cfg = dataclasses.replace(_cfg(blocks=-1), model=DecoderConfig(transformer=tiny))
+    train(workspace, "transformer", cfg, features, decoder="transformer")
+    captioner = Captioner.load(workspace / "models" / "transformer", torch.device("cpu"))
+    (result,) = captioner.caption([Image.new("RGB", (80, 60), (200, 30, 30))], beam_size=2)
+    assert result.attention.shape == (len(result.words), 7, 7)
 
 
 def test_more_blocks_than_the_encoder_has() -> None:
