@@ -23,6 +23,8 @@ SKIPPED = 77  # the exit status a step uses to say it was skipped (automake's co
 HEAD_LINES, TAIL_LINES = 15, 60
 # The least a step is started with; less is "not run".
 MIN_SECONDS = 5.0
+# How long a step past its box has to stop after SIGTERM, then after SIGKILL.
+GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,7 @@ def run_step(step: Step, timeout_s: float, cwd: Path, env: dict[str, str]) -> Ou
     try:
         output, _ = process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        _kill_group(process)
-        output, _ = process.communicate()
+        output = _stop(process)
         seconds = time.monotonic() - started
         return Outcome(step, "timed out", seconds, f"killed after {timeout_s:.0f} s", output)
     seconds = time.monotonic() - started
@@ -80,9 +81,21 @@ def run_step(step: Step, timeout_s: float, cwd: Path, env: dict[str, str]) -> Ou
     return Outcome(step, "failed", seconds, f"exit {process.returncode}: {last}", output)
 
 
-def _kill_group(process: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):  # the group has already gone
-        os.killpg(process.pid, signal.SIGKILL)
+def _stop(process: subprocess.Popen) -> str:
+    """End a step that outlived its box, and return its output. SIGTERM first, to its process
+    group: torchrun then stops its ranks, which it starts in sessions of their own (a kill of
+    the group would leave them running, holding the GPU and the output pipe); SIGKILL after
+    ``GRACE_S``. Output still held open by a survivor after that is left unread."""
+    for signal_number, wait_s in ((signal.SIGTERM, GRACE_S), (signal.SIGKILL, GRACE_S)):
+        with contextlib.suppress(ProcessLookupError):  # the group has already gone
+            os.killpg(process.pid, signal_number)
+        try:
+            return process.communicate(timeout=wait_s)[0]
+        except subprocess.TimeoutExpired as exc:
+            partial = exc.output
+    process.kill()
+    text = partial.decode(errors="replace") if isinstance(partial, bytes) else partial or ""
+    return text + "\n[a process of the step kept its output open after the kill: not waited for]"
 
 
 def _last_line(output: str) -> str:
