@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.machine import cpu_model
+
 from gpu_check.runner import Outcome, Step, exit_status, run_steps, write_report
 from gpu_check.wheels import missing_wheels, unpack
 
@@ -150,7 +152,7 @@ def header(wheels: list[Path], budget_s: float) -> list[str]:
         f"- Python {platform.python_version()} at {sys.executable}",
         f"- torch {torch.__version__} (CUDA {torch.version.cuda}), driver {driver.splitlines()[0] if driver else 'unknown'}",
         *(f"- GPU {line}" for line in gpus),
-        f"- CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        f"- CPU {cpu_model()}, {os.cpu_count()} cores",
         f"- wheels unpacked from gpu_check/wheels: {used}",
         f"- time budget {budget_s:.0f} s",
     ]
