@@ -74,11 +74,15 @@ def main() -> int:
 
 
 def verify(root: Path, evaluated: bool) -> int:
-    features = json.loads((root / "data/features/meta.json").read_text())["precision"]
-    trained = json.loads((root / f"models/{DECODER}/config.json").read_text())["precision"]
+    features = json.loads((root / "data/features/meta.json").read_text()).get("precision")
+    trained = json.loads((root / f"models/{DECODER}/config.json").read_text()).get("precision")
     if evaluated:
         metrics = json.loads((root / f"reports/decoders/{DECODER}/metrics.json").read_text())
-        scores = {k: round(v["CIDEr"], 3) for k, v in metrics["test"].items()}
+        scores = {
+            k: round(v["CIDEr"], 3)
+            for k, v in metrics["test"].items()
+            if isinstance(v, dict) and "CIDEr" in v
+        }
         print(f"test CIDEr: {scores}")
     done = "fetch .. compare" if evaluated else "fetch .. train (no Java: no evaluate)"
     print(f"dvc repro {done} on CUDA: features {features}, training {trained}")
