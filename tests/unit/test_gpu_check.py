@@ -67,7 +67,7 @@ def test_steps_are_reported_as_they_ended_and_a_bad_one_fails_the_check(tmp_path
             f"open({str(child)!r}, 'w').write(str(p.pid))\n"
             "print('started', flush=True)\n"
             "time.sleep(60)",
-            timeout_s=2,
+            timeout_s=4,
         ),
     ]
     started = time.monotonic()
@@ -78,7 +78,7 @@ def test_steps_are_reported_as_they_ended_and_a_bad_one_fails_the_check(tmp_path
     assert status["broken"] == ("failed", "exit 3: went wrong")
     assert status["not here"] == ("skipped", "no such thing here")
     assert status["known skip"] == ("skipped", "no tool")
-    assert status["too slow"] == ("timed out", "killed after 2 s")
+    assert status["too slow"] == ("timed out", "killed after 4 s")
     assert "started" in outcomes[-1].output
     pid = int(child.read_text())
     time.sleep(0.5)
@@ -136,3 +136,30 @@ def test_the_committed_wheels_are_pure_python_and_few_megabytes():
     wheels = sorted((REPO / "gpu_check" / "wheels").glob("*.whl"))
     assert wheels and all(w.name.endswith("-none-any.whl") for w in wheels)
     assert sum(w.stat().st_size for w in wheels) < 4 * 2**20
+
+
+def test_a_process_outside_the_steps_group_does_not_hold_the_check(tmp_path, monkeypatch):
+    """torchrun starts its ranks in sessions of their own: a rank that survives the step's kill
+    must not keep the check waiting for the end of its output."""
+    monkeypatch.setattr(runner, "MIN_SECONDS", 1.0)
+    monkeypatch.setattr(runner, "GRACE_S", 1.0)
+    survivor = tmp_path / "survivor.pid"
+    step = python_step(
+        "rank left behind",
+        "import subprocess, sys, time\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+        " start_new_session=True)\n"
+        f"open({str(survivor)!r}, 'w').write(str(p.pid))\n"
+        "print('started', flush=True)\n"
+        "time.sleep(60)",
+        timeout_s=4,
+    )
+    started = time.monotonic()
+    try:
+        (outcome,) = run_steps([step], 60, tmp_path, dict(os.environ))
+    finally:
+        if survivor.exists():
+            os.kill(int(survivor.read_text()), 9)  # the process this test started
+    assert time.monotonic() - started < 15
+    assert outcome.status == "timed out"
+    assert "started" in outcome.output and "not waited for" in outcome.output
