@@ -8,7 +8,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install run captcha test lint format mlflow-ui clean-outputs
+.PHONY: install run captcha test lint format mlflow-ui clean-outputs gpu-check gpu-wheels
 
 install: $(VENV)/.installed
 
@@ -39,12 +39,27 @@ test: install
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check src stages flows tests benchmarks
-	$(BIN)/ruff format --check src stages flows tests benchmarks
+	$(BIN)/ruff check src stages flows tests benchmarks gpu_check
+	$(BIN)/ruff format --check src stages flows tests benchmarks gpu_check
 
 format: install
-	$(BIN)/ruff format src stages flows tests benchmarks
-	$(BIN)/ruff check --fix src stages flows tests benchmarks
+	$(BIN)/ruff format src stages flows tests benchmarks gpu_check
+	$(BIN)/ruff check --fix src stages flows tests benchmarks gpu_check
+
+## What the project does on CUDA, checked in <= 5 minutes into reports/gpu-check.md
+## (docs/gpu-check.md). No install step: the venv's Python if `make install` made one, else
+## python3 as it is (or GPU_PYTHON=...); pure-Python packages it lacks come from gpu_check/wheels.
+## Without CUDA it says so in one line and exits 0.
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check:
+	@PYTHONPATH=$(CURDIR)/src:$(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH)) $(GPU_PYTHON) -m gpu_check
+
+## Download the wheels of gpu_check/requirements.txt into gpu_check/wheels (needs PyPI; commit them).
+gpu-wheels:
+	rm -f gpu_check/wheels/*.whl
+	$(GPU_PYTHON) -m pip download --quiet --no-deps --only-binary=:all: \
+		--dest gpu_check/wheels -r gpu_check/requirements.txt
+	@du -ch gpu_check/wheels/*.whl
 
 ## MLflow UI on 127.0.0.1:$(MLFLOW_PORT) against the repo's store (no job workers: ~2 GB less).
 MLFLOW_PORT ?= 5000

@@ -11,7 +11,7 @@ the decoder's steps alone on the batched rows (no search), the most batched beam
 reach, so the ratio's ceiling on this machine is printed beside it.
 
     python benchmarks/beam_search.py [--images 500] [--beam 5] [--batch-size 100] [--vocab N]
-        [--threads N]
+        [--threads N] [--device cuda]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from captioning.data.sources.shapes import VOCABULARY  # noqa: E402
 from captioning.data.vocab import SPECIALS  # noqa: E402
 from captioning.decoding.search import beam_search  # noqa: E402
 from captioning.models import Decoder, build_decoder  # noqa: E402
-from machine import machine_line  # noqa: E402
+from machine import device_line, machine_line, synchronize  # noqa: E402
 
 START, END = 1, 2
 DEFAULT_VOCAB = len(SPECIALS) + len(VOCABULARY)  # what the default pipeline trains on
@@ -42,12 +42,13 @@ def steps_alone(decoder: Decoder, features: torch.Tensor, beam: int, steps: int)
     """The decoder's work in a beam search of ``features`` without the search: ``steps`` steps
     on beam rows, per-image state shared as beam search shares it."""
     state = decoder.init_state(features)
-    rows = torch.arange(len(features)).repeat_interleave(beam)
+    rows = torch.arange(len(features), device=features.device).repeat_interleave(beam)
     state = {k: v if k in decoder.shared_state else v[rows] for k, v in state.items()}
-    tokens = torch.full((len(rows),), START)
+    tokens = torch.full((len(rows),), START, device=features.device)
     for _ in range(steps):
         logits, state, _ = decoder.step(tokens, state)
         tokens = logits.argmax(dim=-1)
+    synchronize(features.device)  # the searches read their results back: so must this
 
 
 def main() -> None:
@@ -62,7 +63,9 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=20)
     parser.add_argument("--logit-scale", type=float, default=20.0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args()
+    device = torch.device(args.device)
 
     cfg = load_section(args.params, "train", TrainConfig)
     if args.threads:
@@ -74,7 +77,8 @@ def main() -> None:
     with torch.no_grad():
         decoder.out.weight.mul_(args.logit_scale)
         decoder.out.bias[END] = -1e4  # never ends early: always max_length words
-    features = torch.randn(args.images, 49, 1280).relu()
+    decoder.to(device)
+    features = torch.randn(args.images, 49, 1280).relu().to(device)
     search = dict(start_id=START, end_id=END, max_length=args.max_length, beam_size=args.beam)
 
     beam_search(decoder, features[: args.batch_size], **search)  # warm-up
@@ -107,6 +111,7 @@ def main() -> None:
     print(f"one image at a time:                {args.images / single_s:8.1f} captions/s")
     print(f"decoder steps alone, batched:       {args.images / steps_s:8.1f} captions/s")
     print(machine_line(torch.get_num_threads()))
+    print(device_line(device))
     print(
         f"ratio: {single_s / batched_s:.1f}x (ceiling, the steps alone: {single_s / steps_s:.1f}x)"
     )

@@ -14,7 +14,7 @@ Prints images/s for each and the ratios. The pure forward pass runs before and a
 others and the faster run is kept, so a busy machine does not flatter the ratio.
 
     python benchmarks/feature_extraction.py [--shards data/shards] [--images 512]
-        [--encoder efficientnet_lite0] [--batch 32] [--workers 1]
+        [--encoder efficientnet_lite0] [--batch 32] [--workers 1] [--device cuda]
 
 Without shards (or with a missing directory) it generates shapes scenes first.
 """
@@ -43,7 +43,7 @@ from captioning.data.sources.shapes import generate_shapes  # noqa: E402
 from captioning.features.cache import extract_features  # noqa: E402
 from captioning.features.encoders import get_encoder_spec  # noqa: E402
 from captioning.features.encoding import encode_batch, load_encoder  # noqa: E402
-from machine import machine_line  # noqa: E402
+from machine import device_line, machine_line  # noqa: E402
 
 # Both ways in fp32, compared like for like (fp32 vs bf16: benchmarks/precision.py).
 FP32 = "fp32"
@@ -112,12 +112,13 @@ def main() -> None:
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args()
     if args.workers > 0:
         # As stages/features.py does: the workers' forkserver imports torch & co. while this
         # process works (first batch after ~1 s instead of 5-6 s on a busy 2-core machine).
         runtime.start_forkserver(["captioning.features.loader"])
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     spec = get_encoder_spec(args.encoder)
     cfg = FeaturesConfig(
         encoder=args.encoder,
@@ -161,6 +162,7 @@ def main() -> None:
     print(f"encode loop / pure forward:           {loop_only / forward:7.2f}")
     print(f"after the first batch / pure forward: {steady / forward:7.2f}")
     print(machine_line(torch.get_num_threads()))
+    print(device_line(device))
     print(f"end to end / one image at a time:     {end_to_end / one_by_one:7.2f}x")
 
 

@@ -1,7 +1,8 @@
 """The line every benchmark prints beside its ratios: figures are re-measured on other machines
 of this kind, and a ratio means little without the CPU, the threads and the load it ran under.
 Whether the CPU has bf16 arithmetic (avx512_bf16, AMX) decides what bf16 costs against fp32
-(benchmarks/precision.py): without it torch emulates bf16."""
+(benchmarks/precision.py): without it torch emulates bf16. A benchmark run on a GPU also prints
+the GPU's line (``device_line``)."""
 
 from __future__ import annotations
 
@@ -42,3 +43,26 @@ def machine_line(threads: int | None = None) -> str:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     used = f", {threads} threads" if threads is not None else ""
     return f"CPU {cpu_model()}, {cores} cores{used}, load average {load}, {bf16_flags()}"
+
+
+def device_line(device) -> str:
+    """``GPU <name>, compute capability <x.y>, torch <version> CUDA <version>`` for a CUDA
+    ``torch.device``; ``CPU`` otherwise (the machine line says which)."""
+    import torch
+
+    if device.type != "cuda":
+        return "device: CPU"
+    major, minor = torch.cuda.get_device_capability(device)
+    return (
+        f"device: GPU {torch.cuda.get_device_name(device)}, compute capability {major}.{minor}, "
+        f"torch {torch.__version__} CUDA {torch.version.cuda}"
+    )
+
+
+def synchronize(device) -> None:
+    """Wait for the work queued on a CUDA ``device`` (before reading a clock); a no-op on the
+    CPU, whose work is done when its call returns."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

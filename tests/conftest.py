@@ -61,6 +61,23 @@ def make_layout(root: Path, splits: dict[str, int], captions_per_image: int = 2)
     return coco
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` need a GPU: skipped, with the reason, where torch sees none."""
+    marked = [item for item in items if item.get_closest_marker("cuda")]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(
+        reason=f"needs CUDA, which torch {torch.__version__} does not see here "
+        "(make gpu-check runs these on a GPU: docs/gpu-check.md)"
+    )
+    for item in marked:
+        item.add_marker(skip)
+
+
 @pytest.fixture
 def tiny_layout(tmp_path: Path) -> Path:
     root = tmp_path / "raw"

@@ -25,14 +25,26 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy import sparse
+
+if TYPE_CHECKING:
+    from scipy import sparse
 
 ORDERS = 4
 SIGMA = 6.0
 _TINY = 1e-15  # added to matched n-grams (pycocoevalcap's ``tiny``)
 _SMALL = 1e-9  # added to guessed n-grams and lengths (its ``small``)
+
+
+def _csr(*args: Any, **kwargs: Any) -> sparse.csr_matrix:
+    """``scipy.sparse.csr_matrix``, scipy imported on first use: training imports this module
+    (its validation scores) and its step runs where scipy is not installed (the GPU check,
+    docs/gpu-check.md)."""
+    from scipy import sparse
+
+    return sparse.csr_matrix(*args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -71,9 +83,7 @@ def ngram_counts(encoded: _Encoded, vocab_size: int) -> list[sparse.csr_matrix]:
         else:
             width = vocab_size
         rows, cols = sentence[valid], ids[valid]
-        counts = sparse.csr_matrix(
-            (np.ones(len(rows)), (rows, cols)), shape=(len(lengths), max(width, 1))
-        )
+        counts = _csr((np.ones(len(rows)), (rows, cols)), shape=(len(lengths), max(width, 1)))
         counts.sum_duplicates()
         matrices.append(counts)
     return matrices
@@ -169,9 +179,7 @@ class ReferenceIndex:
         unique, slot = np.unique(keys, return_inverse=True)
         best = np.zeros(len(unique))
         np.maximum.at(best, slot, coo.data)
-        return sparse.csr_matrix(
-            (best, (unique // width, unique % width)), shape=(len(self._keys), width)
-        )
+        return _csr((best, (unique // width, unique % width)), shape=(len(self._keys), width))
 
     def _cider(
         self, counts: list[tuple[sparse.csr_matrix, sparse.csr_matrix]], test_len: np.ndarray
@@ -182,7 +190,7 @@ class ReferenceIndex:
         # Length is pycocoevalcap's: the number of bigrams.
         delta = np.maximum(test_len - 1, 0)[image] - np.maximum(self._refs.lengths - 1, 0)
         penalty = np.exp(-(delta.astype(float) ** 2) / (2 * SIGMA**2))  # (R,)
-        owner = sparse.csr_matrix(
+        owner = _csr(
             (np.ones(len(image)), (image, np.arange(len(image)))), shape=(n_images, len(image))
         )
         total = np.zeros(len(image))
