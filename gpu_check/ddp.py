@@ -62,6 +62,8 @@ def rank_main(root: Path) -> int:
         CONFIG,
         seed=0,
         checkpoint_dir=root / "checkpoints",
+        # demanded, so that a rank that cannot reach its GPU fails instead of training on the CPU
+        device_setting="cuda" if torch.cuda.is_available() else "cpu",
     )
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     device, pinned = source.ctx.device, source.train_rows.pin
