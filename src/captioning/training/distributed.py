@@ -20,10 +20,11 @@ Launch: ``train.devices: N`` makes the train stage re-run itself under
 from __future__ import annotations
 
 import datetime
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -33,6 +34,8 @@ from torch import nn
 from captioning.devices import choose_device
 
 T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -113,23 +116,24 @@ class DistContext:
         if self.enabled:
             dist.barrier()
 
-    def shutdown(self) -> None:
-        """Leave the process group at the end of a run (NCCL warns of pending work if a
-        process exits without)."""
-        if self.enabled and dist.is_initialized():
-            dist.destroy_process_group()
-
-    def __enter__(self) -> DistContext:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """The end of a run, failed ones included (a rank that failed leaves the group, so
-        the others fail instead of waiting for it)."""
-        self.shutdown()
-
     @property
     def _comm_device(self) -> torch.device:
         return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+
+def leaves_process_group(run: Callable[P, R]) -> Callable[P, R]:
+    """``run``, leaving the process group however it ends: NCCL warns of pending work if a
+    process exits without, and a failed rank's peers then fail instead of waiting for it."""
+
+    @functools.wraps(run)
+    def leaving(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return run(*args, **kwargs)
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+    return leaving
 
 
 def rank_seed(*key: int) -> int:

@@ -50,7 +50,12 @@ from captioning.training.checkpoint import (
     resume,
     save_checkpoint,
 )
-from captioning.training.distributed import DistContext, init_distributed, seed_rank_stream
+from captioning.training.distributed import (
+    DistContext,
+    init_distributed,
+    leaves_process_group,
+    seed_rank_stream,
+)
 from captioning.training.objectives import Objective, TeacherForcing
 from captioning.training.schedules import warmup_cosine
 from captioning.training.sources import BatchSource
@@ -94,6 +99,7 @@ class TrainResult:
         }
 
 
+@leaves_process_group
 def train_decoder(
     decoder_name: str,
     source: BatchSource,
@@ -114,41 +120,11 @@ def train_decoder(
     ``TrainResult.precision``); write the best epoch's model (models/saved.py)."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    with init_distributed() as ctx:  # one rank of a torchrun launch, or the only process
-        return _train(
-            ctx,
-            decoder_name,
-            source,
-            vocab_path,
-            model_dir,
-            cfg,
-            seed=seed,
-            checkpoint_dir=checkpoint_dir,
-            objective=objective or TeacherForcing(cfg.scheduled_sampling),
-            on_epoch=on_epoch,
-            on_step=on_step,
-            precision=precision,
-        )
-
-
-def _train(
-    ctx: DistContext,
-    decoder_name: str,
-    source: BatchSource,
-    vocab_path: str | Path,
-    model_dir: str | Path,
-    cfg: TrainConfig,
-    *,
-    seed: int,
-    checkpoint_dir: str | Path,
-    objective: Objective,
-    on_epoch: EpochCallback | None,
-    on_step: StepCallback | None,
-    precision: str,
-) -> TrainResult:
+    ctx = init_distributed()  # one rank of a torchrun launch, or the only process
     device = ctx.device
     precision = resolve_precision(precision, device)
     vocab = Vocab.load(vocab_path)
+    objective = objective or TeacherForcing(cfg.scheduled_sampling)
 
     torch.manual_seed(seed)  # the initial weights: the encoder's if it is trained, the decoder's
     source.open(vocab, cfg, ctx, seed)
