@@ -223,19 +223,17 @@ def restore_rng_state(
     """This rank's saved RNG states; derived from (seed, rank, step) where none were saved for
     it (more ranks than the run had, or a CPU run resumed on a GPU)."""
     mine = saved[ctx.rank] if ctx.rank < len(saved) else {}
-    derived = rank_seed(seed, ctx.rank, step)
-    if "cpu" in mine:
+    on_gpu = ctx.device.type == "cuda"
+    if "cpu" in mine and ("cuda" in mine or not on_gpu):
         torch.set_rng_state(mine["cpu"])
-    else:
-        torch.manual_seed(derived)  # the CPU's and every GPU's
-    if ctx.device.type == "cuda":
-        if "cuda" in mine:
+        if on_gpu:
             torch.cuda.set_rng_state(mine["cuda"], ctx.device)
-        else:
-            torch.cuda.manual_seed(derived)
-    if ctx.rank >= len(saved) or (ctx.device.type == "cuda" and "cuda" not in mine):
-        logger.info(
-            "rank %d: no saved random state (saved by %d ranks); seeded from (seed, rank, step)",
-            ctx.rank,
-            len(saved),
-        )
+        return
+    torch.manual_seed(rank_seed(seed, ctx.rank, step))  # the CPU's and every GPU's
+    logger.info(
+        "rank %d: no saved random state for it (saved by %d ranks%s): seeded from "
+        "(seed, rank, step)",
+        ctx.rank,
+        len(saved),
+        ", without a GPU" if mine else "",
+    )

@@ -240,7 +240,7 @@ class CheckpointSchedule:
 
     every_steps: int
     every_minutes: float
-    last: float = field(default_factory=lambda: clock())
+    last: float = field(default_factory=lambda: clock())  # the module's clock when built
 
     def due(self, step: int, ctx: DistContext, logged: bool) -> bool:
         if self.every_steps and step % self.every_steps == 0:

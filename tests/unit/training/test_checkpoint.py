@@ -82,6 +82,6 @@ def test_a_rank_without_a_saved_state_derives_its_own(caplog):
             restore_rng_state(saved, DistContext(2, 3, CPU), seed=3, step=6)
             streams.append(draws())
     assert streams[0] == streams[1] and streams[0] not in expected
-    assert "rank 2: no saved random state (saved by 2 ranks)" in caplog.text
+    assert "rank 2: no saved random state for it (saved by 2 ranks)" in caplog.text
     restore_rng_state(saved, DistContext(2, 3, CPU), seed=3, step=7)
     assert draws() != streams[0]  # another step, another stream
