@@ -90,6 +90,7 @@ EXECUTION_SETTINGS = (
     "features.dask_address",
     "features.dask_workers",
     "train.checkpoint_every_steps",
+    "train.checkpoint_every_minutes",
     "train.log_every_steps",
 )
 SAMPLING_SCHEDULES = ("none", "linear", "exponential", "inverse_sigmoid")
@@ -531,6 +532,8 @@ class TrainConfig(Section):
     scheduled_sampling: ScheduledSamplingConfig = field(default_factory=ScheduledSamplingConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     checkpoint_every_steps: int = 100  # resume state every N optimiser steps too; 0 = per epoch
+    # ... and every N minutes, whichever comes first (0 = off): on a GPU 100 steps are seconds.
+    checkpoint_every_minutes: float = 10.0
     log_every_steps: int = 50  # the training loss goes to MLflow every N steps
     # >1: data-parallel training, one process per device under torchrun (training/distributed.py)
     devices: int = 1
@@ -560,6 +563,7 @@ class TrainConfig(Section):
             "a non-empty list of distinct decoder names",
         )
         require(self.checkpoint_every_steps >= 0, "checkpoint_every_steps", ">= 0")
+        require(self.checkpoint_every_minutes >= 0, "checkpoint_every_minutes", ">= 0 (0 = off)")
         require(self.log_every_steps >= 1, "log_every_steps", ">= 1")
         require(self.max_minutes >= 0, "max_minutes", ">= 0 (0 = no budget)")
 

@@ -8,8 +8,10 @@ by the global token count, and the decoder's regulariser weighted by its share o
 both times ``world`` because DDP averages the ranks' gradients. The summed gradient is then the
 single-process gradient of the same global batch, up to float summation order. What still
 differs: BatchNorm statistics are per rank on the CPU (``SyncBatchNorm`` is used on CUDA) and
-dropout masks come from each rank's own RNG stream. Rank 0 alone writes checkpoints, the model,
-logs and MLflow records; the others wait at a barrier.
+the torch random streams are per rank (``seed_rank_stream``): every rank builds the same initial
+weights from ``seed``, then draws its own dropout masks, scheduled-sampling words and hard
+attention samples. Rank 0 alone reads and writes checkpoints (the others get its payload by
+broadcast), the model, logs and MLflow records; the others wait at a barrier.
 
 Launch: ``train.devices: N`` makes the train stage re-run itself under
 ``torchrun --standalone --nproc_per_node N`` (NCCL on CUDA, gloo on the CPU).
@@ -18,11 +20,13 @@ Launch: ``train.devices: N`` makes the train stage re-run itself under
 from __future__ import annotations
 
 import datetime
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, ParamSpec, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -31,6 +35,8 @@ from captioning.config import ConfigError
 from captioning.devices import choose_device
 
 T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -82,23 +88,34 @@ class DistContext:
             return nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index])
         return nn.parallel.DistributedDataParallel(model)
 
-    def total(self, value: float) -> float:
-        """Sum of ``value`` over the ranks (e.g. the global batch's token count)."""
+    def total(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum of ``tensor`` over the ranks (e.g. the global batch's token count), on the
+        device and never read back to the host: no wait for the GPU."""
+        if not self.enabled:
+            return tensor
+        summed = tensor.detach().to(self._comm_device, copy=True)
+        dist.all_reduce(summed)
+        return summed.to(tensor.device)
+
+    def gather(self, value: T) -> list[T]:
+        """Every rank's ``value`` (picklable), in rank order, on every rank."""
+        if not self.enabled:
+            return [value]
+        values: list[Any] = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
+
+    def from_main(self, value: T) -> T:
+        """Rank 0's ``value`` (picklable) on every rank; the other ranks' are ignored."""
         if not self.enabled:
             return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=self._comm_device)
-        dist.all_reduce(tensor)
-        return float(tensor.item())
+        box = [value if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
-
-    def shutdown(self) -> None:
-        """Leave the process group at the end of a run (NCCL warns of pending work if a
-        process exits without)."""
-        if self.enabled and dist.is_initialized():
-            dist.destroy_process_group()
 
     @property
     def _comm_device(self) -> torch.device:
@@ -115,6 +132,34 @@ def check_device_setting(setting: str, world: int) -> torch.device:
             "one per GPU (cuda:LOCAL_RANK); use cuda or auto"
         )
     return choose_device(setting)
+
+
+def leaves_process_group(run: Callable[P, R]) -> Callable[P, R]:
+    """``run``, leaving the process group however it ends: NCCL warns of pending work if a
+    process exits without, and a failed rank's peers then fail instead of waiting for it."""
+
+    @functools.wraps(run)
+    def leaving(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return run(*args, **kwargs)
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+    return leaving
+
+
+def rank_seed(*key: int) -> int:
+    """A 63-bit seed drawn from ``key`` (e.g. (seed, rank)): distinct keys, unrelated seeds."""
+    return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> 1)
+
+
+def seed_rank_stream(seed: int, ctx: DistContext) -> None:
+    """Give this rank its own torch stream (CPU and CUDA), once the initial weights are drawn:
+    rank 0 goes on with the stream ``seed`` started (a single process trains as it always
+    did), rank r > 0 restarts from (seed, r)."""
+    if ctx.rank > 0:
+        torch.manual_seed(rank_seed(seed, ctx.rank))
 
 
 def init_distributed(setting: str = "auto") -> DistContext:

@@ -163,7 +163,9 @@ class EncodedImages:
             x = self.spec.normalize(images.to(self.device, non_blocking=True))  # channels_last
             image_rows, captions, rows = caption_batch(batch_set, draws, PAD_ID)
             encode = partial(self._encode, image_rows=image_rows)
-            yield Batch(captions.to(self.device), rows.to(self.device), x, encode)
+            # non_blocking: a blocking copy from the host would wait for the GPU's last step
+            captions, rows = (t.to(self.device, non_blocking=True) for t in (captions, rows))
+            yield Batch(captions, rows, x, encode)
 
     def _encode(self, images: torch.Tensor, image_rows: torch.Tensor) -> torch.Tensor:
         """The drawn images' features (B, G*G, C), encoded as one batch (batch norm's

@@ -12,9 +12,14 @@ fast BLEU/CIDEr-D: the saved model is the best epoch's, and training stops after
 validations without improvement, or before an epoch that would end past ``train.max_minutes``.
 
 Resumable (``training.checkpoint``): a checkpoint after every epoch and, where the source stores
-its batch order, every ``train.checkpoint_every_steps`` steps, outside the DVC outputs; a re-run
-with the same config continues from it, mid-epoch included, to the same weights as an
-uninterrupted run.
+its batch order, every ``train.checkpoint_every_steps`` steps or ``train.checkpoint_every_minutes``
+minutes, whichever comes first, outside the DVC outputs; a re-run with the same config continues
+from it, mid-epoch included, to the same weights as an uninterrupted run (on CUDA: with
+deterministic algorithms, see training/checkpoint.py).
+
+No step reads a tensor back to the host (which would wait for the GPU to finish it, so that the
+next batch is never queued ahead): the running loss stays on the device, read every
+``train.log_every_steps`` steps, when ``on_step`` is called, and at checkpoints.
 """
 
 from __future__ import annotations
@@ -45,7 +50,12 @@ from captioning.training.checkpoint import (
     resume,
     save_checkpoint,
 )
-from captioning.training.distributed import init_distributed
+from captioning.training.distributed import (
+    DistContext,
+    init_distributed,
+    leaves_process_group,
+    seed_rank_stream,
+)
 from captioning.training.objectives import Objective, TeacherForcing
 from captioning.training.schedules import warmup_cosine
 from captioning.training.sources import BatchSource
@@ -54,7 +64,8 @@ from captioning.training.validation import ValSplit
 logger = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-# Called after every optimiser step with the run's step count and {loss, sample_prob, lr}.
+# Called every train.log_every_steps optimiser steps with the run's step count and
+# {loss, sample_prob, lr} (the step's loss: reading it waits for the GPU).
 StepCallback = Callable[[int, dict[str, float]], None]
 
 # Fields of TrainConfig that do not change the weights: kept out of the resume hash and the
@@ -88,6 +99,7 @@ class TrainResult:
         }
 
 
+@leaves_process_group
 def train_decoder(
     decoder_name: str,
     source: BatchSource,
@@ -125,6 +137,7 @@ def train_decoder(
         num_locations=source.num_locations,
     ).to(device)
     model = source.trained_model(decoder)  # what checkpoints hold
+    seed_rank_stream(seed, ctx)  # the same weights everywhere; each rank's own dropout from here
     trained = [p for p in model.parameters() if p.requires_grad]
     parameters = sum(p.numel() for p in trained)
     logger.info(
@@ -134,7 +147,6 @@ def train_decoder(
         device,
         precision,
     )
-    forward = ctx.wrap(decoder)  # DDP under torchrun (the same parameters); the decoder otherwise
 
     batch_images = images_per_batch(cfg)
     steps_per_epoch = math.ceil(source.images_per_epoch / batch_images)
@@ -150,11 +162,16 @@ def train_decoder(
     )
     run_config = _run_config(decoder_name, cfg, vocab, seed, source.encoder_record, precision)
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_FILE
-    state = resume(checkpoint, run_config, parts, cfg.early_stopping.metric)
+    # Rank 0's checkpoint on every rank, loaded before DDP wraps the model.
+    state = resume(checkpoint, run_config, parts, cfg.early_stopping.metric, ctx, seed)
+    if state.batches is not None:  # saved by another number of ranks: each needs a share
+        state.batches[state.position :] = ctx.merge_small_batches(state.batches[state.position :])
+    forward = ctx.wrap(decoder)  # DDP under torchrun (the same parameters); the decoder otherwise
+    schedule = CheckpointSchedule(cfg.checkpoint_every_steps, cfg.checkpoint_every_minutes)
 
-    def save() -> None:
-        if ctx.is_main:  # one writer; every rank resumes from the same file
-            save_checkpoint(checkpoint, run_config, parts, state)
+    def save() -> None:  # every rank (their RNG states); rank 0 writes
+        save_checkpoint(checkpoint, run_config, parts, state, ctx)
+        schedule.saved()
 
     started = time.monotonic()  # train.max_minutes counts from here (this invocation)
     while state.epoch < cfg.epochs and not state.stopped_early:
@@ -175,15 +192,18 @@ def train_decoder(
             with autocast(device, precision):
                 step = objective(forward, batch, state.step, ctx)
             optimizer_step(step.loss, trained, optimizer, scheduler, parts.scaler, cfg.grad_clip)
-            loss = step.loss.item()
-            state.count_step(loss, step.captions, step.sample_prob)
-            every = cfg.checkpoint_every_steps
-            if source.resumes_mid_epoch and every and state.step % every == 0:
+            state.count_step(step.loss, step.captions, step.sample_prob)
+            logged = state.step % cfg.log_every_steps == 0
+            if source.resumes_mid_epoch and schedule.due(state.step, ctx, logged):
                 save()
+            if not logged:
+                continue
+            if ctx.is_main:
+                progress.set_postfix(loss=f"{state.train_loss():.3f}", refresh=False)
             if on_step is not None:
                 lr = scheduler.get_last_lr()[0]
-                on_step(state.step, {"loss": loss, "sample_prob": step.sample_prob, "lr": lr})
-            progress.set_postfix(loss=f"{state.loss_sum / state.loss_count:.3f}", refresh=False)
+                report = {"loss": step.loss.item(), "sample_prob": step.sample_prob, "lr": lr}
+                on_step(state.step, report)
 
         if ctx.is_main:  # rank 0 validates; the others wait, then follow its stopping decision
             val = source.validation(precision)
@@ -206,8 +226,32 @@ def train_decoder(
         save_model(model_dir, decoder, vocab, final, encoder=encoder)
         checkpoint.unlink(missing_ok=True)
     ctx.barrier()
-    ctx.shutdown()
     return result
+
+
+# What wall-clock checkpoints read (a test sets a fake one).
+clock = time.monotonic
+
+
+@dataclass
+class CheckpointSchedule:
+    """Step checkpoints every ``every_steps`` steps or ``every_minutes`` minutes, whichever
+    comes first (0: never by that measure). Under DDP the ranks' clocks may disagree: they go
+    by rank 0's, asked only at logged steps (a collective; a sync on a GPU)."""
+
+    every_steps: int
+    every_minutes: float
+    last: float = field(default_factory=lambda: clock())  # the module's clock when built
+
+    def due(self, step: int, ctx: DistContext, logged: bool) -> bool:
+        if self.every_steps and step % self.every_steps == 0:
+            return True
+        if not self.every_minutes or (ctx.enabled and not logged):
+            return False
+        return ctx.agree(clock() - self.last >= self.every_minutes * 60)
+
+    def saved(self) -> None:
+        self.last = clock()
 
 
 def close_epoch(
@@ -222,7 +266,7 @@ def close_epoch(
     captions' scores; the best-so-far weights of ``parts.model``; early stopping. Returns the
     epoch's record."""
     epoch = state.epoch
-    train_loss = state.loss_sum / max(state.loss_count, 1)
+    train_loss = state.train_loss()
     extra = {"sample_prob": state.sample_prob_sum / max(state.position, 1)}
     val_loss = val.loss(decoder, images_per_batch(cfg), device)
     stopping = cfg.early_stopping

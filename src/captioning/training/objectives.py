@@ -98,6 +98,10 @@ def _rank_share_loss(
     output = model(features, captions, rows, sample_prob=sample_prob)
     targets = captions[:, 1:]
     ce_sum = masked_cross_entropy(output.logits, targets, reduction="sum")
-    tokens = ctx.total(float((targets != PAD_ID).sum()))
-    share = captions.size(0) / ctx.total(float(captions.size(0)))
-    return ctx.world * (ce_sum / max(tokens, 1.0) + output.aux_loss * share)
+    # The global batch's tokens and captions: one all-reduce, kept on the device (no host sync).
+    # (torch.full, not torch.tensor: a copy from the host would wait for the GPU.)
+    count = torch.full((), captions.size(0), device=captions.device)
+    mine = torch.stack([(targets != PAD_ID).sum(), count]).float()
+    tokens, total_captions = ctx.total(mine).unbind()
+    share = captions.size(0) / total_captions
+    return ctx.world * (ce_sum / tokens.clamp(min=1.0) + output.aux_loss * share)

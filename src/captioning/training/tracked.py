@@ -87,9 +87,8 @@ def train_tracked(
         def on_epoch(epoch: int, record: dict[str, float]) -> None:
             mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
 
-        def on_step(step: int, report: dict[str, float]) -> None:
-            if step % cfg.log_every_steps == 0:
-                mlflow.log_metrics({f"step_{k}": v for k, v in report.items()}, step=step)
+        def on_step(step: int, report: dict[str, float]) -> None:  # every log_every_steps
+            mlflow.log_metrics({f"step_{k}": v for k, v in report.items()}, step=step)
 
         result = train(on_epoch=on_epoch, on_step=on_step)
         mlflow.log_param("precision", result.precision)  # auto resolves per machine

@@ -38,11 +38,13 @@ CFG = TrainConfig(
     early_stopping=EarlyStoppingConfig(metric="CIDEr"),
 )
 # 8 images, 2 per batch: 4 steps per epoch. The model's own words are fed more and more often,
-# so resuming must restore the RNG that draws them; a checkpoint every 3 steps.
+# so resuming must restore the RNG that draws them; a checkpoint every 3 steps, on_step after
+# every step.
 SAMPLED = dataclasses.replace(
     CFG,
     scheduled_sampling=ScheduledSamplingConfig(schedule="linear", k=1.0, c=0.05),
     checkpoint_every_steps=3,
+    log_every_steps=1,
 )
 
 
@@ -219,7 +221,7 @@ def test_the_objective_is_the_callers(workspace):
     """Another objective plugs into the same loop (here: teacher forcing's loss, doubled)."""
     from captioning.training.objectives import StepLoss, TeacherForcing
 
-    one_epoch = dataclasses.replace(CFG, epochs=1)
+    one_epoch = dataclasses.replace(CFG, epochs=1, log_every_steps=1)
     teacher = TeacherForcing(one_epoch.scheduled_sampling)
 
     def doubled(model, batch, step, ctx):
@@ -254,3 +256,98 @@ def test_checkpoint_and_log_intervals_are_execution_settings(workspace):
     for config in (plain, other):
         del config["training"]["train_seconds"]  # a wall time: the one field two runs differ in
     assert plain == other
+
+
+# Ways a tensor is read back to the host: on a GPU each waits for the queued work to finish.
+HOST_READS = ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", "__index__")
+
+
+@pytest.fixture
+def host_reads(monkeypatch):
+    """Every host read of a tensor by this thread outside torch.optim (AdamW reads its CPU step
+    counters, which live on the host even when training on a GPU), as (method, file:line)."""
+    import sys
+    import threading
+
+    reads: list[tuple[str, str]] = []
+    main = threading.main_thread()
+
+    def counting(name):
+        real = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if threading.current_thread() is main and "torch/optim/" not in caller:
+                reads.append((name, f"{caller}:{sys._getframe(1).f_lineno}"))
+            return real(self, *args, **kwargs)
+
+        return read
+
+    for name in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    return reads
+
+
+@pytest.mark.parametrize("decoder", ["soft_attention", "hard_attention"])
+def test_a_step_reads_nothing_back_from_the_device_until_it_is_logged(
+    workspace, host_reads, decoder
+):
+    """Between one step's start and the next's (the same epoch: validation reads, as it must),
+    nothing is read back unless the step is logged; a logged step reads its loss."""
+    from captioning.training.objectives import TeacherForcing
+
+    teacher = TeacherForcing(SAMPLED.scheduled_sampling)
+    starts: list[int] = []  # len(host_reads) at each step's start
+
+    def marking(model, batch, step, ctx):
+        starts.append(len(host_reads))
+        return teacher(model, batch, step, ctx)
+
+    # 8 steps, 4 per epoch; logged at step 6; no step checkpoint (it reads the loss).
+    quiet = dataclasses.replace(
+        SAMPLED, epochs=2, log_every_steps=6, checkpoint_every_steps=0, checkpoint_every_minutes=0.0
+    )
+    logged: list[int] = []
+    on_step = lambda i, r: logged.append(i)  # noqa: E731
+    train(workspace, f"quiet_{decoder}", quiet, decoder, objective=marking, on_step=on_step)
+    assert logged == [6]
+    within_epochs = [(k, k + 1) for k in range(7) if (k + 1) % 4]  # steps k+1 -> k+2, 0-based
+    reads = {k + 1: host_reads[starts[k] : starts[n]] for k, n in within_epochs}
+    assert reads.pop(6), "step 6 was logged: its loss was read (the counter sees reads)"
+    assert reads == dict.fromkeys(reads, [])
+
+
+@pytest.mark.parametrize(
+    "minutes, saved_at",
+    [
+        (1.0, [(3, 3), (4, 0), (7, 3), (8, 0)]),  # 75 s after the last save
+        (0.0, [(4, 0), (8, 0)]),  # off: after every epoch only
+    ],
+)
+def test_step_checkpoints_by_wall_clock_time(workspace, monkeypatch, minutes, saved_at):
+    """Steps of 25 s on a fake clock, checkpoints every ``minutes`` and none by step count:
+    (step, batches into the epoch) of each save."""
+    from captioning.training import loop
+    from captioning.training.objectives import TeacherForcing
+
+    now = [0.0]
+    monkeypatch.setattr(loop, "clock", lambda: now[0])
+    teacher = TeacherForcing(CFG.scheduled_sampling)
+
+    def slow(model, batch, step, ctx):
+        now[0] += 25.0
+        return teacher(model, batch, step, ctx)
+
+    saved: list[tuple[int, int]] = []
+    real_save = loop.save_checkpoint
+
+    def recording(path, run_config, parts, state, ctx):
+        saved.append((state.step, state.position))
+        real_save(path, run_config, parts, state, ctx)
+
+    monkeypatch.setattr(loop, "save_checkpoint", recording)
+    cfg = dataclasses.replace(
+        CFG, epochs=2, checkpoint_every_steps=0, checkpoint_every_minutes=minutes
+    )
+    train(workspace, f"clock_{minutes}", cfg, objective=slow)
+    assert saved == saved_at
