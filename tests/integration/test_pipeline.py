@@ -106,13 +106,17 @@ def test_repro_produces_metrics_model_and_registration(pipeline_repo):
         scores = metrics["test"][decoding]
         for key in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "object_accuracy"):
             assert 0.0 <= scores[key] <= 10.0, (decoding, key, scores)
+        for key in ("relation_precision", "relation_coverage"):
+            assert 0.0 <= scores[key] <= 1.0, (decoding, key, scores)
     results = json.loads((root / REPORTS / "results.json").read_text())
     assert len(results) == 8 and set(results[0]) == {"image_id", "caption"}
     assert len(list((root / REPORTS / "attention").glob("*.png"))) == 2
     log = (root / REPORTS / "train_log.csv").read_text().splitlines()
-    # shapes' val images carry their objects: validation scores the captions' object accuracy too
+    # shapes' val images carry their objects: validation scores the captions' object accuracy
+    # and the relations they state too
     assert log[0] == (
-        "epoch,train_loss,val_loss,lr,sample_prob,BLEU-1,BLEU-2,BLEU-3,BLEU-4,CIDEr,object_accuracy"
+        "epoch,train_loss,val_loss,lr,sample_prob,BLEU-1,BLEU-2,BLEU-3,BLEU-4,CIDEr,"
+        "object_accuracy,relation_precision,relation_coverage"
     )
     assert len(log) == 3
     summary = json.loads((root / REPORTS / "train_summary.json").read_text())

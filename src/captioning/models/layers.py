@@ -82,8 +82,9 @@ class AdditiveAttention(nn.Module):
             query = query + 2.0 * query_extra
         query = query.view(projected.size(0), -1, 1, query.size(-1))  # (N, G, 1, A)
         energy = (projected.unsqueeze(1) + query).sigmoid_()  # (N, G, L, A), in place: one tensor
-        weight, bias = self.score.weight, self.score.bias
-        return nn.functional.linear(energy, 2.0 * weight, bias - weight.sum()).squeeze(-1)
+        weight, bias = self.score.weight, self.score.bias  # (1, A), (1,) or None
+        shift = -weight.sum(dim=1) if bias is None else bias - weight.sum()
+        return nn.functional.linear(energy, 2.0 * weight, shift).squeeze(-1)
 
     def forward(
         self,

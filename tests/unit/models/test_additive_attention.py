@@ -8,7 +8,8 @@ from captioning.models.layers import AdditiveAttention
 def reference_scores(att: AdditiveAttention, features, hidden, extra):
     query = att.hidden_proj(hidden) + extra  # (N, A)
     energy = torch.tanh(att.feature_proj(features) + query.unsqueeze(1))  # (N, L, A)
-    return (energy @ att.score.weight.squeeze(0)) + att.score.bias  # (N, L)
+    scores = energy @ att.score.weight.squeeze(0)  # (N, L)
+    return scores if att.score.bias is None else scores + att.score.bias
 
 
 def test_scores_and_gradients_are_the_tanh_form():
@@ -26,3 +27,14 @@ def test_scores_and_gradients_are_the_tanh_form():
     expected_grads = torch.autograd.grad((expected * weights).sum(), list(att.parameters()))
     for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_score_layer_without_bias_is_the_tanh_form_without_it():
+    torch.manual_seed(1)
+    att = AdditiveAttention(feature_dim=12, hidden_dim=10, attention_dim=8)
+    att.score = torch.nn.Linear(8, 1, bias=False)
+    features, hidden, extra = torch.randn(3, 5, 12), torch.randn(3, 10), torch.randn(3, 8)
+    ours = att.scores(att.precompute(features), hidden, extra).squeeze(1)
+    torch.testing.assert_close(
+        ours, reference_scores(att, features, hidden, extra), rtol=0, atol=1e-6
+    )
