@@ -166,11 +166,12 @@ def unroll(
             tempered = torch.softmax(log_probs / temperature, dim=-1)  # masked words stay at 0
             tokens = torch.multinomial(tempered, 1, generator=generator).squeeze(1)
         chosen = log_probs.gather(1, tokens.unsqueeze(1)).squeeze(1)
-        scores += torch.where(done, torch.zeros_like(chosen), chosen)
+        # Out of place: autograd keeps each step's ``done`` (sampled_captions' gradients).
+        scores = scores + torch.where(done, torch.zeros_like(chosen), chosen)
         history.append(torch.where(done, torch.full_like(tokens, end_id), tokens))
         if alpha is not None:
             alpha_history.append(alpha)
-        done |= tokens == end_id
+        done = done | (tokens == end_id)
         if bool(done.all()):
             break
     steps = torch.stack(history, dim=1)  # (B, T)

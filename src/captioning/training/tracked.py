@@ -1,4 +1,4 @@
-"""The train stage's work: train a decoder inside an MLflow run and write its DVC plot.
+"""The train and scst stages' work: train a decoder inside an MLflow run and write its DVC plot.
 
 MLflow gets the params (``precision``: what ``common.precision`` resolved to here), the training loss every ``train.log_every_steps`` steps, per epoch the
 losses, the mean scheduled-sampling probability and the validation BLEU/CIDEr-D, then the best
@@ -11,7 +11,9 @@ import csv
 import logging
 import os
 from functools import partial
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import mlflow
 
@@ -25,7 +27,9 @@ from captioning.registry.tracking import (
     pipeline_dir,
 )
 from captioning.training.fine_tune import EncodedImages
+from captioning.models.saved import VOCAB_FILE
 from captioning.training.loop import TrainResult, train_decoder
+from captioning.training.scst_phase import scst_model_name, scst_phase
 from captioning.training.sources import BatchSource, CachedFeatures
 
 logger = logging.getLogger(__name__)
@@ -65,19 +69,76 @@ def train_tracked(
         precision=params.common.precision,
         device_setting=params.common.device,
     )
+    logged = {
+        **flatten(cfg, "train."),
+        "train.decoder": decoder,  # the run's decoder, under the key it always had
+        **flatten(params.features, "features."),
+    }
+    return run_tracked(
+        params, train, logged, stage="train", name=decoder, paths=(model_dir, log_path, summary_path)
+    )
+
+
+def scst_tracked(
+    params: Params,
+    decoder: str,
+    *,
+    features_dir: Path,
+    start_dir: Path,
+    model_dir: Path,
+    log_path: Path,
+    checkpoint_dir: Path,
+    summary_path: Path | None = None,
+) -> TrainResult:
+    """Self-critical training of ``decoder`` from its cross-entropy model ``start_dir``, on the
+    cached features, through the same loop; the model is named ``<decoder>_scst``."""
+    phase = scst_phase(params, decoder, features_dir, start_dir)
+    train = partial(
+        train_decoder,
+        decoder,
+        CachedFeatures(features_dir),
+        start_dir / VOCAB_FILE,
+        model_dir,
+        phase.train,
+        seed=params.common.seed,
+        checkpoint_dir=checkpoint_dir,
+        objective=phase.objective,
+        precision=params.common.precision,
+        device_setting=params.common.device,
+        init_weights=phase.init_weights,
+        run_record=phase.record,
+    )
+    logged = {**flatten(params.scst, "scst."), "scst.decoder": decoder, "scst.start": str(start_dir)}
+    name = scst_model_name(decoder)
+    return run_tracked(
+        params, train, logged, stage="scst", name=name, paths=(model_dir, log_path, summary_path)
+    )
+
+
+def run_tracked(
+    params: Params,
+    train: Callable[..., TrainResult],
+    logged: dict[str, Any],
+    *,
+    stage: str,
+    name: str,
+    paths: tuple[Path, Path, Path | None],
+) -> TrainResult:
+    """``train`` inside an MLflow run named ``<stage>-<name>`` (the params ``logged``; metrics
+    per step and epoch; the best epoch; the model as artifacts), writing the per-epoch log and
+    the summary of ``paths`` (model directory, log CSV, summary JSON or None)."""
+    model_dir, log_path, summary_path = paths
     if int(os.environ.get("RANK", "0")) != 0:
         # Under torchrun only rank 0 records the run and writes the outputs.
         return train()
     root = pipeline_dir()
     configure_mlflow(root)
     experiment_id = get_or_create_experiment(params.register.experiment, root)
-    tags = {**lineage_tags(root, UPSTREAM_STAGES), "stage": "train", "decoder": decoder}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{decoder}", tags=tags):
+    tags = {**lineage_tags(root, UPSTREAM_STAGES), "stage": stage, "decoder": name}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{stage}-{name}", tags=tags):
         mlflow.log_params(
             {
-                **flatten(cfg, "train."),
-                "train.decoder": decoder,  # the run's decoder, under the key it always had
-                **flatten(params.features, "features."),
+                **logged,
                 "common.seed": params.common.seed,
                 "common.precision": params.common.precision,
                 "common.device": params.common.device,
@@ -93,16 +154,17 @@ def train_tracked(
         result = train(on_epoch=on_epoch, on_step=on_step)
         mlflow.log_param("precision", result.precision)  # auto resolves per machine
         write_training_log(log_path, result.history)
-        summary = result.summary(decoder)
+        summary = result.summary(name)
         if summary_path is not None:
             write_json(summary_path, summary)
             mlflow.log_artifact(str(summary_path))
+        metric = result.best.get("metric", "metric")
         mlflow.log_metrics(
             {
                 "train_seconds": result.seconds,
                 "parameters": result.parameters,
                 "best_epoch": result.best.get("epoch", 0),
-                f"best_val_{cfg.early_stopping.metric}": result.best.get("value", 0.0),
+                f"best_val_{metric}": result.best.get("value", 0.0),
                 "stopped_early": float(result.stopped_early),
             }
         )
