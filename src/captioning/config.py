@@ -583,6 +583,10 @@ class ScstConfig(Section):
     # > 0: add this times the sample's shapes score (objects named right, relations true).
     shapes_reward_weight: float = 0.0
 
+    def model_names(self) -> list[str]:
+        """The phase's models: ``models/<decoder>_scst``, reported as ``<decoder>_scst``."""
+        return [decoder + "_scst" for decoder in self.decoders]
+
     def _checks(self, require: Require) -> None:
         require(len(set(self.decoders)) == len(self.decoders), "decoders", "distinct names")
         require(self.epochs >= 1, "epochs", ">= 1")

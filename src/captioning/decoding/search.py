@@ -127,9 +127,7 @@ def sampled_captions(
     one per entry of ``rows`` (N,), the image in ``features`` it describes, with gradients:
     words (N, T) (<end> after a caption's end) and the sum of the log-probabilities of each
     caption's words, <end> included, in the graph (self-critical training)."""
-    steps, scores, _ = unroll(
-        decoder, features, rows, start_id, end_id, max_length, 0, (1.0, None)
-    )
+    steps, scores, _ = unroll(decoder, features, rows, start_id, end_id, max_length, 0, (1.0, None))
     return steps, scores
 
 

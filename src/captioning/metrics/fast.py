@@ -274,7 +274,7 @@ class ReferenceIndex:
         word = hyps.tokens
         ref_ids = np.where((remaining >= 1) & (word < known), word, -1)  # in the refs' numbers
         hyp_vectors = []
-        for k, ((ref_vec, ref_norm, idf, ref_keys), (own_ids, own_width, _)) in enumerate(
+        for k, ((ref_vec, _, idf, ref_keys), (own_ids, own_width, _)) in enumerate(
             zip(tables, own, strict=True)
         ):
             if k > 0:  # an n-gram the references have: its prefix and last word are theirs

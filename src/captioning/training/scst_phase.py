@@ -13,17 +13,11 @@ from typing import Any
 import torch
 
 from captioning.config import Params, TrainConfig, saved_decoder_config, to_dict
+from captioning.data.vocab import Vocab
 from captioning.errors import CaptioningError
 from captioning.features.cache import FeatureCache
-from captioning.models.saved import CONFIG_FILE, DECODER_WEIGHTS_FILE, load_decoder
+from captioning.models.saved import CONFIG_FILE, DECODER_WEIGHTS_FILE, VOCAB_FILE, load_decoder
 from captioning.training.self_critical import SelfCritical
-
-SCST_SUFFIX = "_scst"
-
-
-def scst_model_name(decoder: str) -> str:
-    """The phase's model: ``models/<decoder>_scst``, reported as ``<decoder>_scst``."""
-    return decoder + SCST_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -34,8 +28,11 @@ class ScstPhase:
     record: dict[str, Any]  # in the resume hash and config.json: scst.*, the start's identity
 
 
-def scst_phase(params: Params, decoder: str, features_dir: Path, start_dir: Path) -> ScstPhase:
-    """The phase for ``decoder`` from its model in ``start_dir`` over the feature cache."""
+def scst_phase(
+    params: Params, decoder: str, features_dir: Path, start_dir: Path, vocab_path: Path
+) -> ScstPhase:
+    """The phase for ``decoder`` from its model in ``start_dir`` over the feature cache, whose
+    captions ``vocab_path`` encodes (the start's vocabulary)."""
     if decoder not in params.scst.decoders:
         raise CaptioningError(
             f"scst.decoders: {decoder!r} is not one of {params.scst.decoders}; add it to run "
@@ -50,6 +47,11 @@ def scst_phase(params: Params, decoder: str, features_dir: Path, start_dir: Path
     if config["decoder"] != decoder:
         raise CaptioningError(
             f"{start_dir / CONFIG_FILE}: expected a {decoder} model, found {config['decoder']}"
+        )
+    if Vocab.load(vocab_path) != vocab:
+        raise CaptioningError(
+            f"{vocab_path}: expected the vocabulary of {start_dir} (it was trained with "
+            f"{start_dir / VOCAB_FILE}): re-run train@{decoder}"
         )
     scst = params.scst
     train = dataclasses.replace(
@@ -77,4 +79,3 @@ def scst_phase(params: Params, decoder: str, features_dir: Path, start_dir: Path
     }
     weights = {k: v.detach().clone() for k, v in start.state_dict().items()}
     return ScstPhase(train, objective, weights, record)
-

@@ -118,7 +118,9 @@ class SelfCritical:
         """(N,) each caption's CIDEr-D against its image's references, plus the shapes term."""
         rewards = self.references.sample_cider(keys, captions)
         if self.scenes is not None:
-            shapes = [shapes_score(c, self.scenes[key]) for key, c in zip(keys, captions, strict=True)]
+            shapes = [
+                shapes_score(c, self.scenes[key]) for key, c in zip(keys, captions, strict=True)
+            ]
             rewards = rewards + self.cfg.shapes_reward_weight * np.asarray(shapes)
         return rewards
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from functools import partial
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import mlflow
 
-from captioning.config import ConfigError, Params, flatten
+from captioning.config import ConfigError, Params, ScstConfig, flatten
 from captioning.io import atomic_path, write_json
 from captioning.models import DECODERS
 from captioning.registry.tracking import (
@@ -27,9 +27,8 @@ from captioning.registry.tracking import (
     pipeline_dir,
 )
 from captioning.training.fine_tune import EncodedImages
-from captioning.models.saved import VOCAB_FILE
 from captioning.training.loop import TrainResult, train_decoder
-from captioning.training.scst_phase import scst_model_name, scst_phase
+from captioning.training.scst_phase import scst_phase
 from captioning.training.sources import BatchSource, CachedFeatures
 
 logger = logging.getLogger(__name__)
@@ -75,7 +74,12 @@ def train_tracked(
         **flatten(params.features, "features."),
     }
     return run_tracked(
-        params, train, logged, stage="train", name=decoder, paths=(model_dir, log_path, summary_path)
+        params,
+        train,
+        logged,
+        stage="train",
+        name=decoder,
+        paths=(model_dir, log_path, summary_path),
     )
 
 
@@ -83,7 +87,8 @@ def scst_tracked(
     params: Params,
     decoder: str,
     *,
-    features_dir: Path,
+    features_dir: Path | None,
+    vocab_path: Path,
     start_dir: Path,
     model_dir: Path,
     log_path: Path,
@@ -92,12 +97,14 @@ def scst_tracked(
 ) -> TrainResult:
     """Self-critical training of ``decoder`` from its cross-entropy model ``start_dir``, on the
     cached features, through the same loop; the model is named ``<decoder>_scst``."""
-    phase = scst_phase(params, decoder, features_dir, start_dir)
+    if features_dir is None:
+        raise ConfigError("self-critical training reads cached features (--features)")
+    phase = scst_phase(params, decoder, features_dir, start_dir, vocab_path)
     train = partial(
         train_decoder,
         decoder,
         CachedFeatures(features_dir),
-        start_dir / VOCAB_FILE,
+        vocab_path,
         model_dir,
         phase.train,
         seed=params.common.seed,
@@ -108,8 +115,12 @@ def scst_tracked(
         init_weights=phase.init_weights,
         run_record=phase.record,
     )
-    logged = {**flatten(params.scst, "scst."), "scst.decoder": decoder, "scst.start": str(start_dir)}
-    name = scst_model_name(decoder)
+    logged = {
+        **flatten(params.scst, "scst."),
+        "scst.decoder": decoder,
+        "scst.start": str(start_dir),
+    }
+    name = ScstConfig(decoders=[decoder]).model_names()[0]
     return run_tracked(
         params, train, logged, stage="scst", name=name, paths=(model_dir, log_path, summary_path)
     )

@@ -16,17 +16,12 @@ from captioning.config import (
     ConfigError,
     DecoderConfig,
     EarlyStoppingConfig,
-    FeaturesConfig,
     Params,
     ScstConfig,
-    ShardConfig,
     TrainConfig,
-    VocabConfig,
     load_params,
 )
-from captioning.data.shards import split_captions, write_shards
-from captioning.data.vocab import build_vocab
-from captioning.features.cache import FeatureCache, extract_features
+from captioning.features.cache import FeatureCache
 from captioning.metrics.fast import ReferenceIndex
 from captioning.models import build_decoder
 from captioning.training import self_critical
@@ -40,15 +35,9 @@ CPU = torch.device("cpu")
 ONE = DistContext(0, 1, CPU)
 COLOURS = ("red", "blue", "green", "yellow")
 SHAPES = ("circle", "square", "triangle")
+SIZES = {"embed_dim": 16, "hidden_dim": 16, "attention_dim": 8, "feature_proj_dim": 16}
 XE = TrainConfig(
-    model=DecoderConfig(
-        embed_dim=16,
-        hidden_dim=16,
-        attention_dim=8,
-        feature_proj_dim=16,
-        dropout=0.0,
-        feature_dropout=0.0,
-    ),
+    model=DecoderConfig(**SIZES, dropout=0.0, feature_dropout=0.0),
     epochs=2,
     batch_size=4,
     warmup_steps=1,
@@ -87,23 +76,11 @@ def test_the_reward_is_cider_d_with_the_training_split_s_document_frequencies():
 def workspace(tmp_path_factory) -> Path:
     """8 training scenes whose captions name their colour and shape; a briefly XE-trained
     soft_attention model (no dropout: the gradient test compares probabilities)."""
-    from conftest import make_layout
+    from conftest import feature_workspace
 
-    root = tmp_path_factory.mktemp("scst")
-    coco = make_layout(root / "raw", {"train": 8, "val": 2, "test": 2})
-    for annotation in coco["annotations"]:
-        image, index = annotation["image_id"], (annotation["id"] - 1) % 2
-        annotation["caption"] = captions_of(image)[index]
-    (root / "raw" / "captions.json").write_text(json.dumps(coco))
-    write_shards(root / "raw", root / "shards", ShardConfig())
-    torch.manual_seed(0)
-    extract_features(
-        root / "shards",
-        root / "features",
-        FeaturesConfig(pretrained=False, batch_size=8, num_workers=0),
+    root = feature_workspace(
+        tmp_path_factory.mktemp("scst"), lambda image, i: captions_of(image)[i]
     )
-    vocab, _ = build_vocab(split_captions(root / "shards", "train"), VocabConfig())
-    vocab.save(root / "vocab.json")
     train_decoder(
         "soft_attention",
         CachedFeatures(root / "features"),
@@ -123,11 +100,13 @@ SCST = ScstConfig(
 
 def run_scst(root: Path, name: str, scst: ScstConfig = SCST, train=XE, **kwargs):
     params = Params(train=train, scst=scst)
-    phase = scst_phase(params, "soft_attention", root / "features", root / "models" / "xe")
+    phase = scst_phase(
+        params, "soft_attention", root / "features", root / "models" / "xe", root / "vocab.json"
+    )
     return train_decoder(
         "soft_attention",
         CachedFeatures(root / "features"),
-        root / "models" / "xe" / "vocab.json",
+        root / "vocab.json",
         root / "models" / name,
         phase.train,
         seed=7,
@@ -143,7 +122,11 @@ def test_a_sample_above_its_baseline_becomes_more_likely(workspace, monkeypatch)
     """Rewards 1 for each image's first sample and 0 for the others: one SGD step raises the
     first sample's log-probability (where no other sample of the image is the same caption)."""
     phase = scst_phase(
-        Params(train=XE, scst=SCST), "soft_attention", workspace / "features", workspace / "models/xe"
+        Params(train=XE, scst=SCST),
+        "soft_attention",
+        workspace / "features",
+        workspace / "models/xe",
+        workspace / "vocab.json",
     )
     objective = phase.objective
     cached = np.asarray(FeatureCache.open(workspace / "features", "train").features[:4])
