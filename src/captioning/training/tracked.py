@@ -78,7 +78,7 @@ def train_tracked(
         train,
         logged,
         stage="train",
-        name=decoder,
+        decoder=decoder,
         paths=(model_dir, log_path, summary_path),
     )
 
@@ -120,9 +120,14 @@ def scst_tracked(
         "scst.decoder": decoder,
         "scst.start": str(start_dir),
     }
-    name = ScstConfig(decoders=[decoder]).model_names()[0]
     return run_tracked(
-        params, train, logged, stage="scst", name=name, paths=(model_dir, log_path, summary_path)
+        params,
+        train,
+        logged,
+        stage="scst",
+        decoder=decoder,
+        paths=(model_dir, log_path, summary_path),
+        model=ScstConfig(decoders=[decoder]).model_names()[0],
     )
 
 
@@ -132,12 +137,14 @@ def run_tracked(
     logged: dict[str, Any],
     *,
     stage: str,
-    name: str,
+    decoder: str,
     paths: tuple[Path, Path, Path | None],
+    model: str | None = None,
 ) -> TrainResult:
-    """``train`` inside an MLflow run named ``<stage>-<name>`` (the params ``logged``; metrics
-    per step and epoch; the best epoch; the model as artifacts), writing the per-epoch log and
-    the summary of ``paths`` (model directory, log CSV, summary JSON or None)."""
+    """``train`` inside an MLflow run named ``<stage>-<decoder>`` (the params ``logged``;
+    metrics per step and epoch; the best epoch; the model as artifacts), writing the per-epoch
+    log and the summary of ``paths`` (model directory, log CSV, summary JSON or None), which
+    names the model ``model`` (default: the decoder)."""
     model_dir, log_path, summary_path = paths
     if int(os.environ.get("RANK", "0")) != 0:
         # Under torchrun only rank 0 records the run and writes the outputs.
@@ -145,8 +152,8 @@ def run_tracked(
     root = pipeline_dir()
     configure_mlflow(root)
     experiment_id = get_or_create_experiment(params.register.experiment, root)
-    tags = {**lineage_tags(root, UPSTREAM_STAGES), "stage": stage, "decoder": name}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{stage}-{name}", tags=tags):
+    tags = {**lineage_tags(root, UPSTREAM_STAGES), "stage": stage, "decoder": decoder}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{stage}-{decoder}", tags=tags):
         mlflow.log_params(
             {
                 **logged,
@@ -165,7 +172,7 @@ def run_tracked(
         result = train(on_epoch=on_epoch, on_step=on_step)
         mlflow.log_param("precision", result.precision)  # auto resolves per machine
         write_training_log(log_path, result.history)
-        summary = result.summary(name)
+        summary = result.summary(model or decoder)
         if summary_path is not None:
             write_json(summary_path, summary)
             mlflow.log_artifact(str(summary_path))

@@ -21,6 +21,7 @@ from captioning.config import (
     TrainConfig,
     load_params,
 )
+from captioning.errors import CaptioningError
 from captioning.features.cache import FeatureCache
 from captioning.metrics.fast import ReferenceIndex
 from captioning.models import build_decoder
@@ -226,3 +227,61 @@ def test_bad_scst_settings_fail_at_load(tmp_path):
     with pytest.raises(ConfigError, match=r"scst.samples_per_image.*>= 2") as error:
         load_params(path)
     assert "scst.lr" in str(error.value)
+
+
+def test_the_stage_logs_reward_and_cider_and_names_the_model(workspace, tmp_path, monkeypatch):
+    """scst_tracked (stages/train.py --start): the log CSV and MLflow get the epoch's mean
+    reward beside the val CIDEr; the summary names the model <decoder>_scst."""
+    import csv
+
+    import mlflow
+
+    from captioning.training.tracked import scst_tracked
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    params = Params(train=XE, scst=dataclasses.replace(SCST, epochs=1))
+    out = tmp_path / "out"
+    scst_tracked(
+        params,
+        "soft_attention",
+        features_dir=workspace / "features",
+        vocab_path=workspace / "vocab.json",
+        start_dir=workspace / "models" / "xe",
+        model_dir=out / "model",
+        log_path=out / "train_log.csv",
+        checkpoint_dir=out / "checkpoints",
+        summary_path=out / "train_summary.json",
+    )
+    rows = list(csv.DictReader((out / "train_log.csv").open(encoding="utf-8")))
+    assert len(rows) == 1 and float(rows[0]["reward"]) > 0 and "CIDEr" in rows[0]
+    assert json.loads((out / "train_summary.json").read_text())["decoder"] == "soft_attention_scst"
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.run_name == "scst-soft_attention"
+    assert run.data.metrics["reward"] == pytest.approx(float(rows[0]["reward"]))
+    assert run.data.params["scst.samples_per_image"] == "4"
+
+
+def test_the_phase_refuses_a_decoder_it_is_not_configured_for_or_another_vocabulary(workspace):
+    with pytest.raises(
+        CaptioningError, match=r"scst.decoders: 'soft_attention' is not one of \[\]"
+    ):
+        scst_phase(
+            Params(train=XE),
+            "soft_attention",
+            workspace / "features",
+            workspace / "models" / "xe",
+            workspace / "vocab.json",
+        )
+    other = workspace / "other_vocab.json"
+    other.write_text(
+        json.dumps({**json.loads((workspace / "vocab.json").read_text()), "max_length": 3})
+    )
+    with pytest.raises(CaptioningError, match=r"other_vocab.json: expected the vocabulary of"):
+        scst_phase(
+            Params(train=XE, scst=SCST),
+            "soft_attention",
+            workspace / "features",
+            workspace / "models" / "xe",
+            other,
+        )
