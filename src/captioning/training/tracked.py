@@ -73,14 +73,8 @@ def train_tracked(
         "train.decoder": decoder,  # the run's decoder, under the key it always had
         **flatten(params.features, "features."),
     }
-    return run_tracked(
-        params,
-        train,
-        logged,
-        stage="train",
-        decoder=decoder,
-        paths=(model_dir, log_path, summary_path),
-    )
+    paths = (model_dir, log_path, summary_path)
+    return run_tracked(params, train, logged, stage="train", decoder=decoder, paths=paths)
 
 
 def scst_tracked(
@@ -120,14 +114,10 @@ def scst_tracked(
         "scst.decoder": decoder,
         "scst.start": str(start_dir),
     }
+    paths = (model_dir, log_path, summary_path)
+    model = ScstConfig(decoders=[decoder]).model_names()[0]  # <decoder>_scst
     return run_tracked(
-        params,
-        train,
-        logged,
-        stage="scst",
-        decoder=decoder,
-        paths=(model_dir, log_path, summary_path),
-        model=ScstConfig(decoders=[decoder]).model_names()[0],
+        params, train, logged, stage="scst", decoder=decoder, paths=paths, model=model
     )
 
 
