@@ -298,3 +298,32 @@ def test_experiment_adding_a_decoder_trains_only_that_one(pipeline_repo):
         for leftover in ("reports/decoders/plain_test", "models/plain_test"):
             shutil.rmtree(root / leftover, ignore_errors=True)
         run([sys.executable, "-m", "dvc", "checkout", "-q"], root, env)
+
+
+@pytest.mark.slow
+def test_experiment_adding_a_self_critical_phase(pipeline_repo):
+    """`dvc exp run -S 'scst.decoders=[soft_attention]'`: scst@, evaluate_scst@ and
+    register_scst@soft_attention run from the trained model (train@ does not run again), the
+    log has the reward, and the comparison lists soft_attention_scst after soft_attention."""
+    root, env = pipeline_repo
+    params, lock = (root / "params.yaml").read_text(), (root / "dvc.lock").read_text()
+    exp = [sys.executable, "-m", "dvc", "exp", "run", "-n", "scst"]
+    out = run([*exp, "-S", "scst.decoders=[soft_attention]"], root, env).stdout
+    try:
+        for stage in ("scst", "evaluate_scst", "register_scst"):
+            assert f"Running stage '{stage}@soft_attention'" in out
+        assert "Running stage 'train@soft_attention'" not in out
+        scst = root / "reports/decoders/soft_attention_scst"
+        log = (scst / "train_log.csv").read_text().splitlines()
+        assert "reward" in log[0].split(",") and len(log) == 2
+        assert json.loads((scst / "metrics.json").read_text())["test"]["beam"]["CIDEr"] >= 0
+        config = json.loads((root / "models/soft_attention_scst/config.json").read_text())
+        assert config["decoder"] == "soft_attention" and config["scst"]["samples_per_image"] == 5
+        table = (root / "reports/comparison.md").read_text()
+        assert table.index("| `soft_attention` |") < table.index("| `soft_attention_scst` |")
+    finally:
+        (root / "params.yaml").write_text(params)
+        (root / "dvc.lock").write_text(lock)
+        for leftover in ("reports/decoders/soft_attention_scst", "models/soft_attention_scst"):
+            shutil.rmtree(root / leftover, ignore_errors=True)
+        run([sys.executable, "-m", "dvc", "checkout", "-q"], root, env)

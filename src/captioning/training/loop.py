@@ -2,7 +2,8 @@
 
 The source (training/sources.py) gives cached features, or images through an encoder trained
 with the decoder (training/fine_tune.py); the objective (training/objectives.py) is
-teacher-forced cross-entropy with optional scheduled sampling (``train.scheduled_sampling``).
+teacher-forced cross-entropy with optional scheduled sampling (``train.scheduled_sampling``), or
+self-critical training's (training/self_critical.py, a second phase from a trained model).
 AdamW with warmup + cosine LR (the encoder's blocks at their own LR), gradient clipping and, on
 ``common.precision``: autocast in bf16 or fp16 (loss scaled) with fp32 weights and loss, or
 plain fp32; data-parallel under torchrun

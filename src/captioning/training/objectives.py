@@ -2,9 +2,9 @@
 
 Today's is teacher forcing (the masked next-token cross-entropy, the decoder fed the true
 words or, under scheduled sampling, sometimes its own) plus the decoder's regulariser (the
-doubly stochastic attention penalty; hard attention's REINFORCE surrogate). A sequence-level
-objective (self-critical training: sample captions, reward them with CIDEr-D) is another class
-with the same call.
+doubly stochastic attention penalty; hard attention's REINFORCE surrogate). The sequence-level
+one (self-critical training: sample captions, reward them with CIDEr-D) is another class with
+the same call, ``training.self_critical.SelfCritical``.
 """
 
 from __future__ import annotations
