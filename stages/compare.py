@@ -1,4 +1,5 @@
-"""DVC stage `compare`: every decoder of train.decoders side by side (table, metrics, plots)."""
+"""DVC stage `compare`: every decoder of train.decoders, and each scst.decoders phase's model,
+side by side (table, metrics, plots)."""
 
 import argparse
 import logging
@@ -8,7 +9,7 @@ from captioning import runtime
 runtime.setup()
 
 from captioning.comparison import compare_decoders  # noqa: E402
-from captioning.config import TrainConfig, load_section  # noqa: E402
+from captioning.config import load_params  # noqa: E402
 
 
 def main() -> None:
@@ -20,7 +21,9 @@ def main() -> None:
     parser.add_argument("--table", required=True, help="one row per decoder (.csv, DVC plots)")
     parser.add_argument("--losses", required=True, help="all loss curves (.csv, DVC plot)")
     args = parser.parse_args()
-    decoders = load_section(args.params, "train", TrainConfig).decoders
+    params = load_params(args.params)
+    # Each self-critical phase's model beside the decoders (scst@<d>: <d>_scst).
+    decoders = [*params.train.decoders, *params.scst.model_names()]
     compare_decoders(
         decoders,
         args.reports,

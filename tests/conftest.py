@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,18 @@ def jpeg_bytes(seed: int, size: int = 64, mode: str = "RGB", fmt: str = "JPEG") 
     return buffer.getvalue()
 
 
-def make_layout(root: Path, splits: dict[str, int], captions_per_image: int = 2) -> dict:
-    """images/ + captions.json + splits.json with random images and simple captions."""
+def picture_number(image_id: int, index: int) -> str:
+    return f"a picture number {index}"
+
+
+def make_layout(
+    root: Path,
+    splits: dict[str, int],
+    captions_per_image: int = 2,
+    caption: Callable[[int, int], str] = picture_number,
+) -> dict:
+    """images/ + captions.json + splits.json with random images and simple captions
+    (``caption(image_id, index)``; by default the same for every image)."""
     (root / "images").mkdir(parents=True)
     images, annotations, split_ids = [], [], {}
     image_id = 1
@@ -50,7 +61,7 @@ def make_layout(root: Path, splits: dict[str, int], captions_per_image: int = 2)
                     {
                         "id": len(annotations) + 1,
                         "image_id": image_id,
-                        "caption": f"a picture number {c}",
+                        "caption": caption(image_id, c),
                     }
                 )
             split_ids[split].append(image_id)
@@ -59,6 +70,29 @@ def make_layout(root: Path, splits: dict[str, int], captions_per_image: int = 2)
     (root / "captions.json").write_text(json.dumps(coco))
     (root / "splits.json").write_text(json.dumps(split_ids))
     return coco
+
+
+def feature_workspace(root: Path, caption: Callable[[int, int], str] = picture_number) -> Path:
+    """``root`` with raw/ (8 train, 2 val, 2 test images), shards/, features/ (a random-weight
+    encoder's) and vocab.json: what a training run reads."""
+    import torch
+
+    from captioning.config import FeaturesConfig, ShardConfig, VocabConfig
+    from captioning.data.shards import split_captions, write_shards
+    from captioning.data.vocab import build_vocab
+    from captioning.features.cache import extract_features
+
+    make_layout(root / "raw", {"train": 8, "val": 2, "test": 2}, caption=caption)
+    write_shards(root / "raw", root / "shards", ShardConfig())
+    torch.manual_seed(0)
+    extract_features(
+        root / "shards",
+        root / "features",
+        FeaturesConfig(pretrained=False, batch_size=8, num_workers=0),
+    )
+    vocab, _ = build_vocab(split_captions(root / "shards", "train"), VocabConfig())
+    vocab.save(root / "vocab.json")
+    return root
 
 
 def pytest_collection_modifyitems(config, items):

@@ -569,6 +569,35 @@ class TrainConfig(Section):
 
 
 @dataclass(frozen=True)
+class ScstConfig(Section):
+    """Self-critical sequence training (Rennie et al. 2017, with Luo 2020's baseline): a second
+    phase of a cross-entropy-trained decoder, rewarded by its sampled captions' CIDEr-D."""
+
+    # Which of train.decoders get the phase (stage scst@<decoder>, model <decoder>_scst).
+    decoders: list[DecoderName] = field(default_factory=list)
+    epochs: int = 1
+    lr: float = 5e-5  # Adam's, constant after no warmup (the papers: 5e-5 .. 2e-5)
+    samples_per_image: int = 5  # each one's baseline: the mean reward of the image's others
+    max_length: int = 16  # words sampled at most before <end>
+    batch_size: int = 50  # images per step (times samples_per_image captions)
+    # > 0: add this times the sample's shapes score (objects named right, relations true).
+    shapes_reward_weight: float = 0.0
+
+    def model_names(self) -> list[str]:
+        """The phase's models: ``models/<decoder>_scst``, reported as ``<decoder>_scst``."""
+        return [decoder + "_scst" for decoder in self.decoders]
+
+    def _checks(self, require: Require) -> None:
+        require(len(set(self.decoders)) == len(self.decoders), "decoders", "distinct names")
+        require(self.epochs >= 1, "epochs", ">= 1")
+        require(self.lr > 0, "lr", "> 0")
+        require(self.samples_per_image >= 2, "samples_per_image", ">= 2 (the baseline needs two)")
+        require(self.max_length >= 1, "max_length", ">= 1")
+        require(self.batch_size >= 1, "batch_size", ">= 1")
+        require(self.shapes_reward_weight >= 0, "shapes_reward_weight", ">= 0 (0 = off)")
+
+
+@dataclass(frozen=True)
 class EvaluateConfig(Section):
     beam_size: int = 3
     max_length: int = 24
@@ -654,8 +683,16 @@ class Params(Section):
     vocab: VocabConfig = field(default_factory=VocabConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    scst: ScstConfig = field(default_factory=ScstConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
+
+    def _checks(self, require: Require) -> None:
+        require(
+            set(self.scst.decoders) <= set(self.train.decoders),
+            "scst/decoders",
+            f"decoders of train.decoders {self.train.decoders} (each starts from its model)",
+        )
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -255,28 +256,29 @@ def test_experiment_with_another_encoder(pipeline_repo):
         run([sys.executable, "-m", "dvc", "checkout", "-q"], root, env)
 
 
+@contextlib.contextmanager
+def undone(root: Path, env: dict[str, str], name: str):
+    """Put params.yaml, dvc.lock and the workspace back after an experiment that made the
+    outputs of ``name`` (reports/decoders/<name>, models/<name>)."""
+    params, lock = (root / "params.yaml").read_text(), (root / "dvc.lock").read_text()
+    try:
+        yield
+    finally:
+        (root / "params.yaml").write_text(params)
+        (root / "dvc.lock").write_text(lock)
+        for leftover in (f"reports/decoders/{name}", f"models/{name}"):
+            shutil.rmtree(root / leftover, ignore_errors=True)
+        run([sys.executable, "-m", "dvc", "checkout", "-q"], root, env)
+
+
 @pytest.mark.slow
 def test_experiment_adding_a_decoder_trains_only_that_one(pipeline_repo):
     """`dvc exp run -S 'train.decoders=[soft_attention,plain_test]'`: train@, evaluate@ and
     register@plain_test run, soft_attention's stages do not, and the comparison has both."""
     root, env = pipeline_repo
-    params, lock = (root / "params.yaml").read_text(), (root / "dvc.lock").read_text()
-    out = run(
-        [
-            sys.executable,
-            "-m",
-            "dvc",
-            "exp",
-            "run",
-            "-n",
-            "two-decoders",
-            "-S",
-            "train.decoders=[soft_attention,plain_test]",
-        ],
-        root,
-        env,
-    ).stdout
-    try:
+    with undone(root, env, "plain_test"):
+        exp = [sys.executable, "-m", "dvc", "exp", "run", "-n", "two-decoders"]
+        out = run([*exp, "-S", "train.decoders=[soft_attention,plain_test]"], root, env).stdout
         assert "Running stage 'train@plain_test'" in out
         assert "Running stage 'train@soft_attention'" not in out
         assert "Running stage 'evaluate@soft_attention'" not in out
@@ -292,9 +294,25 @@ def test_experiment_adding_a_decoder_trains_only_that_one(pipeline_repo):
         with (root / "reports/loss_curves.csv").open() as handle:
             decoders = {line.split(",")[0] for line in handle.read().splitlines()[1:]}
         assert decoders == {"soft_attention", "plain_test"}
-    finally:
-        (root / "params.yaml").write_text(params)
-        (root / "dvc.lock").write_text(lock)
-        for leftover in ("reports/decoders/plain_test", "models/plain_test"):
-            shutil.rmtree(root / leftover, ignore_errors=True)
-        run([sys.executable, "-m", "dvc", "checkout", "-q"], root, env)
+
+
+@pytest.mark.slow
+def test_experiment_adding_a_self_critical_phase(pipeline_repo):
+    """`dvc exp run -S 'scst.decoders=[soft_attention]'`: scst@, evaluate_scst@ and
+    register_scst@soft_attention run from the trained model (train@ does not run again), the
+    log has the reward, and the comparison lists soft_attention_scst after soft_attention."""
+    root, env = pipeline_repo
+    exp = [sys.executable, "-m", "dvc", "exp", "run", "-n", "scst"]
+    with undone(root, env, "soft_attention_scst"):
+        out = run([*exp, "-S", "scst.decoders=[soft_attention]"], root, env).stdout
+        for stage in ("scst", "evaluate_scst", "register_scst"):
+            assert f"Running stage '{stage}@soft_attention'" in out
+        assert "Running stage 'train@soft_attention'" not in out
+        scst = root / "reports/decoders/soft_attention_scst"
+        log = (scst / "train_log.csv").read_text().splitlines()
+        assert "reward" in log[0].split(",") and len(log) == 2
+        assert json.loads((scst / "metrics.json").read_text())["test"]["beam"]["CIDEr"] >= 0
+        config = json.loads((root / "models/soft_attention_scst/config.json").read_text())
+        assert config["decoder"] == "soft_attention" and config["scst"]["samples_per_image"] == 5
+        table = (root / "reports/comparison.md").read_text()
+        assert table.index("| `soft_attention` |") < table.index("| `soft_attention_scst` |")

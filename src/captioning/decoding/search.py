@@ -105,12 +105,49 @@ def _sequential(
     end_id: int,
     max_length: int,
     min_length: int,
-    sampler: tuple[float, torch.Generator] | None,
+    sampler: tuple[float, torch.Generator | None] | None,
 ) -> list[Hypothesis]:
     """One word per image per step, argmax or sampled (greedy and sampling share this)."""
+    steps, scores, alphas = unroll(
+        decoder, features, None, start_id, end_id, max_length, min_length, sampler
+    )
+    return _hypotheses(steps, scores, alphas, end_id)
+
+
+def sampled_captions(
+    decoder: Decoder,
+    features: torch.Tensor,
+    rows: torch.Tensor,
+    *,
+    start_id: int,
+    end_id: int,
+    max_length: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Captions drawn from the decoder's own distribution (temperature 1, torch's global RNG),
+    one per entry of ``rows`` (N,), the image in ``features`` it describes, with gradients:
+    words (N, T) (<end> after a caption's end) and the sum of the log-probabilities of each
+    caption's words, <end> included, in the graph (self-critical training)."""
+    steps, scores, _ = unroll(decoder, features, rows, start_id, end_id, max_length, 0, (1.0, None))
+    return steps, scores
+
+
+def unroll(
+    decoder: Decoder,
+    features: torch.Tensor,
+    rows: torch.Tensor | None,
+    start_id: int,
+    end_id: int,
+    max_length: int,
+    min_length: int,
+    sampler: tuple[float, torch.Generator | None] | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The word loop: words (N, T), summed log-probabilities (N,) (in the graph where the
+    caller has gradients on) and attention (N, T, L) or None; one row per image, or per entry
+    of ``rows`` (each an image of ``features``)."""
     _check_lengths(min_length, max_length)
-    batch, device = features.size(0), features.device
-    state = decoder.init_state(features)
+    state = decoder.start(features, rows)
+    batch = features.size(0) if rows is None else rows.size(0)
+    device = features.device
     tokens = torch.full((batch,), start_id, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     scores = torch.zeros(batch, device=device)
@@ -127,16 +164,17 @@ def _sequential(
             tempered = torch.softmax(log_probs / temperature, dim=-1)  # masked words stay at 0
             tokens = torch.multinomial(tempered, 1, generator=generator).squeeze(1)
         chosen = log_probs.gather(1, tokens.unsqueeze(1)).squeeze(1)
-        scores += torch.where(done, torch.zeros_like(chosen), chosen)
+        # Out of place: autograd keeps each step's ``done`` (sampled_captions' gradients).
+        scores = scores + torch.where(done, torch.zeros_like(chosen), chosen)
         history.append(torch.where(done, torch.full_like(tokens, end_id), tokens))
         if alpha is not None:
             alpha_history.append(alpha)
-        done |= tokens == end_id
+        done = done | (tokens == end_id)
         if bool(done.all()):
             break
     steps = torch.stack(history, dim=1)  # (B, T)
     alphas = torch.stack(alpha_history, dim=1) if alpha_history else None  # (B, T, L)
-    return _hypotheses(steps, scores, alphas, end_id)
+    return steps, scores, alphas
 
 
 @torch.no_grad()

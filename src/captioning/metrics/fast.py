@@ -61,32 +61,79 @@ def _encode(sentences: Sequence[str], vocab: dict[str, int]) -> _Encoded:
     return _Encoded(tokens, lengths)
 
 
-def ngram_counts(encoded: _Encoded, vocab_size: int) -> list[sparse.csr_matrix]:
-    """Per order 1..4, the (sentence x n-gram) count matrix; n-gram ids are dense per order."""
-    lengths = encoded.lengths
-    sentence = np.repeat(np.arange(len(lengths)), lengths)  # (T,) sentence of each position
+def _remaining(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(T,) the sentence of each position, and the words from it to its sentence's end."""
+    sentence = np.repeat(np.arange(len(lengths)), lengths)
     remaining = np.repeat(lengths, lengths) - (
         np.arange(len(sentence)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    )  # (T,) words from this position to the end of its sentence
+    )
+    return sentence, remaining
+
+
+def _ngram_ids(encoded: _Encoded, vocab_size: int) -> list[tuple[np.ndarray, int, np.ndarray]]:
+    """Per order 1..4: the dense id of the n-gram starting at each position (-1 where none
+    does), the number of ids, and the sorted keys they number (an n-gram's key is its
+    (n-1)-gram prefix's id times ``vocab_size`` plus its last word; order 1: the word)."""
+    _, remaining = _remaining(encoded.lengths)
     ids = encoded.tokens  # (T,) id of the n-gram starting at each position (order 1: the word)
-    matrices = []
-    for k in range(1, ORDERS + 1):
-        valid = remaining >= k
-        if k > 1:
-            # An n-gram is its (n-1)-gram prefix followed by one word: a unique pair of ids.
-            starts = np.flatnonzero(valid)
-            keys = ids[starts] * vocab_size + encoded.tokens[starts + k - 1]
-            unique, dense = np.unique(keys, return_inverse=True)
-            ids = np.full(len(sentence), -1, dtype=np.int64)
-            ids[starts] = dense
-            width = len(unique)
-        else:
-            width = vocab_size
-        rows, cols = sentence[valid], ids[valid]
-        counts = _csr((np.ones(len(rows)), (rows, cols)), shape=(len(lengths), max(width, 1)))
-        counts.sum_duplicates()
-        matrices.append(counts)
-    return matrices
+    out = [(np.where(remaining >= 1, ids, -1), vocab_size, np.arange(vocab_size))]
+    for k in range(2, ORDERS + 1):
+        # An n-gram is its (n-1)-gram prefix followed by one word: a unique pair of ids.
+        starts = np.flatnonzero(remaining >= k)
+        keys = ids[starts] * vocab_size + encoded.tokens[starts + k - 1]
+        unique, dense = np.unique(keys, return_inverse=True)
+        ids = np.full(len(remaining), -1, dtype=np.int64)
+        ids[starts] = dense
+        out.append((ids, len(unique), unique))
+    return out
+
+
+def _count_matrix(ids: np.ndarray, lengths: np.ndarray, width: int) -> sparse.csr_matrix:
+    """(sentence x n-gram) counts of the n-grams ``ids`` at each position (-1: none)."""
+    sentence, _ = _remaining(lengths)
+    valid = ids >= 0
+    rows, cols = sentence[valid], ids[valid]
+    counts = _csr((np.ones(len(rows)), (rows, cols)), shape=(len(lengths), max(width, 1)))
+    counts.sum_duplicates()
+    return counts
+
+
+def ngram_counts(encoded: _Encoded, vocab_size: int) -> list[sparse.csr_matrix]:
+    """Per order 1..4, the (sentence x n-gram) count matrix; n-gram ids are dense per order."""
+    return [
+        _count_matrix(ids, encoded.lengths, width)
+        for ids, width, _ in _ngram_ids(encoded, vocab_size)
+    ]
+
+
+def _tf_idf(counts: sparse.csr_matrix, idf: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """Counts weighted by idf, and each row's norm."""
+    vec = counts.copy()
+    vec.data *= idf[vec.indices]
+    return vec, np.sqrt(np.bincount(_row_of_entries(vec), vec.data**2, vec.shape[0]))
+
+
+def _cider_d(
+    refs: list[tuple[sparse.csr_matrix, np.ndarray]],
+    hyps: list[tuple[sparse.csr_matrix, np.ndarray]],
+    ref_lengths: np.ndarray,
+    hyp_lengths: np.ndarray,
+    pair_ref: np.ndarray,
+    pair_hyp: np.ndarray,
+) -> np.ndarray:
+    """Per pair (reference ``pair_ref[p]``, hypothesis ``pair_hyp[p]``): CIDEr-D's clipped
+    cosine per order with its length penalty (on bigram counts), summed over the orders, from
+    each order's tf-idf vectors and norms (the same columns for both)."""
+    delta = np.maximum(hyp_lengths - 1, 0)[pair_hyp] - np.maximum(ref_lengths - 1, 0)[pair_ref]
+    penalty = np.exp(-(delta.astype(float) ** 2) / (2 * SIGMA**2))
+    total = np.zeros(len(pair_ref))
+    for (ref_vec, ref_norm), (hyp_vec, hyp_norm) in zip(refs, hyps, strict=True):
+        ref_rows, hyp_rows = ref_vec[pair_ref], hyp_vec[pair_hyp]
+        val = np.asarray(hyp_rows.minimum(ref_rows).multiply(ref_rows).sum(axis=1)).ravel()
+        norms = hyp_norm[pair_hyp] * ref_norm[pair_ref]
+        val = np.where(norms != 0, val / np.where(norms != 0, norms, 1.0), val)
+        total += val * penalty
+    return total
 
 
 def _row_of_entries(matrix: sparse.csr_matrix) -> np.ndarray:
@@ -181,37 +228,93 @@ class ReferenceIndex:
         np.maximum.at(best, slot, coo.data)
         return _csr((best, (unique // width, unique % width)), shape=(len(self._keys), width))
 
+    def _idf(self, refs: sparse.csr_matrix) -> np.ndarray:
+        """log(#images) - log(max(1, df)): df counts the images whose references have it."""
+        present = refs.copy()
+        present.data[:] = 1.0
+        in_image = self._owner() @ present  # (I, G): how many of an image's refs have it
+        df = np.asarray((in_image > 0).sum(axis=0)).ravel()
+        return np.log(float(len(self._keys))) - np.log(np.maximum(1.0, df))
+
+    def _owner(self) -> sparse.csr_matrix:
+        image = self._ref_image
+        return _csr(
+            (np.ones(len(image)), (image, np.arange(len(image)))),
+            shape=(len(self._keys), len(image)),
+        )
+
     def _cider(
         self, counts: list[tuple[sparse.csr_matrix, sparse.csr_matrix]], test_len: np.ndarray
     ) -> np.ndarray:
+        """One hypothesis per image: each against all its image's references."""
+        refs, hyps = [], []
+        for ref_counts, hyp_counts in counts:
+            idf = self._idf(ref_counts)
+            refs.append(_tf_idf(ref_counts, idf))
+            hyps.append(_tf_idf(hyp_counts, idf))
         image = self._ref_image
-        n_images = len(self._keys)
-        log_images = np.log(float(n_images))
-        # Length is pycocoevalcap's: the number of bigrams.
-        delta = np.maximum(test_len - 1, 0)[image] - np.maximum(self._refs.lengths - 1, 0)
-        penalty = np.exp(-(delta.astype(float) ** 2) / (2 * SIGMA**2))  # (R,)
-        owner = _csr(
-            (np.ones(len(image)), (image, np.arange(len(image)))), shape=(n_images, len(image))
+        pair = np.arange(len(image))
+        total = _cider_d(refs, hyps, self._refs.lengths, test_len, pair, image)
+        return np.bincount(image, total, len(self._keys)) / ORDERS / self._per_image * 10.0
+
+    def sample_cider(self, keys: Sequence[Hashable], hypotheses: Sequence[str]) -> np.ndarray:
+        """CIDEr-D of each hypothesis against the references of its image ``keys[i]`` (images
+        may repeat, and need not all be there), with document frequencies over all the
+        index's images: what ``score`` gives an image's caption, for a few sampled captions
+        at a time (self-critical training's reward, the index built once on the training
+        references). The references' n-grams and idf are computed on the first call."""
+        tables = self._sample_tables()
+        position = {key: i for i, key in enumerate(self._keys)}
+        image = np.array([position[key] for key in keys], dtype=np.int64)
+        vocab = dict(self._vocab)
+        known = len(vocab)
+        hyps = _encode(hypotheses, vocab)
+        own = _ngram_ids(hyps, max(len(vocab), 1))  # every n-gram of the hypotheses, numbered
+        _, remaining = _remaining(hyps.lengths)
+        word = hyps.tokens
+        ref_ids = np.where((remaining >= 1) & (word < known), word, -1)  # in the refs' numbers
+        hyp_vectors = []
+        for k, ((ref_vec, _, idf, ref_keys), (own_ids, own_width, _)) in enumerate(
+            zip(tables, own, strict=True)
+        ):
+            if k > 0:  # an n-gram the references have: its prefix and last word are theirs
+                starts = np.flatnonzero(remaining >= k + 1)
+                prefix, last = ref_ids[starts], word[starts + k]
+                keyed = (prefix >= 0) & (last < known)
+                wanted = prefix * known + last
+                slot = np.minimum(np.searchsorted(ref_keys, wanted), len(ref_keys) - 1)
+                found = keyed & (ref_keys[slot] == wanted) if len(ref_keys) else keyed & False
+                ref_ids = np.full(len(word), -1, dtype=np.int64)
+                ref_ids[starts[found]] = slot[found]
+            width = ref_vec.shape[1]
+            # An n-gram no reference has (df 0: idf log(#images)) gets a column past theirs.
+            columns = np.where(ref_ids >= 0, ref_ids, np.where(own_ids >= 0, width + own_ids, -1))
+            counts = _count_matrix(columns, hyps.lengths, width + own_width)
+            full_idf = np.concatenate([idf, np.full(own_width, np.log(float(len(self._keys))))])
+            hyp_vec, hyp_norm = _tf_idf(counts, full_idf)
+            # Past the references' columns a hypothesis matches nothing: only its norm needs them.
+            hyp_vectors.append((hyp_vec[:, :width], hyp_norm))
+        refs = [(ref_vec, ref_norm) for ref_vec, ref_norm, _, _ in tables]
+        firsts = np.cumsum(self._per_image) - self._per_image
+        n_refs = self._per_image[image]
+        pair_hyp = np.repeat(np.arange(len(image)), n_refs)
+        pair_ref = np.repeat(firsts[image] - np.cumsum(n_refs) + n_refs, n_refs) + np.arange(
+            int(n_refs.sum())
         )
-        total = np.zeros(len(image))
-        for refs, hyp in counts:
-            present = refs.copy()
-            present.data[:] = 1.0
-            in_image = owner @ present  # (I, G): how many of an image's refs have the n-gram
-            df = np.asarray((in_image > 0).sum(axis=0)).ravel()
-            idf = log_images - np.log(np.maximum(1.0, df))
-            ref_vec, hyp_vec = refs.copy(), hyp.copy()
-            ref_vec.data *= idf[ref_vec.indices]
-            hyp_vec.data *= idf[hyp_vec.indices]
-            ref_norm = np.sqrt(np.bincount(_row_of_entries(ref_vec), ref_vec.data**2, len(image)))
-            hyp_norm = np.sqrt(np.bincount(_row_of_entries(hyp_vec), hyp_vec.data**2, n_images))
-            aligned = hyp_vec[image]  # (R, G): each reference's hypothesis
-            val = np.asarray(aligned.minimum(ref_vec).multiply(ref_vec).sum(axis=1)).ravel()
-            norms = hyp_norm[image] * ref_norm
-            val = np.where(norms != 0, val / np.where(norms != 0, norms, 1.0), val)
-            total += val * penalty
-        per_image = np.bincount(image, total, n_images) / ORDERS / self._per_image * 10.0
-        return per_image
+        total = _cider_d(refs, hyp_vectors, self._refs.lengths, hyps.lengths, pair_ref, pair_hyp)
+        return np.bincount(pair_hyp, total, len(image)) / ORDERS / n_refs * 10.0
+
+    def _sample_tables(self) -> list[tuple[sparse.csr_matrix, np.ndarray, np.ndarray, np.ndarray]]:
+        """Per order: the references' tf-idf vectors and norms, the idf of their n-grams and the
+        keys that number them (``_ngram_ids``)."""
+        if getattr(self, "_tables", None) is None:
+            tables = []
+            for ids, width, keys in _ngram_ids(self._refs, max(len(self._vocab), 1)):
+                counts = _count_matrix(ids, self._refs.lengths, width)
+                idf = self._idf(counts)
+                tables.append((*_tf_idf(counts, idf), idf, keys))
+            self._tables = tables
+        return self._tables
 
 
 def fast_scores(

@@ -52,6 +52,7 @@ class LoopState:
     loss_sum: float = 0.0  # the epoch's training loss so far, summed over captions
     loss_count: int = 0
     sample_prob_sum: float = 0.0  # scheduled sampling probability, summed over the epoch's steps
+    stats_sum: dict[str, float] = field(default_factory=dict)  # StepLoss.stats, summed likewise
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
     prior_seconds: float = 0.0  # training time of the sessions before this one (resumed runs)
@@ -67,9 +68,16 @@ class LoopState:
     def start_epoch(self, batches: list[list[Draw]]) -> None:
         self.batches, self.position = batches, 0
         self.loss_sum, self.loss_count, self.sample_prob_sum = 0.0, 0, 0.0
+        self.stats_sum = {}
         self._running = None
 
-    def count_step(self, loss: torch.Tensor, captions: int, sample_prob: float) -> None:
+    def count_step(
+        self,
+        loss: torch.Tensor,
+        captions: int,
+        sample_prob: float,
+        stats: dict[str, float] | None = None,
+    ) -> None:
         """Book-keeping of one optimiser step: ``loss`` is the mean over its ``captions``. Adds
         in the order and precision a float sum would (the same history), without reading it."""
         self.step += 1
@@ -79,6 +87,12 @@ class LoopState:
         self._running = weighted + base
         self.loss_count += captions
         self.sample_prob_sum += sample_prob
+        for name, value in (stats or {}).items():
+            self.stats_sum[name] = self.stats_sum.get(name, 0.0) + value
+
+    def stats_means(self) -> dict[str, float]:
+        """The epoch's mean of each step statistic so far."""
+        return {name: total / max(self.position, 1) for name, total in self.stats_sum.items()}
 
     def train_loss(self) -> float:
         """The epoch's mean training loss so far (reads the device: a sync on a GPU)."""
@@ -101,6 +115,7 @@ class LoopState:
                 "loss_sum": self.loss_sum,
                 "loss_count": self.loss_count,
                 "sample_prob_sum": self.sample_prob_sum,
+                "stats_sum": self.stats_sum,
                 "history": self.history,
                 "stopped_early": self.stopped_early,
                 "seconds": self.seconds(),
@@ -122,6 +137,7 @@ class LoopState:
             loss_sum=raw["loss_sum"],
             loss_count=raw["loss_count"],
             sample_prob_sum=raw["sample_prob_sum"],
+            stats_sum=raw.get("stats_sum", {}),
             history=raw["history"],
             stopped_early=raw["stopped_early"],
             prior_seconds=raw["seconds"],

@@ -2,7 +2,8 @@
 
 The source (training/sources.py) gives cached features, or images through an encoder trained
 with the decoder (training/fine_tune.py); the objective (training/objectives.py) is
-teacher-forced cross-entropy with optional scheduled sampling (``train.scheduled_sampling``).
+teacher-forced cross-entropy with optional scheduled sampling (``train.scheduled_sampling``), or
+self-critical training's (training/self_critical.py, a second phase from a trained model).
 AdamW with warmup + cosine LR (the encoder's blocks at their own LR), gradient clipping and, on
 ``common.precision``: autocast in bf16 or fp16 (loss scaled) with fp32 weights and loss, or
 plain fp32; data-parallel under torchrun
@@ -114,11 +115,18 @@ def train_decoder(
     on_step: StepCallback | None = None,
     precision: str = "auto",
     device_setting: str = "auto",
+    init_weights: dict[str, torch.Tensor] | None = None,
+    run_record: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train the decoder ``decoder_name`` on ``source``'s batches, minimising ``objective``
     (default: teacher forcing), the steps and validation computing in ``precision``
     (``common.precision``, resolved on the device: recorded in the model's config.json and
-    ``TrainResult.precision``); write the best epoch's model (models/saved.py)."""
+    ``TrainResult.precision``); write the best epoch's model (models/saved.py).
+
+    ``init_weights``: the decoder's starting weights (a second phase, such as self-critical
+    training, from a trained model) instead of the seeded initialisation; ``run_record``: what
+    else the weights are a function of (that phase's settings, the start's identity), in the
+    resume hash and the model's config.json."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     ctx = init_distributed(device_setting)  # one rank of a torchrun launch, or the only process
@@ -136,6 +144,8 @@ def train_decoder(
         feature_dim=source.feature_dim,
         num_locations=source.num_locations,
     ).to(device)
+    if init_weights is not None:
+        decoder.load_state_dict(init_weights)
     model = source.trained_model(decoder)  # what checkpoints hold
     seed_rank_stream(seed, ctx)  # the same weights everywhere; each rank's own dropout from here
     trained = [p for p in model.parameters() if p.requires_grad]
@@ -161,6 +171,7 @@ def train_decoder(
         model, optimizer, scheduler, grad_scaler(device, precision), np.random.default_rng(seed)
     )
     run_config = _run_config(decoder_name, cfg, vocab, seed, source.encoder_record, precision)
+    run_config |= run_record or {}
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_FILE
     # Rank 0's checkpoint on every rank, loaded before DDP wraps the model.
     state = resume(checkpoint, run_config, parts, cfg.early_stopping.metric, ctx, seed)
@@ -192,7 +203,7 @@ def train_decoder(
             with autocast(device, precision):
                 step = objective(forward, batch, state.step, ctx)
             optimizer_step(step.loss, trained, optimizer, scheduler, parts.scaler, cfg.grad_clip)
-            state.count_step(step.loss, step.captions, step.sample_prob)
+            state.count_step(step.loss, step.captions, step.sample_prob, step.stats)
             logged = state.step % cfg.log_every_steps == 0
             if source.resumes_mid_epoch and schedule.due(state.step, ctx, logged):
                 save()
@@ -203,6 +214,7 @@ def train_decoder(
             if on_step is not None:
                 lr = scheduler.get_last_lr()[0]
                 report = {"loss": step.loss.item(), "sample_prob": step.sample_prob, "lr": lr}
+                report |= step.stats
                 on_step(state.step, report)
 
         if ctx.is_main:  # rank 0 validates; the others wait, then follow its stopping decision
@@ -268,6 +280,7 @@ def close_epoch(
     epoch = state.epoch
     train_loss = state.train_loss()
     extra = {"sample_prob": state.sample_prob_sum / max(state.position, 1)}
+    extra |= state.stats_means()
     val_loss = val.loss(decoder, images_per_batch(cfg), device)
     stopping = cfg.early_stopping
     if (epoch + 1) % stopping.every_epochs == 0 or epoch + 1 == cfg.epochs:

@@ -2,14 +2,14 @@
 
 Today's is teacher forcing (the masked next-token cross-entropy, the decoder fed the true
 words or, under scheduled sampling, sometimes its own) plus the decoder's regulariser (the
-doubly stochastic attention penalty; hard attention's REINFORCE surrogate). A sequence-level
-objective (self-critical training: sample captions, reward them with CIDEr-D) is another class
-with the same call.
+doubly stochastic attention penalty; hard attention's REINFORCE surrogate). The sequence-level
+one (self-critical training: sample captions, reward them with CIDEr-D) is another class with
+the same call, ``training.self_critical.SelfCritical``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -60,6 +60,9 @@ class StepLoss:
     loss: torch.Tensor  # what the optimiser step back-propagates
     captions: int  # the batch's captions (this rank's): the loss's weight in the epoch's mean
     sample_prob: float = 0.0  # the scheduled-sampling probability the step ran at
+    # What else the step measured (self-critical training: the samples' mean reward): the
+    # epoch's record and the step log get each one's mean over the steps.
+    stats: dict[str, float] = field(default_factory=dict)
 
 
 class Objective(Protocol):

@@ -51,6 +51,9 @@ class Batch:
     rows: torch.Tensor
     inputs: torch.Tensor  # cached features (B, L, C), or images for ``encode``
     encode: Callable[[torch.Tensor], torch.Tensor] = _as_is
+    # The images' rows (B,) in the train split, on the host: where an objective finds what
+    # else it knows of them (self-critical training: their reference captions). None: unknown.
+    image_rows: torch.Tensor | None = None
 
     def features(self) -> torch.Tensor:
         """The images' features (B, L, C). The objective calls it under autocast, so that an
@@ -144,20 +147,23 @@ class CachedFeatures:
     def batches(self, state: LoopState, rng: np.random.Generator) -> Iterator[Batch]:
         assert state.batches is not None
         device = self.ctx.device
-        for x, captions, rows in prefetched(self._staged(state.batches[state.position :])):
+        staged = prefetched(self._staged(state.batches[state.position :]))
+        for x, captions, rows, image_rows in staged:
             yield Batch(
                 captions.to(device, non_blocking=True),
                 rows.to(device, non_blocking=True),
                 x.to(device, non_blocking=True),
+                image_rows=image_rows,
             )
 
     def _staged(self, batches: list[list[Draw]]) -> Iterator[tuple[torch.Tensor, ...]]:
-        """Each batch's features (this rank's share), captions and rows, in host memory."""
+        """Each batch's features (this rank's share), captions, rows and image rows, in host
+        memory."""
         for draws in batches:
             image_rows, captions, rows = caption_batch(
                 self.train_set, self.ctx.shard(draws), PAD_ID
             )
-            yield self.train_rows[image_rows], captions, rows
+            yield self.train_rows[image_rows], captions, rows, image_rows
 
     def validation(self, precision: str) -> ValSplit:
         return self.val

@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from captioning.config import DecoderConfig
-from captioning.decoding.search import beam_search, beam_search_n_best, greedy_search
+from captioning.decoding.search import (
+    beam_search,
+    beam_search_n_best,
+    greedy_search,
+    sampled_captions,
+)
 from captioning.models import CELL_CHOICE, DECODERS, build_decoder
 
 VOCAB, START, END = 13, 1, 2
@@ -104,3 +109,25 @@ def test_alphas_only_from_decoders_that_attend(name):
             assert hyp.alphas.shape == (5, 4)
         else:
             assert hyp.alphas is None
+
+
+@pytest.mark.parametrize(("name", "cell"), VARIANTS, ids=IDS)
+def test_sampled_captions_carry_their_teacher_forced_log_probability(name, cell):
+    """Three samples per image (rows): words up to <end> then <end>; the summed log-probability
+    in the graph equals teacher forcing's for the same words (each cached-step decoder and the
+    transformer's KV cache included), and it back-propagates into the decoder."""
+    decoder, features = decoder_and_features(name, n=3, cell=cell)
+    rows = torch.arange(3).repeat_interleave(3)
+    torch.manual_seed(0)
+    words, log_probs = sampled_captions(
+        decoder, features, rows, start_id=START, end_id=END, max_length=6
+    )
+    assert words.size(0) == 9 and log_probs.requires_grad
+    captions = torch.cat([torch.full((9, 1), START), words], dim=1)
+    forced = decoder(features, captions, rows).logits.log_softmax(-1)
+    chosen = forced.gather(2, words.unsqueeze(2)).squeeze(2)
+    ended = torch.cumsum(words == END, dim=1)
+    kept = (ended == 0) | ((ended == 1) & (words == END))  # up to and with the first <end>
+    assert log_probs.detach() == pytest.approx((chosen * kept).sum(1).detach(), abs=1e-4)
+    log_probs.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in decoder.parameters())

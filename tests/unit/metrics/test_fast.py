@@ -128,3 +128,20 @@ def test_mismatched_images_and_empty_references_fail_clearly():
         fast_scores({1: "a red circle"}, {1: ["a red circle"], 2: ["a star"]})
     with pytest.raises(ValueError, match="image 7 has no reference captions"):
         ReferenceIndex({7: []})
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sampled_captions_score_as_in_the_whole_set(seed):
+    """``sample_cider``: any images, repeated, a caption each, scored with the document
+    frequencies of all the index's images: what ``score`` gives each image's caption (words and
+    n-grams no reference has, repeated n-grams, an empty caption included)."""
+    predictions, references = corpus(60, seed)
+    index = ReferenceIndex(references)
+    rng = random.Random(seed)
+    keys = [rng.choice(list(references)) for _ in range(40)]
+    captions = [perturb(rng.choice(references[k]), rng) for k in keys]
+    captions[:3] = ["zebra zebra zebra zebra", "", captions[2] + " " + captions[2]]
+    rewards = index.sample_cider(keys, captions)
+    for key, caption, reward in zip(keys, captions, rewards, strict=True):
+        _, per_image = index.score({**predictions, key: caption})
+        assert reward == pytest.approx(per_image[key]["CIDEr"], abs=1e-9)

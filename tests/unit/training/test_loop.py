@@ -14,15 +14,9 @@ from safetensors.torch import load_file
 from captioning.config import (
     DecoderConfig,
     EarlyStoppingConfig,
-    FeaturesConfig,
     ScheduledSamplingConfig,
-    ShardConfig,
     TrainConfig,
-    VocabConfig,
 )
-from captioning.data.shards import split_captions, write_shards
-from captioning.data.vocab import build_vocab
-from captioning.features.cache import extract_features
 from captioning.models.saved import load_decoder
 from captioning.training import validation
 from captioning.training.loop import train_decoder
@@ -50,20 +44,9 @@ SAMPLED = dataclasses.replace(
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    from conftest import make_layout
+    from conftest import feature_workspace
 
-    root = tmp_path_factory.mktemp("train")
-    make_layout(root / "raw", {"train": 8, "val": 2, "test": 2})
-    write_shards(root / "raw", root / "shards", ShardConfig())
-    torch.manual_seed(0)
-    extract_features(
-        root / "shards",
-        root / "features",
-        FeaturesConfig(pretrained=False, batch_size=8, num_workers=0),
-    )
-    vocab, _ = build_vocab(split_captions(root / "shards", "train"), VocabConfig())
-    vocab.save(root / "vocab.json")
-    return root
+    return feature_workspace(tmp_path_factory.mktemp("train"))
 
 
 class Killed(Exception):
