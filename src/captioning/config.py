@@ -766,11 +766,29 @@ def load_section(path: str | Path, section: str, cls: type[T]) -> T:
     return value
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader reading floats as YAML 1.2 does, as DVC (ruamel) reads and writes
+    them: ``2e-05``, which ``dvc exp run -S scst.lr=0.00002`` and ``captioning params apply``
+    write, is a float, not the string that YAML 1.1 makes of an exponent without a dot."""
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text as params.yaml, recipes and ``-S``/``--set`` values are read (``ParamsLoader``)."""
+    return yaml.load(text, Loader=ParamsLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"{path}: byte {exc.start} ({exc.object[exc.start]:#04x}) is not UTF-8; "

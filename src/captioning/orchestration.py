@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from captioning.config import ConfigError, Params, from_dict
+from captioning.config import ConfigError, Params, from_dict, load_yaml
 from captioning.errors import CaptioningError
 
 logger = logging.getLogger(__name__)
@@ -276,7 +276,7 @@ def read_recipe(path: Path) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: recipe file not found") from None
     except UnicodeDecodeError as exc:
@@ -310,7 +310,7 @@ def parse_set(assignments: Iterable[str], source: str = "--set") -> dict[str, An
         if not sep or not _DOTTED_KEY.fullmatch(key):
             raise ConfigError(f"{source} {assignment!r}: expected KEY=VALUE, e.g. train.epochs=1")
         try:
-            overrides[key] = yaml.safe_load(text) if text.strip() else ""
+            overrides[key] = load_yaml(text) if text.strip() else ""
         except yaml.YAMLError as exc:
             problem = getattr(exc, "problem", None) or "cannot parse"
             raise ConfigError(
@@ -355,7 +355,7 @@ def apply_recipe(
 
 
 def _read_yaml(path: Path) -> dict:
-    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    return load_yaml(Path(path).read_text(encoding="utf-8")) or {}
 
 
 def _get_dotted(data: Mapping, key: str) -> Any:

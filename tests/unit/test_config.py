@@ -74,6 +74,24 @@ def test_int_accepted_for_float(tmp_path):
     assert load_params(write(tmp_path, {"train": {"lr": 1}})).train.lr == 1.0
 
 
+@pytest.mark.parametrize(
+    ("text", "value"), [("2e-05", 2e-05), ("1E4", 1e4), ("+3.5e-1", 0.35), ("1_000", 1000)]
+)
+def test_an_exponent_without_a_dot_is_a_float_as_dvc_writes_it(tmp_path, text, value):
+    """``dvc exp run -S scst.lr=0.00002`` writes ``lr: 2e-05`` (YAML 1.2, ruamel), which YAML
+    1.1's resolver would read as a string."""
+    path = tmp_path / "params.yaml"
+    path.write_text(f"scst:\n  lr: {text}\n")
+    assert load_params(path).scst.lr == value
+
+
+def test_a_quoted_exponent_stays_a_string_and_is_refused(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text('scst:\n  lr: "2e-05"\n')
+    with pytest.raises(ConfigError, match="scst.lr.*expected float, found str"):
+        load_params(path)
+
+
 def test_impossible_value(tmp_path):
     path = write(tmp_path, {"train": {"model": {"dropout": 1.5}}})
     with pytest.raises(ConfigError) as err:
