@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from captioning.config import ConfigError, flatten_dict, load_params
+from captioning.config import ConfigError, flatten_dict, load_params, load_yaml
 from captioning.orchestration import apply_recipe, parse_set, read_recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ def params(tmp_path) -> Path:
 
 
 def flat(path: Path) -> dict:
-    return flatten_dict(yaml.safe_load(path.read_text()))
+    return flatten_dict(load_yaml(path.read_text()))
 
 
 def test_the_coco_recipe_validates_and_changes_exactly_its_keys(params):
@@ -139,3 +139,18 @@ def test_a_broken_params_file_is_named_not_the_recipe(params):
     with pytest.raises(ConfigError, match=rf"^{params}: key 'vocab.min_freq': expected >= 1"):
         apply_recipe(params, RECIPE)
     assert params.read_text() == broken
+
+
+def test_the_transformer_scst_recipe_goes_on_top_of_the_coco_one(params):
+    """Applied after recipes/coco2017.yaml, the Transformer + SCST recipe gives a valid
+    params.yaml holding both recipes' values (the later one winning), with the self-critical
+    phase on the decoder that train@ trains."""
+    second = REPO / "recipes" / "coco2017-transformer-scst.yaml"
+    before = flat(params)
+    apply_recipe(params, RECIPE)
+    apply_recipe(params, second)
+    assert flat(params) == {**before, **read_recipe(RECIPE), **read_recipe(second)}
+    loaded = load_params(params)
+    assert loaded.fetch.source == "coco2017"  # the first recipe's, kept
+    assert loaded.train.decoders == ["transformer"] == loaded.scst.decoders
+    assert loaded.train.model.transformer.d_model == 512
