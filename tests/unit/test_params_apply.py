@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from captioning.config import ConfigError, flatten_dict, load_params, load_yaml
 from captioning.orchestration import apply_recipe, parse_set, read_recipe
