@@ -7,6 +7,10 @@ EXIF-rotated images are converted as everywhere else in the pipeline).
 ``captioning params apply RECIPE [--set KEY=VALUE ...] [--params PATH]`` writes a recipe
 (recipes/coco2017.yaml) into params.yaml, validated first, and prints each change and the
 ``dvc exp run -S ...`` that sets the same keys. ``captioning registry ...``: the registry.
+
+``captioning probe-relations MODEL_DIR [--features data/features] [--split test]`` asks a shapes
+model, teacher-forced, which relation word comes next in the references that state one
+(``evaluation.relation_probe``): does it know where the objects are?
 """
 
 from __future__ import annotations
@@ -65,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_registry_commands(commands)
     add_params_commands(commands)
+    probe = commands.add_parser(
+        "probe-relations",
+        help="teacher-forced: does a shapes model rank the references' relation words first?",
+    )
+    probe.add_argument("model", type=Path, metavar="MODEL_DIR", help="a trained model directory")
+    probe.add_argument("--features", type=Path, default=Path("data/features"))
+    probe.add_argument("--split", default="test")
+    probe.set_defaults(func=cmd_probe_relations)
     return parser
 
 
@@ -121,6 +133,20 @@ def cmd_params_apply(args: argparse.Namespace) -> int:
         print(f"{params_path}: unchanged (already as {args.recipe} sets it)")
     command = shlex.join(["dvc", "exp", "run", *orchestration.dvc_set_args(keys)])
     print(f"same as: {command}")
+    return 0
+
+
+def cmd_probe_relations(args: argparse.Namespace) -> int:
+    """One line: relation words probed, the shares with the word and the axis right, per word."""
+    from captioning.evaluation.relation_probe import probe_model
+
+    result = probe_model(args.model, args.features, args.split)
+    words = ", ".join(f"{w} {r}/{n}" for w, (r, n) in result.by_word.items())
+    print(
+        f"{args.model} {args.split}: {result.probed} relation words; word right "
+        f"{result.word_right:.3f} (a guess of direction: 0.5), axis right "
+        f"{result.axis_right:.3f}; {words}"
+    )
     return 0
 
 

@@ -27,7 +27,7 @@ MAY_IMPORT = {
     "registry": {"registry", "data", "decoding", "inference"},
     "comparison": set(),
     "orchestration": set(),
-    "cli": {"data", "decoding", "inference", "orchestration", "registry", "viz"},
+    "cli": {"data", "decoding", "evaluation", "inference", "orchestration", "registry", "viz"},
 }
 BASE = {"config", "errors", "io", "runtime", "devices", "processes"}
 
