@@ -294,10 +294,17 @@ class CaptchaConfig(Section):
     fonts: list[str] = field(default_factory=lambda: list(CAPTCHA_FONTS))
     font_sizes: list[int] = field(default_factory=lambda: [40, 44, 48])
     seed: int = 0
+    # Generalisation sets after the count images: in-vocabulary words drawn with test_seed, and
+    # random strings of min-max letters that are not in the word list (their own generator).
+    n_test_seed: int = 2000
+    n_test_oov: int = 2000
+    test_seed: int = 1
     workers: int = 0  # processes drawing images; 0 = one per CPU core
 
     def _checks(self, require: Require) -> None:
         require(min(self.n_train, self.n_val) >= 1, "n_train/n_val", ">= 1")
+        require(min(self.n_test_seed, self.n_test_oov) >= 0, "n_test_seed/n_test_oov", ">= 0")
+        require(self.test_seed != self.seed, "test_seed", "a seed other than seed")
         require(self.count > self.n_train + self.n_val, "count", "> n_train + n_val")
         require(self.width >= 16 and self.height >= 16, "width/height", ">= 16")
         require(self.n_words >= 1, "n_words", ">= 1")
