@@ -53,6 +53,7 @@ DECODER_NAMES = (
     "hard_attention",
     "bahdanau_gru",
     "transformer",
+    "ctc",
 )
 # Recurrent cells of the attention decoders (models/layers.py CELLS).
 CELL_NAMES = ("lstm", "gru")
@@ -432,6 +433,10 @@ class DecoderConfig(Section):
     # soft_attention: the attention query also sees the word just fed, so the object whose colour
     # was just named is the one attended for its shape (False: Xu et al.'s query, h alone).
     attend_with_word: bool = True
+    # ctc: one frame per column of the encoder's grid (its width: captcha_cnn's 4x20 -> 20) through
+    # ctc_layers bidirectional recurrent layers of ``cell`` (0: the columns straight to letters).
+    ctc_columns: int = 20
+    ctc_layers: int = 1
     # The transformer decoder's layers, heads and widths (it reads nothing else here).
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
 
@@ -445,6 +450,8 @@ class DecoderConfig(Section):
         require(self.reinforce_weight >= 0, "reinforce_weight", ">= 0")
         require(self.entropy_weight >= 0, "entropy_weight", ">= 0")
         require(0.0 <= self.baseline_decay < 1.0, "baseline_decay", "in [0, 1)")
+        require(self.ctc_columns >= 1, "ctc_columns", ">= 1")
+        require(self.ctc_layers >= 0, "ctc_layers", ">= 0 (0: no recurrent layer)")
 
 
 # Decoder keys added after models were first saved, each with the value that a model saved
