@@ -57,6 +57,7 @@ class CTCReader(Decoder):
     def frames(self, features: torch.Tensor) -> torch.Tensor:
         """(B, H*W, C) grid, row-major -> (B, W, V) logits, one frame per column."""
         b, locations, channels = features.shape
+        features = features.to(self.out.weight.dtype)  # cached grids are float16
         grid = features.reshape(b, locations // self.columns, self.columns, channels)
         columns = grid.permute(0, 2, 1, 3).reshape(b, self.columns, -1)  # (B, W, H*C)
         x = self.project_in(self.feature_dropout(columns))
