@@ -97,6 +97,8 @@ def sample_search(
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if decoder.kind == "ctc":
+        raise ValueError("a CTC head is read by best path or beam search, not sampled")
     sampler = None  # temperature 0: greedy
     if temperature > 0:
         sampler = (temperature, torch.Generator(device=features.device).manual_seed(seed))

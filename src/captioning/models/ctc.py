@@ -65,16 +65,9 @@ class CTCReader(Decoder):
             x, _ = self.recurrent(x)
         return self.out(self.dropout(x))
 
-    def forward(
-        self,
-        features: torch.Tensor,
-        captions: torch.Tensor,
-        rows: torch.Tensor | None = None,
-        *,
-        sample_prob: float = 0.0,
-    ) -> DecoderOutput:
-        """The frames' logits (M, W, V) for each caption's image (``captions`` is the target,
-        read by the CTC loss, not fed in: there is no teacher forcing to sample)."""
+    def forward(self, features, captions, rows=None, **_) -> DecoderOutput:  # type: ignore[override]
+        """The frames' logits (M, W, V) for each caption's image (``rows``, as ``Decoder``'s).
+        ``captions`` is the CTC loss's target, not fed in: nothing to teacher-force or sample."""
         logits = self.frames(features)
         if rows is not None:
             logits = logits.index_select(0, rows)
