@@ -53,6 +53,7 @@ DECODER_NAMES = (
     "hard_attention",
     "bahdanau_gru",
     "transformer",
+    "ctc",
 )
 # Recurrent cells of the attention decoders (models/layers.py CELLS).
 CELL_NAMES = ("lstm", "gru")
@@ -294,10 +295,17 @@ class CaptchaConfig(Section):
     fonts: list[str] = field(default_factory=lambda: list(CAPTCHA_FONTS))
     font_sizes: list[int] = field(default_factory=lambda: [40, 44, 48])
     seed: int = 0
+    # Generalisation sets after the count images: in-vocabulary words drawn with test_seed, and
+    # random strings of min-max letters that are not in the word list (their own generator).
+    n_test_seed: int = 2000
+    n_test_oov: int = 2000
+    test_seed: int = 1
     workers: int = 0  # processes drawing images; 0 = one per CPU core
 
     def _checks(self, require: Require) -> None:
         require(min(self.n_train, self.n_val) >= 1, "n_train/n_val", ">= 1")
+        require(min(self.n_test_seed, self.n_test_oov) >= 0, "n_test_seed/n_test_oov", ">= 0")
+        require(self.test_seed != self.seed, "test_seed", "a seed other than seed")
         require(self.count > self.n_train + self.n_val, "count", "> n_train + n_val")
         require(self.width >= 16 and self.height >= 16, "width/height", ">= 16")
         require(self.n_words >= 1, "n_words", ">= 1")
@@ -425,6 +433,10 @@ class DecoderConfig(Section):
     # soft_attention: the attention query also sees the word just fed, so the object whose colour
     # was just named is the one attended for its shape (False: Xu et al.'s query, h alone).
     attend_with_word: bool = True
+    # ctc: one frame per column of the encoder's grid (its width: captcha_cnn's 4x20 -> 20) through
+    # ctc_layers bidirectional recurrent layers of ``cell`` (0: the columns straight to letters).
+    ctc_columns: int = 20
+    ctc_layers: int = 1
     # The transformer decoder's layers, heads and widths (it reads nothing else here).
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
 
@@ -438,6 +450,8 @@ class DecoderConfig(Section):
         require(self.reinforce_weight >= 0, "reinforce_weight", ">= 0")
         require(self.entropy_weight >= 0, "entropy_weight", ">= 0")
         require(0.0 <= self.baseline_decay < 1.0, "baseline_decay", "in [0, 1)")
+        require(self.ctc_columns >= 1, "ctc_columns", ">= 1")
+        require(self.ctc_layers >= 0, "ctc_layers", ">= 0 (0: no recurrent layer)")
 
 
 # Decoder keys added after models were first saved, each with the value that a model saved

@@ -23,6 +23,9 @@ from typing import Any
 from captioning.errors import CaptioningError
 
 SPLITS = ("train", "val", "test")
+# Test sets a source may add (the CAPTCHA reader's other-seed and out-of-vocabulary words):
+# accepted in splits.json and sharded like test, never written by the other sources.
+EXTRA_SPLITS = ("test_seed", "test_oov")
 
 # A longer caption is skipped: COCO's longest is a few hundred characters, Flickr's shorter; a
 # caption of thousands is a broken file (a whole document in one field), not a description,
@@ -87,8 +90,10 @@ def load_dataset(
         raise AnnotationError(f"{splits_path}: expected an object of split -> [image ids]")
     out: dict[str, list[ImageRecord]] = {}
     for split, ids in splits.items():
-        if split not in SPLITS:
-            raise AnnotationError(f"{splits_path}: unknown split {split!r}; expected {SPLITS}")
+        if split not in SPLITS + EXTRA_SPLITS:
+            raise AnnotationError(
+                f"{splits_path}: unknown split {split!r}; expected {SPLITS + EXTRA_SPLITS}"
+            )
         if not isinstance(ids, list):
             raise AnnotationError(f"{splits_path}: {split}: expected a list of image ids")
         records = []

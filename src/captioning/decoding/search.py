@@ -3,7 +3,8 @@
 Every search works on a batch of images and only calls the decoder's ``init_state``, ``step``
 and ``reorder_state`` (``models.base.Decoder``). Every caption ends with <end>: the step after
 ``max_length`` words allows nothing else, so a score is always log P(words, <end>) and captions
-of different searches compare.
+of different searches compare. A CTC head (``kind`` "ctc") is read by its own searches
+(decoding.ctc): greedy is its best path, beam search its prefix beam search.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
+from captioning.decoding import ctc
 from captioning.models.base import Decoder, State
+from captioning.models.ctc import BLANK_ID
 
 
 @dataclass
@@ -69,6 +72,8 @@ def greedy_search(
     min_length: int = 0,
 ) -> list[Hypothesis]:
     """Pick the most likely word at every step, for a batch of images at once."""
+    if decoder.kind == "ctc":
+        return [hyps[0] for hyps in _ctc_readings(decoder, features, max_length, beam_size=1)]
     return _sequential(decoder, features, start_id, end_id, max_length, min_length, None)
 
 
@@ -92,6 +97,8 @@ def sample_search(
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if decoder.kind == "ctc":
+        raise ValueError("a CTC head is read by best path or beam search, not sampled")
     sampler = None  # temperature 0: greedy
     if temperature > 0:
         sampler = (temperature, torch.Generator(device=features.device).manual_seed(seed))
@@ -193,7 +200,7 @@ def beam_search(
 
     Beam size 1 is greedy search: the same captions without the beam bookkeeping.
     """
-    if beam_size == 1:
+    if beam_size == 1 and decoder.kind != "ctc":
         return _sequential(decoder, features, start_id, end_id, max_length, min_length, None)
     n_best = beam_search_n_best(
         decoder,
@@ -235,6 +242,8 @@ def beam_search_n_best(
     _check_lengths(min_length, max_length)
     if not 1 <= n_best <= beam_size:
         raise ValueError(f"expected 1 <= n_best <= beam_size ({beam_size}), got {n_best}")
+    if decoder.kind == "ctc":
+        return _ctc_readings(decoder, features, max_length, beam_size, n_best)
     batch, k = features.size(0), beam_size
     device = features.device
     state = decoder.init_state(features)
@@ -400,3 +409,16 @@ def _hypotheses(
         maps = attention[row, :length] if attention is not None else None
         out.append(Hypothesis(tokens=ids[:length], score=score, alphas=maps))
     return out
+
+
+def _ctc_readings(
+    decoder: Decoder, features: torch.Tensor, max_length: int, beam_size: int, n_best: int = 1
+) -> list[list[Hypothesis]]:
+    """A CTC head's readings per image: its best path (``beam_size`` 1) or the ``n_best`` of
+    prefix beam search; at most ``max_length`` letters, no <end>, no attention."""
+    log_probs = torch.log_softmax(decoder.frames(features).float(), dim=-1)
+    if beam_size == 1:
+        readings = [[reading] for reading in ctc.best_path(log_probs, BLANK_ID)]
+    else:
+        readings = [ctc.prefix_beam_search(f, BLANK_ID, beam_size, n_best) for f in log_probs]
+    return [[Hypothesis(tokens[:max_length], score, None) for tokens, score in r] for r in readings]

@@ -5,8 +5,8 @@ Every task writes to the report directory: metrics.json ({split: {greedy|beam: c
 per_image.json (per image: its references and, per decoding, the text and every score: for error
 analysis and the promotion gate) and attention/ (per-token heat-maps, when the decoder attends).
 A captioner (``captions``) adds results.json (beam captions in the COCO results format), the
-beam's n-best to per_image.json and gallery.html; the CAPTCHA reader (``reader``) reads val and
-test and adds predictions.txt.
+beam's n-best to per_image.json and gallery.html; the CAPTCHA reader (``reader``) reads val,
+the generalisation sets the shards hold (test_seed, test_oov) and test, and adds predictions.txt.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from captioning.config import (
     EvaluateConfig,
     check_registry,
 )
+from captioning.data.layout import EXTRA_SPLITS
+from captioning.data.shards import read_manifest
 from captioning.data.vocab import Vocab
 from captioning.devices import autocast, choose_device, resolve_precision
 from captioning.evaluation.captions import CaptionTask, WordTask
@@ -103,7 +105,10 @@ def evaluate_model(
     task = choose_task(vocab, cfg, split)
     task.check()
     metrics: dict[str, Any] = {}
+    held = read_manifest(shards_dir)["splits"]
     for name in task.splits:
+        if name in EXTRA_SPLITS and name not in held:
+            continue  # shards made before the generalisation sets, or with none of them
         cache = split_features(model_dir, config, features_dir, shards_dir, name, device, precision)
         with autocast(device, precision):
             reading = read_split(decoder, vocab, cache, cfg, name)

@@ -2,7 +2,8 @@
 
 The reader spells each image's word one character per step. It is scored as the assignment
 says: a word counts only if it matches exactly (``exact_match``), with the character accuracy
-beside it; on the validation split (labels given) and the test split. ``predictions.txt``
+beside it; on the validation split (labels given), the generalisation sets (``test_seed``: words
+of the list drawn with another seed; ``test_oov``: strings not in the list) and the test split. ``predictions.txt``
 holds the test answers in the label file's format (``<image id>\\t<word>``), from beam search.
 """
 
@@ -18,7 +19,8 @@ ANSWERS_FILE = "predictions.txt"
 
 
 class ReaderTask:
-    splits = ("val", "test")
+    # test last: per_image.json, predictions.txt and the gate read the test split.
+    splits = ("val", "test_seed", "test_oov", "test")
     gallery = False
 
     def check(self) -> None:

@@ -8,6 +8,7 @@ from captioning.config import DECODER_NAMES, DecoderConfig, check_registry
 from captioning.errors import UnknownNameError
 from captioning.models.bahdanau_gru import BahdanauGRUDecoder
 from captioning.models.base import Decoder, DecoderOutput, State
+from captioning.models.ctc import CTCReader
 from captioning.models.hard_attention import HardAttentionDecoder
 from captioning.models.mrnn import MultimodalRNNDecoder
 from captioning.models.nic import ShowAndTellDecoder
@@ -23,11 +24,12 @@ DECODERS: dict[str, DecoderFactory] = {
     "hard_attention": HardAttentionDecoder,
     "bahdanau_gru": BahdanauGRUDecoder,
     "transformer": TransformerDecoder,
+    "ctc": CTCReader,
 }
 check_registry("decoder", DECODERS, DECODER_NAMES, "DECODER_NAMES")
 
 # Decoders whose recurrent cell follows ``train.model.cell`` (lstm | gru).
-CELL_CHOICE = frozenset({"soft_attention", "hard_attention"})
+CELL_CHOICE = frozenset({"soft_attention", "hard_attention", "ctc"})
 
 
 def build_decoder(

@@ -31,6 +31,9 @@ class Decoder(nn.Module):
     # State keys that hold one row per image even when ``step`` runs G rows per image (G beams):
     # a decoder that lists a key here reads it broadcast over the image's G contiguous rows.
     shared_state: ClassVar[frozenset[str]] = frozenset()
+    # How it is trained and read: "sequence" (teacher forcing, word-by-word searches) or "ctc"
+    # (frames scored at once: the CTC loss, decoding.ctc).
+    kind: ClassVar[str] = "sequence"
 
     def init_state(self, features: torch.Tensor) -> State:
         """Everything a step needs that depends only on the image (computed once per batch)."""

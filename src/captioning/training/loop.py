@@ -57,7 +57,7 @@ from captioning.training.distributed import (
     leaves_process_group,
     seed_rank_stream,
 )
-from captioning.training.objectives import Objective, TeacherForcing
+from captioning.training.objectives import Objective, objective_for
 from captioning.training.schedules import warmup_cosine
 from captioning.training.sources import BatchSource
 from captioning.training.validation import ValSplit
@@ -133,7 +133,6 @@ def train_decoder(
     device = ctx.device
     precision = resolve_precision(precision, device)
     vocab = Vocab.load(vocab_path)
-    objective = objective or TeacherForcing(cfg.scheduled_sampling)
 
     torch.manual_seed(seed)  # the initial weights: the encoder's if it is trained, the decoder's
     source.open(vocab, cfg, ctx, seed)
@@ -146,6 +145,7 @@ def train_decoder(
     ).to(device)
     if init_weights is not None:
         decoder.load_state_dict(init_weights)
+    objective = objective or objective_for(decoder, cfg.scheduled_sampling)
     model = source.trained_model(decoder)  # what checkpoints hold
     seed_rank_stream(seed, ctx)  # the same weights everywhere; each rank's own dropout from here
     trained = [p for p in model.parameters() if p.requires_grad]

@@ -2,9 +2,10 @@
 
 Today's is teacher forcing (the masked next-token cross-entropy, the decoder fed the true
 words or, under scheduled sampling, sometimes its own) plus the decoder's regulariser (the
-doubly stochastic attention penalty; hard attention's REINFORCE surrogate). The sequence-level
-one (self-critical training: sample captions, reward them with CIDEr-D) is another class with
-the same call, ``training.self_critical.SelfCritical``.
+doubly stochastic attention penalty; hard attention's REINFORCE surrogate). A CTC head (the
+decoder's ``kind`` "ctc") minimises the CTC loss instead (``objective_for`` picks). The
+sequence-level one (self-critical training: sample captions, reward them with CIDEr-D) is
+another class with the same call, ``training.self_critical.SelfCritical``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from captioning.config import ScheduledSamplingConfig
-from captioning.data.vocab import PAD, SPECIALS
+from captioning.data.vocab import END, PAD, SPECIALS
 from captioning.models import Decoder
 from captioning.training.distributed import DistContext
 from captioning.training.schedules import sampling_probability
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from captioning.training.sources import Batch
 
 PAD_ID = SPECIALS.index(PAD)
+END_ID = SPECIALS.index(END)
 
 
 def masked_cross_entropy(
@@ -55,6 +57,36 @@ def caption_loss(
     return masked_cross_entropy(output.logits, captions[:, 1:]) + output.aux_loss
 
 
+def ctc_loss_sum(logits: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+    """The CTC loss of frame logits (M, W, V) against captions (M, T) (<start> word <end> pad),
+    summed over the captions; in float32, <pad> the blank. A word longer than its frames (with
+    the blanks its repeats need) has no path: zero_infinity drops it rather than return inf."""
+    targets = captions[:, 1:]  # the letters from position 0, then <end> and <pad>
+    letters = (targets != PAD_ID) & (targets != END_ID)
+    log_probs = torch.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (W, M, V)
+    frames = torch.full((logits.size(0),), logits.size(1), dtype=torch.long, device=logits.device)
+    # Padded targets and lengths on the device: selecting the letters (a boolean index) or
+    # moving the lengths to the host would make every step wait for the GPU.
+    return nn.functional.ctc_loss(
+        log_probs,
+        targets,
+        frames,
+        letters.sum(dim=1),
+        blank=PAD_ID,
+        reduction="sum",
+        zero_infinity=True,
+    )
+
+
+def loss_sum(decoder: Decoder, logits: torch.Tensor, captions: torch.Tensor) -> tuple:
+    """The validation loss of ``decoder``'s output on ``captions``, summed, and what it is a sum
+    over: tokens for a sequence decoder's cross-entropy, captions for a CTC head."""
+    if decoder.kind == "ctc":
+        return ctc_loss_sum(logits, captions), captions.size(0)
+    targets = captions[:, 1:]
+    return masked_cross_entropy(logits, targets, reduction="sum"), int((targets != PAD_ID).sum())
+
+
 @dataclass(frozen=True)
 class StepLoss:
     loss: torch.Tensor  # what the optimiser step back-propagates
@@ -83,6 +115,25 @@ class TeacherForcing:
         else:
             loss = caption_loss(model, features, captions, rows, sample_prob=sample_prob)
         return StepLoss(loss, captions.size(0), sample_prob)
+
+
+@dataclass(frozen=True)
+class CTCLoss:
+    """A CTC head's objective: the CTC loss per caption (its mean over the batch)."""
+
+    def __call__(self, model: nn.Module, batch: Batch, step: int, ctx: DistContext) -> StepLoss:
+        captions = batch.captions
+        logits = model(batch.features(), captions, batch.rows).logits
+        loss = ctc_loss_sum(logits, captions)
+        if ctx.enabled:  # this rank's share of the global batch, times world (DDP averages)
+            count = torch.full((), captions.size(0), device=captions.device, dtype=torch.float)
+            return StepLoss(ctx.world * loss / ctx.total(count), captions.size(0))
+        return StepLoss(loss / captions.size(0), captions.size(0))
+
+
+def objective_for(decoder: Decoder, schedule: ScheduledSamplingConfig) -> Objective:
+    """The decoder kind's objective: teacher forcing for a sequence decoder, CTC for a CTC head."""
+    return CTCLoss() if decoder.kind == "ctc" else TeacherForcing(schedule)
 
 
 def _rank_share_loss(

@@ -22,7 +22,7 @@ from captioning.metrics.shapes_relations import RELATION_SCORE_NAMES, Scene, rel
 from captioning.metrics.word_accuracy import word_scores
 from captioning.models import Decoder
 from captioning.training.batches import CaptionSet, Features, iterate_batches
-from captioning.training.objectives import PAD_ID, masked_cross_entropy
+from captioning.training.objectives import PAD_ID, loss_sum
 
 
 class Validator:
@@ -139,18 +139,17 @@ class ValSplit:
 
     @torch.no_grad()
     def loss(self, decoder: Decoder, images_per_batch: int, device: torch.device) -> float:
-        """Mean teacher-forced cross-entropy over every caption of the split."""
+        """Mean teacher-forced cross-entropy per token over every caption of the split (a CTC
+        head's: mean CTC loss per caption)."""
         decoder.eval()
         draws = self.captions.all_draws()
         batches = [draws[i : i + images_per_batch] for i in range(0, len(draws), images_per_batch)]
-        total, tokens = 0.0, 0
+        total, count = 0.0, 0
         for x, captions, rows in iterate_batches(self.features, self.captions, batches, PAD_ID):
             x, captions, rows = x.to(device), captions.to(device), rows.to(device)
-            targets = captions[:, 1:]
-            logits = decoder(x, captions, rows).logits
-            total += float(masked_cross_entropy(logits, targets, reduction="sum"))
-            tokens += int((targets != PAD_ID).sum())
-        return total / max(tokens, 1)
+            summed, n = loss_sum(decoder, decoder(x, captions, rows).logits, captions)
+            total, count = total + float(summed), count + n
+        return total / max(count, 1)
 
 
 @dataclass

@@ -11,7 +11,9 @@ from captioning.data.sources import captcha
 from captioning.data.sources import registry as sources
 from captioning.data.sources.common import SourceError
 
-SMALL = CaptchaConfig(count=20, n_train=12, n_val=4, n_words=50, workers=1)
+SMALL = CaptchaConfig(
+    count=20, n_train=12, n_val=4, n_words=50, n_test_seed=0, n_test_oov=0, workers=1
+)
 
 
 def digest(root: Path) -> dict[str, str]:
@@ -79,7 +81,7 @@ def test_two_runs_and_any_number_of_workers_give_identical_files(tmp_path):
         k: v for k, v in a.items() if k != "captions.json"
     }
     # Another seed draws other images.
-    other = CaptchaConfig(**{**SMALL.__dict__, "seed": 1})
+    other = CaptchaConfig(**{**SMALL.__dict__, "seed": 1, "test_seed": 2})
     captcha.generate_captcha(tmp_path / "d", other)
     assert digest(tmp_path / "d")["images/captcha_000001.png"] != a["images/captcha_000001.png"]
 
@@ -134,3 +136,36 @@ def test_config_checks_the_split_sizes():
         )
     captions = json.dumps(CaptchaConfig().__dict__)
     assert "STIXGeneralItalic.ttf" in captions
+
+
+def test_generalisation_sets_other_seed_and_words_outside_the_list(tmp_path):
+    cfg = CaptchaConfig(
+        count=6, n_train=3, n_val=1, n_words=50, n_test_seed=4, n_test_oov=30, workers=1
+    )
+    summary = sources.fetch(FetchConfig(source="captcha", captcha=cfg), tmp_path / "raw")
+    assert (summary["test_seed"], summary["test_oov"], summary["images"]) == (4, 30, 40)
+    dataset = load_dataset(tmp_path / "raw")
+    words = set((tmp_path / "raw" / "words.txt").read_text().split())
+    seed_words = [r.captions[0] for r in dataset["test_seed"]]
+    oov = [r.captions[0] for r in dataset["test_oov"]]
+    assert set(seed_words) <= words
+    assert not set(oov) & words and all(w.isalpha() and 3 <= len(w) <= 5 for w in oov)
+    # Another seed: the other-seed images are not the training images of the same index.
+    first = {r.image_id: r for s in dataset.values() for r in s}
+    assert [first[i].captions for i in (1, 2, 3)] != [first[i].captions for i in (7, 8, 9)]
+    # Reproducible, and the extra sets do not change the images before them.
+    again = sources.fetch(FetchConfig(source="captcha", captcha=cfg), tmp_path / "again")
+    assert again == summary and digest(tmp_path / "raw") == digest(tmp_path / "again")
+    small = CaptchaConfig(count=6, n_train=3, n_val=1, n_words=50, n_test_seed=0, n_test_oov=0)
+    sources.fetch(FetchConfig(source="captcha", captcha=small), tmp_path / "plain")
+    plain = digest(tmp_path / "plain")
+    assert all(digest(tmp_path / "raw")[k] == v for k, v in plain.items() if k.startswith("images"))
+    assert "test_oov" not in json.loads((tmp_path / "plain" / "splits.json").read_text())
+
+
+def test_oov_word_avoids_the_list():
+    import random
+
+    cfg = CaptchaConfig(min_letters=1, max_letters=1)
+    letters = frozenset("abcdefghijklmnopqrstuvwxy")
+    assert {captcha.oov_word(random.Random(i), cfg, letters) for i in range(20)} == {"z"}

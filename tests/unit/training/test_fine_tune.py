@@ -22,7 +22,7 @@ from captioning.config import (
     VocabConfig,
 )
 from captioning.data.shards import split_captions, write_shards
-from captioning.data.vocab import build_vocab
+from captioning.data.vocab import SPECIALS, build_vocab
 from captioning.features.encoders import get_encoder_spec
 from captioning.features.encoding import ENCODER_WEIGHTS_FILE
 from captioning.features.weights import state_digest
@@ -156,3 +156,25 @@ def test_more_blocks_than_the_encoder_has() -> None:
     assert [p.requires_grad for p in encoder.parameters()].count(True) == len(
         list(chosen[0].parameters())
     )
+
+
+def test_a_ctc_head_trains_through_the_loop_and_the_captioner_reads_with_it(
+    workspace: Path,
+) -> None:
+    """The CTC objective is chosen by the head's kind; the saved model is read by best path /
+    prefix beam search through the Captioner (predict and the served model), without attention."""
+    features = FeaturesConfig(encoder="small_cnn", pretrained=False)
+    model = DecoderConfig(hidden_dim=16, ctc_columns=7, cell="gru")
+    cfg = dataclasses.replace(_cfg(blocks=-1, epochs=2), model=model)
+    result = train(workspace, "ctc", cfg, features, decoder="ctc")
+    log = (workspace / "models" / "ctc" / "config.json").read_text()
+    assert json.loads(log)["decoder"] == "ctc"
+    losses = [row[k] for row in result.history for k in ("train_loss", "val_loss")]
+    assert len(losses) == 4 and all(0 <= v < float("inf") for v in losses)
+    captioner = Captioner.load(workspace / "models" / "ctc", torch.device("cpu"))
+    image = Image.new("RGB", (80, 60), (200, 30, 30))
+    greedy, beam = captioner.caption([image], beam_size=1), captioner.caption([image], beam_size=3)
+    for (reading,) in (greedy, beam):
+        assert reading.attention is None
+        assert reading.caption.split() == [w for w in reading.words if w not in SPECIALS]
+        assert len(reading.words) <= captioner.max_length

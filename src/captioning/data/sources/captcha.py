@@ -6,13 +6,17 @@ internal layout, each image's caption being its word::
 
     out_dir/images/captcha_000001.png
     out_dir/captions.json      one caption (the word) per image; each image also has "font"
-    out_dir/splits.json        in order: the first n_train, the next n_val, the rest test
+    out_dir/splits.json        in order: the first n_train, the next n_val, the rest test;
+                               then n_test_seed images (test_seed) and n_test_oov (test_oov)
     out_dir/spec_train_val.txt "<image id>\\t<word>" for train + val, as the seed's label file
     out_dir/words.txt          the word list, one per line, in frequency order
 
 Reproducible: ``captcha`` draws its randomness from ``secrets`` (unseedable), so every image is
 drawn with ``captcha.image.secrets`` swapped for a ``random.Random`` seeded by (seed, index);
-the word and font of an image come from the same generator. Two runs of one config give
+the word and font of an image come from the same generator. The ``test_seed`` images are drawn
+the same way from ``test_seed``; the ``test_oov`` ones from their own generator, each word a
+random string of min-max letters that is not in the word list (a reader that memorised the
+list fails them). Two runs of one config give
 byte-identical files, whatever the number of workers. Generation runs in chunks across
 processes in a work directory beside ``out_dir``; a killed run resumes from its finished
 chunks, and ``out_dir`` is replaced in one rename at the end.
@@ -27,6 +31,7 @@ import os
 import random
 import re
 import shutil
+import string
 from collections.abc import Iterator, Sequence
 from functools import cache
 from pathlib import Path
@@ -51,7 +56,7 @@ BLOCKLIST: frozenset[str] = frozenset(
     | {"dildo", "fag", "fuck", "horny", "milf", "nazi", "nigga", "nude", "nudes", "penis"}
     | {"porn", "pussy", "rape", "raped", "sex", "sexy", "shit", "slut", "tits", "whore"}
 )
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "test_seed", "test_oov")
 LABELS_FILE = "spec_train_val.txt"
 WORDS_FILE = "words.txt"
 _FORMAT = 1  # bump when the bytes a config produces change
@@ -101,11 +106,33 @@ def font_paths(names: Sequence[str]) -> list[Path]:
     return paths
 
 
+def total_images(cfg: CaptchaConfig) -> int:
+    return cfg.count + cfg.n_test_seed + cfg.n_test_oov
+
+
 def split_of(index: int, cfg: CaptchaConfig) -> str:
-    """Split of the ``index``-th image (0-based): train, then val, then test, in order."""
+    """Split of the ``index``-th image (0-based): train, val, test, test_seed, test_oov."""
     if index < cfg.n_train:
         return "train"
-    return "val" if index < cfg.n_train + cfg.n_val else "test"
+    if index < cfg.n_train + cfg.n_val:
+        return "val"
+    if index < cfg.count:
+        return "test"
+    return "test_seed" if index < cfg.count + cfg.n_test_seed else "test_oov"
+
+
+def split_count(split: str, cfg: CaptchaConfig) -> int:
+    """Images of an extra split (0: the split is left out of splits.json)."""
+    return {"test_seed": cfg.n_test_seed, "test_oov": cfg.n_test_oov}[split]
+
+
+def oov_word(rng: random.Random, cfg: CaptchaConfig, vocabulary: frozenset[str]) -> str:
+    """A random string of min-max lower-case letters that is not in ``vocabulary``."""
+    while True:
+        n = rng.randint(cfg.min_letters, cfg.max_letters)
+        word = "".join(rng.choice(string.ascii_lowercase) for _ in range(n))
+        if word not in vocabulary:
+            return word
 
 
 def file_name(image_id: int) -> str:
@@ -151,14 +178,26 @@ def _generators(fonts: tuple[str, ...], width: int, height: int, sizes: tuple[in
 
 
 def draw(index: int, cfg: CaptchaConfig, words: Sequence[str]) -> tuple[Any, str, str]:
-    """The ``index``-th image (PIL), its word and its font name, all from (seed, index)."""
-    rng = random.Random(f"captcha/{cfg.seed}/{index}")  # str seeds hash with SHA-512: stable
-    word = words[rng.randrange(len(words))]
+    """The ``index``-th image (PIL), its word and its font name, all from (seed, index); the
+    generalisation sets' from (test_seed, index within the set)."""
+    split = split_of(index, cfg)
+    if split == "test_oov":
+        rng = random.Random(f"captcha-oov/{cfg.test_seed}/{index - cfg.count - cfg.n_test_seed}")
+        word = oov_word(rng, cfg, _vocabulary(tuple(words)))
+    else:
+        seed, at = (cfg.test_seed, index - cfg.count) if split == "test_seed" else (cfg.seed, index)
+        rng = random.Random(f"captcha/{seed}/{at}")  # str seeds hash with SHA-512: stable
+        word = words[rng.randrange(len(words))]
     font = rng.randrange(len(cfg.fonts))
     generator = _generators(tuple(cfg.fonts), cfg.width, cfg.height, tuple(cfg.font_sizes))[font]
     with seeded_captcha(rng):
         image = generator.generate_image(word)
     return image, word, cfg.fonts[font]
+
+
+@cache
+def _vocabulary(words: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(words)
 
 
 def _write_chunk(chunk: int, cfg: CaptchaConfig, words: Sequence[str], work: Path) -> list:
@@ -169,7 +208,7 @@ def _write_chunk(chunk: int, cfg: CaptchaConfig, words: Sequence[str], work: Pat
     if done.get("labels"):
         return done["labels"]
     labels = []
-    for index in range(chunk * CHUNK, min((chunk + 1) * CHUNK, cfg.count)):
+    for index in range(chunk * CHUNK, min((chunk + 1) * CHUNK, total_images(cfg))):
         image, word, font = draw(index, cfg, words)
         target = work / "images" / file_name(index + 1)
         tmp = target.with_suffix(".png.tmp")
@@ -200,14 +239,14 @@ def _generate(out_dir: Path, work: Path, cfg: CaptchaConfig, words: list[str]) -
     (work / "chunks").mkdir(exist_ok=True)
     write_json(work / "fingerprint.json", fingerprint)
 
-    chunks = range((cfg.count + CHUNK - 1) // CHUNK)
+    chunks = range((total_images(cfg) + CHUNK - 1) // CHUNK)
     resumed = sum((work / "chunks" / f"{c:05d}.json").is_file() for c in chunks)
     if resumed:
         logger.info("captcha: resuming, %d of %d chunks already done", resumed, len(chunks))
     workers = min(cfg.workers or len(os.sched_getaffinity(0)), len(chunks))
     logger.info(
         "captcha: %d images of %d words in %d fonts at %dx%d, %d workers",
-        cfg.count,
+        total_images(cfg),
         len(words),
         len(cfg.fonts),
         cfg.width,
@@ -215,7 +254,7 @@ def _generate(out_dir: Path, work: Path, cfg: CaptchaConfig, words: list[str]) -
         workers,
     )
     labels: dict[int, list] = {}
-    with tqdm(total=cfg.count, desc="captcha", unit="img") as bar:
+    with tqdm(total=total_images(cfg), desc="captcha", unit="img") as bar:
         for c, chunk_labels in run_each(_write_chunk, chunks, (cfg, words, work), workers):
             labels[c] = chunk_labels
             bar.update(len(chunk_labels))
@@ -230,7 +269,8 @@ def _generate(out_dir: Path, work: Path, cfg: CaptchaConfig, words: list[str]) -
 
 def _write_layout(work: Path, rows: list, cfg: CaptchaConfig, words: list[str]) -> dict:
     images, annotations = [], []
-    splits: dict[str, list[int]] = {s: [] for s in SPLITS}
+    splits: dict[str, list[int]] = {s: [] for s in SPLITS if s in ("train", "val", "test")}
+    splits.update({s: [] for s in SPLITS if s not in splits and split_count(s, cfg)})
     label_lines = []
     for index, (image_id, word, font) in enumerate(rows):
         images.append(
@@ -245,7 +285,7 @@ def _write_layout(work: Path, rows: list, cfg: CaptchaConfig, words: list[str]) 
         annotations.append({"id": image_id, "image_id": image_id, "caption": word})
         split = split_of(index, cfg)
         splits[split].append(image_id)
-        if split != "test":
+        if split in ("train", "val"):
             label_lines.append(f"{label_id(image_id)}\t{word}\n")
     info = {
         "source": "captcha",
