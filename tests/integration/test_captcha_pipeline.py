@@ -27,7 +27,16 @@ PIPELINE = Path("pipelines/captcha")
 
 TINY = {
     "common": {"seed": 1},
-    "fetch": {"captcha": {"count": 4000, "n_train": 3000, "n_val": 500, "n_words": 50}},
+    "fetch": {
+        "captcha": {
+            "count": 4000,
+            "n_train": 3000,
+            "n_val": 500,
+            "n_words": 50,
+            "n_test_seed": 100,
+            "n_test_oov": 100,
+        }
+    },
     "shard": {"max_count": 500},
     "train": {
         "epochs": 10,
@@ -78,11 +87,12 @@ def captcha_repo(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 def test_tiny_reader_clears_the_accuracy_bar(captcha_repo):
     here, _ = captcha_repo
     metrics = json.loads((here / "reports/metrics.json").read_text())
-    assert set(metrics) == {"val", "test"}
-    for split in ("val", "test"):
+    counts = {"val": 500, "test": 500, "test_seed": 100, "test_oov": 100}
+    assert set(metrics) == set(counts)  # the other-seed and out-of-vocabulary sets scored too
+    for split, count in counts.items():
         for decoding in ("greedy", "beam"):
             scores = metrics[split][decoding]
-            assert scores["count"] == 500
+            assert scores["count"] == count
             assert 0.0 <= scores["exact_match"] <= scores["char_accuracy"] <= 1.0
     val = metrics["val"]["greedy"]
     assert val["exact_match"] >= MIN_VAL_EXACT_MATCH, metrics
